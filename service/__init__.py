@@ -1,0 +1,23 @@
+"""bptt-service: loss and backpropagation-through-time gradients of a vanilla RNN, over HTTP.
+
+The engine (``service.engine``) is plain numpy and usable on its own; the
+FastAPI app is ``service.app:app``; ``service.client`` speaks to it with numpy.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .engine import Gradients, bptt, check_inputs, forward  # noqa: E402
+from .errors import BpttError, ComputeError, InputError  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "Gradients",
+    "bptt",
+    "check_inputs",
+    "forward",
+    "BpttError",
+    "ComputeError",
+    "InputError",
+]

@@ -1,0 +1,319 @@
+"""The FastAPI application: thin routes, and every error mapped to a clear 4xx here.
+
+Data flows one way: request bytes -> schemas (validate) -> tensors (decode)
+-> engine (compute) -> tensors (encode) -> response bytes.
+
+Request bodies are parsed from the raw bytes by pydantic (``model_validate_json``)
+inside the worker thread, not by FastAPI in the event loop: a 30 MB body of
+weights then neither blocks other requests nor passes through Python's json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Annotated, Any
+
+import pydantic
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response
+from pydantic.json_schema import models_json_schema
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import __version__, engine, tensors
+from .errors import ComputeError, InputError
+from .schemas import BpttRequest, BpttResponse, ErrorResponse, HealthResponse
+from .settings import Settings
+
+__all__ = ["app", "create_app", "openapi_json"]
+
+log = logging.getLogger("service")
+
+DESCRIPTION = """\
+Loss and backpropagation-through-time (BPTT) gradients of a vanilla RNN language model:
+
+    s_t  = tanh(U[:, x_t] + W s_{t-1})      s_{-1} = s0 (zeros unless given)
+    o_t  = softmax(V s_t)
+    loss = sum over t of -ln o_t[y_t]
+
+U is H x C, V is C x H, W is H x H; x and y are T token ids in [0, C).
+Gradients are exact (full BPTT) unless `bptt_truncate` asks for the truncated
+loop of Denny Britz's `RNNNumpy.bptt`. Every error answer has the body
+`{"detail": "...", "errors": [{"field", "message", "type"}]}`.
+"""
+
+# Request bodies the routes parse themselves, listed so the spec describes them.
+REQUEST_MODELS = (BpttRequest,)
+MAX_ERRORS = 20
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "The body is not valid JSON."},
+    415: {"model": ErrorResponse, "description": "The body is not sent as application/json."},
+    422: {
+        "model": ErrorResponse,
+        "description": "A field is missing, malformed or inconsistent with another "
+        "(the message names it, with what was expected and what arrived).",
+    },
+    500: {"model": ErrorResponse, "description": "A server fault; the message carries a request id to report."},
+}
+
+
+class HttpError(Exception):
+    """A 4xx answer with our error body."""
+
+    def __init__(self, status: int, message: str, *, field: str = "body", type: str = "value_error") -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {"detail": message, "errors": [{"field": field, "message": message, "type": type}]}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The application, configured by ``settings`` (read from the environment when omitted)."""
+    settings = settings or Settings()
+    app = FastAPI(
+        title="bptt-service",
+        version=__version__,
+        description=DESCRIPTION,
+        responses={500: ERROR_RESPONSES[500]},
+    )
+    app.state.settings = settings
+    app.include_router(_routes())
+    _add_error_handlers(app)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+# -- routes ------------------------------------------------------------------
+
+
+def _routes() -> APIRouter:
+    router = APIRouter()
+
+    @router.post(
+        "/bptt",
+        response_model=BpttResponse,
+        responses=ERROR_RESPONSES,
+        openapi_extra=_json_body(BpttRequest),
+        summary="Loss and BPTT gradients of one sequence",
+    )
+    def post_bptt(body: Annotated[bytes, Depends(_json_bytes)]) -> Response:
+        """Run the RNN over `x`, score it against `y`, and return the loss with dL/dU, dL/dV, dL/dW."""
+        request = _parse(BpttRequest, body)
+        result = engine.bptt(**_arrays(request), bptt_truncate=request.bptt_truncate)
+        return _json(_gradients_body(result))
+
+    @router.get("/healthz", response_model=HealthResponse, summary="Liveness")
+    async def get_healthz() -> dict[str, str]:
+        """Answer while the process is up (no computation)."""
+        return {"status": "ok"}
+
+    return router
+
+
+async def _json_bytes(request: Request) -> bytes:
+    """The raw body, refusing media types other than JSON (a missing Content-Type is read as JSON)."""
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        raise HttpError(
+            415,
+            f"the body must be sent as Content-Type: application/json, got {ctype!r}",
+            field="Content-Type",
+            type="media_type",
+        )
+    return await request.body()
+
+
+def _parse(model: type[pydantic.BaseModel], body: bytes) -> Any:
+    """Validate JSON bytes against ``model``; a pydantic error becomes our 400/422."""
+    try:
+        return model.model_validate_json(body)
+    except pydantic.ValidationError as exc:
+        raise _validation_error(exc.errors(include_url=False, include_context=True), prefix=()) from None
+
+
+def _arrays(request: BpttRequest) -> dict[str, Any]:
+    """U, V, W, x, y, s0 as numpy arrays, keyed as engine.bptt's arguments (it checks the shapes)."""
+    return {
+        "U": tensors.matrix(request.U, "U"),
+        "V": tensors.matrix(request.V, "V"),
+        "W": tensors.matrix(request.W, "W"),
+        "x": tensors.tokens(request.x, "x"),
+        "y": tensors.tokens(request.y, "y"),
+        "s0": None if request.s0 is None else tensors.vector(request.s0, "s0"),
+    }
+
+
+def _gradients_body(g: engine.Gradients) -> dict[str, Any]:
+    return {
+        "loss": g.loss,
+        "mean_loss": g.mean_loss,
+        "tokens": g.tokens,
+        "dLdU": g.dLdU,
+        "dLdV": g.dLdV,
+        "dLdW": g.dLdW,
+        "dLds0": g.dLds0,
+        "final_state": g.final_state,
+    }
+
+
+def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(tensors.dumps(content), status_code=status, media_type="application/json", headers=headers)
+
+
+# -- errors ------------------------------------------------------------------
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(HttpError)
+    async def http_error(request: Request, exc: HttpError) -> Response:
+        return _json(exc.body, exc.status)
+
+    @app.exception_handler(InputError)
+    @app.exception_handler(ComputeError)
+    async def input_error(request: Request, exc: InputError | ComputeError) -> Response:
+        return _json(
+            {"detail": exc.message, "errors": [{"field": exc.field, "message": exc.message, "type": "shape" if isinstance(exc, InputError) else "overflow"}]},
+            422,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def request_validation_error(request: Request, exc: RequestValidationError) -> Response:
+        err = _validation_error(exc.errors(), prefix=("body",))
+        return _json(err.body, err.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_exception(request: Request, exc: StarletteHTTPException) -> Response:
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return _json(
+            {"detail": message, "errors": [{"field": "", "message": message, "type": "http"}]},
+            exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception) -> Response:
+        request_id = uuid.uuid4().hex
+        log.error("unhandled error, request id %s", request_id, exc_info=exc)
+        message = f"internal server error; report request id {request_id}"
+        return _json({"detail": message, "errors": [{"field": "", "message": message, "type": "internal"}]}, 500)
+
+
+def _validation_error(errors: list[dict[str, Any]], *, prefix: tuple) -> HttpError:
+    """One HttpError from pydantic's error list: 400 for broken JSON, else 422."""
+    items = []
+    status = 422
+    for e in errors:
+        loc = tuple(e.get("loc", ()))
+        if loc[: len(prefix)] == prefix:
+            loc = loc[len(prefix) :]
+        field = _field_name(loc)
+        message = _message(field, e)
+        if e["type"] == "json_invalid":
+            status = 400
+        items.append({"field": field, "message": message, "type": e["type"]})
+    shown = items[:MAX_ERRORS]
+    detail = "; ".join(i["message"] for i in shown[:3])
+    if len(items) > 3:
+        detail += f"; and {len(items) - 3} more"
+    err = HttpError(status, detail)
+    err.body = {"detail": detail, "errors": shown}
+    return err
+
+
+def _field_name(loc: tuple) -> str:
+    """('U', 3, 5) -> 'U[3][5]'; () -> 'body'."""
+    name = ""
+    for part in loc:
+        if isinstance(part, int):
+            name += f"[{part}]"
+        else:
+            name += f".{part}" if name else str(part)
+    return name or "body"
+
+
+def _message(field: str, e: dict[str, Any]) -> str:
+    kind, ctx = e["type"], e.get("ctx") or {}
+    got = _describe(e.get("input"))
+    if kind == "json_invalid":
+        return f"the body is not valid JSON: {ctx.get('error', e['msg'])}"
+    if kind in ("model_type", "dict_type", "model_attributes_type") and field == "body":
+        return f"the body must be a JSON object, got {got}"
+    if kind == "missing":
+        return f"{field} is required but missing"
+    if kind == "extra_forbidden":
+        return f"{field} is not a known field"
+    if kind in ("float_type", "float_parsing"):
+        return f"{field} must be a number, got {got}"
+    if kind == "finite_number":
+        return f"{field} must be a finite number (no NaN, Infinity or overflowing values), got {got}"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"{field} must be an integer, got {got}"
+    if kind in ("list_type", "tuple_type"):
+        return f"{field} must be a list, got {got}"
+    if kind == "too_short":
+        return f"{field} must have at least {ctx.get('min_length')} item(s), got {got}"
+    if kind == "greater_than_equal":
+        return f"{field} must be >= {ctx.get('ge')}, got {got}"
+    return f"{field}: {e['msg']}, got {got}"
+
+
+def _describe(value: Any) -> str:
+    """A short JSON-flavoured description of an input value, never the whole of a large one."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        text = "NaN" if value != value else repr(value).replace("inf", "Infinity")
+        return text if len(text) <= 40 else text[:37] + "..."
+    if isinstance(value, str):
+        return f'a string "{value[:37]}..."' if len(value) > 40 else f'a string "{value}"'
+    if isinstance(value, (list, tuple)):
+        return f"a list of {len(value)} item(s)" if value else "an empty list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+# -- OpenAPI -----------------------------------------------------------------
+
+
+def _json_body(model: type[pydantic.BaseModel]) -> dict[str, Any]:
+    """openapi_extra describing a JSON body the route parses itself."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+        }
+    }
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's spec, plus the request models of routes that parse their own body."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    spec = get_openapi(
+        title=app.title,
+        version=app.version,
+        description=app.description,
+        routes=app.routes,
+    )
+    _, defs = models_json_schema(
+        [(m, "validation") for m in REQUEST_MODELS], ref_template="#/components/schemas/{model}"
+    )
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    for name, schema in defs.get("$defs", {}).items():
+        schemas.setdefault(name, schema)
+    app.openapi_schema = spec
+    return spec
+
+
+def openapi_json() -> str:
+    """The spec of a default app, as committed in openapi/openapi.json."""
+    return json.dumps(create_app(Settings()).openapi(), indent=2, sort_keys=False) + "\n"
+
+
+app = create_app()

@@ -1,0 +1,78 @@
+"""service.client against a real uvicorn server on loopback (python -m service)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+import seed
+from conftest import make_problem
+from service import engine
+from service.client import AsyncClient, Client, ServerError
+from test_engine import assert_close
+
+
+@pytest.mark.parametrize("K", [None, 3])
+def test_client_bptt_matches_seed(live_server, rng, K):
+    p = make_problem(rng, H=6, C=9, T=14, s0=True)
+    with Client(live_server.url) as client:
+        g = client.bptt(p.U, p.V, p.W, p.x, p.y, bptt_truncate=K, s0=p.s0)
+    ref = seed.bptt(p.U, p.V, p.W, p.x, p.y, 14 if K is None else K, s0=p.s0)
+    for got, want in zip((g.dLdU, g.dLdV, g.dLdW), ref):
+        assert isinstance(got, np.ndarray)
+        assert_close(got, want)
+    local = engine.bptt(p.U, p.V, p.W, p.x, p.y, bptt_truncate=K, s0=p.s0)
+    assert g.loss == local.loss
+    np.testing.assert_array_equal(g.final_state, local.final_state)
+    np.testing.assert_array_equal(g.dLds0, local.dLds0)
+
+
+def test_client_accepts_lists_and_views(live_server, rng):
+    p = make_problem(rng, H=3, C=5, T=4)
+    with Client(live_server.url) as client:
+        g = client.bptt(p.U.tolist(), np.asfortranarray(p.V), p.W, list(p.x), p.y[::1])
+    assert_close(g.dLdV, seed.bptt(p.U, p.V, p.W, p.x, p.y, 4)[1])
+
+
+def test_client_error_carries_server_message(live_server, rng):
+    p = make_problem(rng, H=4, C=5, T=4)
+    with Client(live_server.url) as client, pytest.raises(ServerError) as info:
+        client.bptt(p.U, p.V, p.W[:, :3], p.x, p.y)
+    assert info.value.status == 422
+    assert info.value.detail == "W must be H x H = 4 x 4, got 4 x 3"
+    assert info.value.errors[0]["field"] == "W"
+
+
+def test_async_client_concurrent_requests(live_server, rng):
+    problems = [make_problem(rng, H=5, C=7, T=8 + i) for i in range(6)]
+
+    async def run():
+        async with AsyncClient(live_server.url) as client:
+            assert await client.health()
+            return await asyncio.gather(*(client.bptt(p.U, p.V, p.W, p.x, p.y) for p in problems))
+
+    for p, g in zip(problems, asyncio.run(run())):
+        local = engine.bptt(p.U, p.V, p.W, p.x, p.y)
+        np.testing.assert_array_equal(g.dLdW, local.dLdW)
+
+
+def test_async_client_error(live_server):
+    async def run():
+        async with AsyncClient(live_server.url) as client:
+            await client.bptt(np.ones((2, 3)), np.ones((3, 2)), np.ones((2, 2)), [0, 5], [1, 1])
+
+    with pytest.raises(ServerError, match=r"x\[1\] = 5 is out of range"):
+        asyncio.run(run())
+
+
+def test_server_keeps_serving_after_bad_requests(live_server, rng):
+    import httpx
+
+    for body in (b"{", b"[]", b'{"U": "x"}', b"\xff\xfe"):
+        r = httpx.post(f"{live_server.url}/bptt", content=body, headers={"content-type": "application/json"})
+        assert 400 <= r.status_code < 500
+        assert "Traceback" not in r.text
+    with Client(live_server.url) as client:
+        assert client.health()

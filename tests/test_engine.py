@@ -1,0 +1,190 @@
+"""service.engine against the seed's loop (tests/seed.py) and central differences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import seed
+from conftest import make_problem
+from service import engine
+from service.errors import ComputeError, InputError
+
+RTOL = 1e-12  # float64, against the seed's loop
+
+
+def assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float = RTOL) -> None:
+    """Relative error max|a - e| / max|e| (the scale of the whole array) below rtol."""
+    assert actual.shape == expected.shape
+    scale = max(float(np.abs(expected).max()), 1e-300)
+    err = float(np.abs(actual - expected).max()) / scale
+    assert err <= rtol, f"relative error {err:.3g} > {rtol:g}"
+
+
+def numerical_gradient(f, a: np.ndarray, h: float = 1e-5) -> np.ndarray:
+    """Central differences (f(a + h e_i) - f(a - h e_i)) / 2h, entry by entry."""
+    g = np.zeros_like(a)
+    for i in np.ndindex(a.shape):
+        old = a[i]
+        a[i] = old + h
+        plus = f()
+        a[i] = old - h
+        minus = f()
+        a[i] = old
+        g[i] = (plus - minus) / (2 * h)
+    return g
+
+
+problems = st.builds(
+    lambda seed_, H, C, T, scale, with_s0: make_problem(np.random.default_rng(seed_), H, C, T, scale=scale, s0=with_s0),
+    seed_=st.integers(0, 2**32 - 1),
+    H=st.integers(1, 9),
+    C=st.integers(1, 12),
+    T=st.integers(1, 25),
+    scale=st.sampled_from([0.1, 1.0, 3.0]),
+    with_s0=st.booleans(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(p=problems, K=st.one_of(st.none(), st.integers(0, 30)))
+def test_bptt_matches_seed_loop(p, K):
+    """Full (K=None) and truncated gradients equal the seed's loop to 1e-12, loss included."""
+    g = engine.bptt(p.U, p.V, p.W, p.x, p.y, bptt_truncate=K, s0=p.s0)
+    ref = seed.bptt(p.U, p.V, p.W, p.x, p.y, len(p.y) if K is None else K, s0=p.s0)
+    for got, want in zip((g.dLdU, g.dLdV, g.dLdW), ref):
+        assert_close(got, want)
+    loss = seed.calculate_total_loss(p.U, p.V, p.W, p.x, p.y, s0=p.s0)
+    assert g.loss == pytest.approx(loss, rel=RTOL)
+    assert g.tokens == len(p.x)
+    assert g.mean_loss == pytest.approx(loss / len(p.x), rel=RTOL)
+
+
+@settings(max_examples=100, deadline=None)
+@given(p=problems)
+def test_forward_matches_seed(p):
+    o, s = engine.forward(p.U, p.V, p.W, p.x, s0=p.s0)
+    o_ref, s_ref = seed.forward_propagation(p.U, p.V, p.W, p.x, s0=p.s0)
+    assert_close(o, o_ref)
+    assert_close(s, s_ref[:-1])  # the seed keeps s0 in an extra last row
+    np.testing.assert_allclose(o.sum(axis=1), 1.0, rtol=1e-12)
+
+
+def test_bptt_repeated_tokens_accumulate(rng):
+    """Every step reads token 3: all of dLdU lands in column 3 and matches the loop."""
+    p = make_problem(rng, H=5, C=7, T=12)
+    p.x[:] = 3
+    g = engine.bptt(p.U, p.V, p.W, p.x, p.y)
+    ref = seed.bptt(p.U, p.V, p.W, p.x, p.y, 12)
+    assert_close(g.dLdU, ref[0])
+    assert np.count_nonzero(np.delete(g.dLdU, 3, axis=1)) == 0
+    assert np.abs(g.dLdU[:, 3]).max() > 0
+
+
+@pytest.mark.parametrize("with_s0", [False, True])
+def test_bptt_full_matches_central_differences(rng, with_s0):
+    """Full BPTT is the gradient of the summed loss, U, V, W and s0 alike."""
+    p = make_problem(rng, H=4, C=6, T=9, scale=2.0, s0=True)
+    if not with_s0:
+        p.s0 = None
+    g = engine.bptt(p.U, p.V, p.W, p.x, p.y, s0=p.s0)
+
+    def loss() -> float:
+        return seed.calculate_total_loss(p.U, p.V, p.W, p.x, p.y, s0=p.s0)
+
+    for name in ("U", "V", "W"):
+        num = numerical_gradient(loss, getattr(p, name))
+        assert_close(getattr(g, f"dLd{name}"), num, rtol=1e-7)
+    s0 = p.s0 if p.s0 is not None else np.zeros(4)
+    p.s0 = s0
+    assert_close(g.dLds0, numerical_gradient(loss, s0), rtol=1e-7)
+
+
+def test_bptt_truncated_differs_from_full(rng):
+    """Truncation changes dLdU and dLdW (a test that could not fail would not notice)."""
+    p = make_problem(rng, H=6, C=5, T=15, scale=3.0)
+    full = engine.bptt(p.U, p.V, p.W, p.x, p.y)
+    trunc = engine.bptt(p.U, p.V, p.W, p.x, p.y, bptt_truncate=2)
+    assert np.abs(full.dLdW - trunc.dLdW).max() > 1e-6
+    np.testing.assert_array_equal(full.dLdV, trunc.dLdV)  # dL/dV has no time recursion
+    assert full.loss == trunc.loss
+
+
+def test_bptt_truncate_zero_is_one_step(rng):
+    """K = 0: each output's error reaches its own step only."""
+    p = make_problem(rng, H=3, C=4, T=6)
+    g = engine.bptt(p.U, p.V, p.W, p.x, p.y, bptt_truncate=0)
+    ref = seed.bptt(p.U, p.V, p.W, p.x, p.y, 0)
+    assert_close(g.dLdW, ref[2])
+
+
+def test_bptt_huge_logits_stay_finite(rng):
+    """Logits of magnitude 1e4: finite loss and gradients (log-softmax with a max shift)."""
+    p = make_problem(rng, H=4, C=5, T=6)
+    p.V *= 1e4 / np.abs(p.V).max() * 4  # |V s| up to ~1e4 with saturated s
+    p.U *= 100
+    g = engine.bptt(p.U, p.V, p.W, p.x, p.y)
+    assert np.isfinite(g.loss) and g.loss > 0
+    for a in (g.dLdU, g.dLdV, g.dLdW, g.dLds0):
+        assert np.isfinite(a).all()
+    o, _ = engine.forward(p.U, p.V, p.W, p.x)
+    assert np.isfinite(o).all()
+
+
+def test_bptt_overflow_raises_compute_error(rng):
+    p = make_problem(rng, H=3, C=4, T=3)
+    p.V = rng.uniform(-1, 1, p.V.shape) * 1e308
+    with pytest.raises(ComputeError, match=r"is not finite: the computation overflowed in float64"):
+        engine.bptt(p.U, p.V, p.W, p.x, p.y)
+
+
+@settings(max_examples=200, deadline=None)
+@given(p=problems, exponent=st.integers(0, 308), K=st.one_of(st.none(), st.integers(0, 3)))
+def test_bptt_large_weights_finite_or_compute_error(p, exponent, K):
+    """Never NaN or infinity in a result: finite numbers, or ComputeError."""
+    scale = 10.0**exponent
+    try:
+        g = engine.bptt(p.U * scale, p.V * scale, p.W * scale, p.x, p.y, bptt_truncate=K, s0=p.s0)
+    except ComputeError:
+        return
+    assert np.isfinite(g.loss)
+    for a in (g.dLdU, g.dLdV, g.dLdW, g.dLds0, g.final_state):
+        assert np.isfinite(a).all()
+
+
+def test_bptt_float32_close_to_float64(rng):
+    p = make_problem(rng, H=8, C=10, T=20)
+    g64 = engine.bptt(p.U, p.V, p.W, p.x, p.y)
+    g32 = engine.bptt(*(a.astype(np.float32) for a in (p.U, p.V, p.W)), p.x, p.y)
+    assert g32.dLdU.dtype == np.float32
+    for a, b in ((g32.dLdU, g64.dLdU), (g32.dLdV, g64.dLdV), (g32.dLdW, g64.dLdW)):
+        assert_close(a.astype(np.float64), b, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda p: setattr(p, "W", p.W[:, :-1]), r"W must be H x H = 4 x 4, got 4 x 3"),
+        (lambda p: setattr(p, "V", p.V.T), r"V must be C x H = 6 x 4 \(U is H x C = 4 x 6\), got 4 x 6"),
+        (lambda p: setattr(p, "y", p.y[:-1]), r"y must have one target per input token: len\(x\) = 5, got len\(y\) = 4"),
+        (lambda p: p.x.__setitem__(2, 6), r"x\[2\] = 6 is out of range: token ids must be in \[0, C\) = \[0, 6\)"),
+        (lambda p: p.y.__setitem__(0, -1), r"y\[0\] = -1 is out of range"),
+        (lambda p: setattr(p, "s0", np.zeros(3)), r"s0 must have H = 4 numbers, got 3"),
+        (lambda p: setattr(p, "x", p.x[:0]), r"x must hold at least one token id"),
+        (lambda p: setattr(p, "U", p.U[0]), r"U must be a matrix \(2 dimensions\), got 1"),
+    ],
+)
+def test_bptt_bad_shapes_raise_input_error(rng, change, message):
+    p = make_problem(rng, H=4, C=6, T=5)
+    change(p)
+    with pytest.raises(InputError, match=message):
+        engine.bptt(p.U, p.V, p.W, p.x, p.y, s0=p.s0)
+
+
+@pytest.mark.parametrize("K", [-1, 1.5, True])
+def test_bptt_bad_truncation_raises_input_error(rng, K):
+    p = make_problem(rng, H=2, C=3, T=4)
+    with pytest.raises(InputError, match="bptt_truncate must be an integer >= 0"):
+        engine.bptt(p.U, p.V, p.W, p.x, p.y, bptt_truncate=K)
