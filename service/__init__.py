@@ -8,13 +8,15 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .engine import Gradients, bptt, check_inputs, forward  # noqa: E402
+from .engine import BatchGradients, Gradients, bptt, bptt_batch, check_inputs, forward  # noqa: E402
 from .errors import BpttError, ComputeError, InputError  # noqa: E402
 
 __all__ = [
     "__version__",
     "Gradients",
+    "BatchGradients",
     "bptt",
+    "bptt_batch",
     "check_inputs",
     "forward",
     "BpttError",

@@ -25,7 +25,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__, engine, tensors
 from .errors import ComputeError, InputError
-from .schemas import BpttRequest, BpttResponse, ErrorResponse, HealthResponse
+from .schemas import (
+    TENSOR_TAGS,
+    BpttBatchRequest,
+    BpttBatchResponse,
+    BpttRequest,
+    BpttResponse,
+    ErrorResponse,
+    HealthResponse,
+)
 from .settings import Settings
 
 __all__ = ["app", "create_app", "openapi_json"]
@@ -46,7 +54,7 @@ loop of Denny Britz's `RNNNumpy.bptt`. Every error answer has the body
 """
 
 # Request bodies the routes parse themselves, listed so the spec describes them.
-REQUEST_MODELS = (BpttRequest,)
+REQUEST_MODELS = (BpttRequest, BpttBatchRequest)
 MAX_ERRORS = 20
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -100,10 +108,28 @@ def _routes() -> APIRouter:
         summary="Loss and BPTT gradients of one sequence",
     )
     def post_bptt(body: Annotated[bytes, Depends(_json_bytes)]) -> Response:
-        """Run the RNN over `x`, score it against `y`, and return the loss with dL/dU, dL/dV, dL/dW."""
+        """Run the RNN over `x`, score it against `y`, and return the loss with dL/dU, dL/dV, dL/dW.
+
+        Any of `U`, `V`, `W`, `s0` may be a base64 tensor object instead of nested
+        lists; `encoding` chooses the form of the answer's arrays.
+        """
         request = _parse(BpttRequest, body)
-        result = engine.bptt(**_arrays(request), bptt_truncate=request.bptt_truncate)
-        return _json(_gradients_body(result))
+        result = engine.bptt(**tensors.bptt_arrays(request))
+        return _json(_gradients_body(result, request.encoding))
+
+    @router.post(
+        "/bptt/batch",
+        response_model=BpttBatchResponse,
+        responses=ERROR_RESPONSES,
+        openapi_extra=_json_body(BpttBatchRequest),
+        summary="Summed loss and BPTT gradients of several sequences",
+    )
+    def post_bptt_batch(body: Annotated[bytes, Depends(_json_bytes)]) -> Response:
+        """The weights once and B sequences of any lengths, computed together: the losses,
+        and the gradients of their sum (equal to the sum of `POST /bptt` over the sequences)."""
+        request = _parse(BpttBatchRequest, body)
+        result = engine.bptt_batch(**tensors.batch_arrays(request))
+        return _json({**_gradients_body(result, request.encoding), "losses": result.losses})
 
     @router.get("/healthz", response_model=HealthResponse, summary="Liveness")
     async def get_healthz() -> dict[str, str]:
@@ -134,28 +160,15 @@ def _parse(model: type[pydantic.BaseModel], body: bytes) -> Any:
         raise _validation_error(exc.errors(include_url=False, include_context=True), prefix=()) from None
 
 
-def _arrays(request: BpttRequest) -> dict[str, Any]:
-    """U, V, W, x, y, s0 as numpy arrays, keyed as engine.bptt's arguments (it checks the shapes)."""
-    return {
-        "U": tensors.matrix(request.U, "U"),
-        "V": tensors.matrix(request.V, "V"),
-        "W": tensors.matrix(request.W, "W"),
-        "x": tensors.tokens(request.x, "x"),
-        "y": tensors.tokens(request.y, "y"),
-        "s0": None if request.s0 is None else tensors.vector(request.s0, "s0"),
-    }
-
-
-def _gradients_body(g: engine.Gradients) -> dict[str, Any]:
+def _gradients_body(g: engine.Gradients | engine.BatchGradients, encoding: tensors.Encoding) -> dict[str, Any]:
     return {
         "loss": g.loss,
         "mean_loss": g.mean_loss,
         "tokens": g.tokens,
-        "dLdU": g.dLdU,
-        "dLdV": g.dLdV,
-        "dLdW": g.dLdW,
-        "dLds0": g.dLds0,
-        "final_state": g.final_state,
+        **{
+            name: tensors.to_wire(getattr(g, name), encoding)
+            for name in ("dLdU", "dLdV", "dLdW", "dLds0", "final_state")
+        },
     }
 
 
@@ -224,9 +237,11 @@ def _validation_error(errors: list[dict[str, Any]], *, prefix: tuple) -> HttpErr
 
 
 def _field_name(loc: tuple) -> str:
-    """('U', 3, 5) -> 'U[3][5]'; () -> 'body'."""
+    """('U', 'lists', 3, 5) -> 'U[3][5]'; () -> 'body'."""
     name = ""
     for part in loc:
+        if part in TENSOR_TAGS:
+            continue
         if isinstance(part, int):
             name += f"[{part}]"
         else:

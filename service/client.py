@@ -18,7 +18,8 @@ import httpx
 import numpy as np
 import orjson
 
-from .engine import Gradients
+from . import tensors
+from .engine import BatchGradients, Gradients
 from .errors import BpttError
 
 __all__ = ["Client", "AsyncClient", "ServerError"]
@@ -36,31 +37,76 @@ class ServerError(BpttError):
         self.errors = errors or []
 
 
-def _bptt_body(U, V, W, x, y, bptt_truncate: int | None, s0) -> bytes:
-    body: dict[str, Any] = {
-        "U": np.ascontiguousarray(U, dtype=np.float64),
-        "V": np.ascontiguousarray(V, dtype=np.float64),
-        "W": np.ascontiguousarray(W, dtype=np.float64),
-        "x": np.ascontiguousarray(x, dtype=np.int64),
-        "y": np.ascontiguousarray(y, dtype=np.int64),
-        "bptt_truncate": bptt_truncate,
-    }
+class _Wire:
+    """Request bodies and answers of both clients: arrays out, arrays back."""
+
+    def __init__(self, encoding: Encoding, dtype: str) -> None:
+        if encoding not in ("json", "base64"):
+            raise ValueError(f"encoding must be 'json' or 'base64', got {encoding!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+        self.encoding = encoding
+        self.dtype = dtype
+
+    def _array(self, a: Any) -> Any:
+        a = np.asarray(a)
+        wire = np.float32 if self.dtype == "float32" else np.float64
+        return tensors.to_wire(a.astype(wire, copy=False), self.encoding)
+
+    def _common(self, U, V, W, bptt_truncate: int | None) -> dict[str, Any]:
+        return {
+            "U": self._array(U),
+            "V": self._array(V),
+            "W": self._array(W),
+            "bptt_truncate": bptt_truncate,
+            "encoding": self.encoding,
+            "dtype": self.dtype,
+        }
+
+    def bptt_body(self, U, V, W, x, y, bptt_truncate: int | None, s0) -> bytes:
+        body = self._common(U, V, W, bptt_truncate) | _sequence(x, y, s0, self._array)
+        return tensors.dumps(body)
+
+    def batch_body(self, U, V, W, xs, ys, bptt_truncate: int | None, s0s) -> bytes:
+        if len(xs) != len(ys):
+            raise ValueError(f"need one y per x: {len(xs)} x, got {len(ys)} y")
+        s0s = [None] * len(xs) if s0s is None else s0s
+        body = self._common(U, V, W, bptt_truncate)
+        body["sequences"] = [_sequence(x, y, s0, self._array) for x, y, s0 in zip(xs, ys, s0s)]
+        return tensors.dumps(body)
+
+    @staticmethod
+    def gradients(response: httpx.Response) -> Gradients:
+        data = _json(response)
+        return Gradients(
+            loss=float(data["loss"]),
+            tokens=int(data["tokens"]),
+            **{name: _array(data[name], name) for name in ("dLdU", "dLdV", "dLdW", "dLds0", "final_state")},
+        )
+
+    @staticmethod
+    def batch_gradients(response: httpx.Response, xs) -> BatchGradients:
+        data = _json(response)
+        return BatchGradients(
+            loss=float(data["loss"]),
+            losses=np.array(data["losses"], dtype=np.float64),
+            lengths=np.array([len(x) for x in xs]),
+            **{name: _array(data[name], name) for name in ("dLdU", "dLdV", "dLdW", "dLds0", "final_state")},
+        )
+
+
+def _sequence(x, y, s0, encode) -> dict[str, Any]:
+    seq: dict[str, Any] = {"x": np.asarray(x, dtype=np.int64), "y": np.asarray(y, dtype=np.int64)}
     if s0 is not None:
-        body["s0"] = np.ascontiguousarray(s0, dtype=np.float64)
-    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+        seq["s0"] = encode(s0)
+    return seq
 
 
-def _gradients(response: httpx.Response) -> Gradients:
-    data = _json(response)
-    return Gradients(
-        loss=float(data["loss"]),
-        dLdU=np.array(data["dLdU"], dtype=np.float64),
-        dLdV=np.array(data["dLdV"], dtype=np.float64),
-        dLdW=np.array(data["dLdW"], dtype=np.float64),
-        dLds0=np.array(data["dLds0"], dtype=np.float64),
-        final_state=np.array(data["final_state"], dtype=np.float64),
-        tokens=int(data["tokens"]),
-    )
+def _array(value: Any, name: str) -> np.ndarray:
+    """An answer's array, from nested lists or a base64 tensor object."""
+    if isinstance(value, dict):
+        return tensors.from_base64(value["dtype"], value["shape"], value["data"], name)
+    return np.array(value, dtype=np.float64)
 
 
 def _json(response: httpx.Response) -> Any:
@@ -75,18 +121,38 @@ def _json(response: httpx.Response) -> Any:
 
 
 _HEADERS = {"content-type": "application/json"}
+Encoding = tensors.Encoding
+DTYPES = tensors.DTYPES
 
 
 class Client:
-    """Synchronous client. Use as a context manager, or call ``close()``."""
+    """Synchronous client. Use as a context manager, or call ``close()``.
 
-    def __init__(self, base_url: str = DEFAULT_URL, *, timeout: float = 120.0, **httpx_options: Any) -> None:
+    ``encoding`` is how arrays travel both ways ("base64", the default, or
+    "json" for nested lists); ``dtype`` the precision the service computes in.
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        *,
+        encoding: Encoding = "base64",
+        dtype: str = "float64",
+        timeout: float = 120.0,
+        **httpx_options: Any,
+    ) -> None:
+        self._wire = _Wire(encoding, dtype)
         self._http = httpx.Client(base_url=base_url, timeout=timeout, **httpx_options)
 
     def bptt(self, U, V, W, x, y, *, bptt_truncate: int | None = None, s0=None) -> Gradients:
         """Loss and gradients of one sequence (``POST /bptt``); arrays as for ``engine.bptt``."""
-        body = _bptt_body(U, V, W, x, y, bptt_truncate, s0)
-        return _gradients(self._http.post("/bptt", content=body, headers=_HEADERS))
+        body = self._wire.bptt_body(U, V, W, x, y, bptt_truncate, s0)
+        return self._wire.gradients(self._http.post("/bptt", content=body, headers=_HEADERS))
+
+    def bptt_batch(self, U, V, W, xs, ys, *, bptt_truncate: int | None = None, s0=None) -> BatchGradients:
+        """Losses and summed gradients of several sequences (``POST /bptt/batch``)."""
+        body = self._wire.batch_body(U, V, W, xs, ys, bptt_truncate, s0)
+        return self._wire.batch_gradients(self._http.post("/bptt/batch", content=body, headers=_HEADERS), xs)
 
     def health(self) -> bool:
         """True when ``GET /healthz`` answers 200."""
@@ -103,15 +169,29 @@ class Client:
 
 
 class AsyncClient:
-    """Asynchronous client. Use with ``async with``, or await ``aclose()``."""
+    """Asynchronous client, the options of ``Client``. Use with ``async with``, or await ``aclose()``."""
 
-    def __init__(self, base_url: str = DEFAULT_URL, *, timeout: float = 120.0, **httpx_options: Any) -> None:
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        *,
+        encoding: Encoding = "base64",
+        dtype: str = "float64",
+        timeout: float = 120.0,
+        **httpx_options: Any,
+    ) -> None:
+        self._wire = _Wire(encoding, dtype)
         self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, **httpx_options)
 
     async def bptt(self, U, V, W, x, y, *, bptt_truncate: int | None = None, s0=None) -> Gradients:
         """Loss and gradients of one sequence (``POST /bptt``); arrays as for ``engine.bptt``."""
-        body = _bptt_body(U, V, W, x, y, bptt_truncate, s0)
-        return _gradients(await self._http.post("/bptt", content=body, headers=_HEADERS))
+        body = self._wire.bptt_body(U, V, W, x, y, bptt_truncate, s0)
+        return self._wire.gradients(await self._http.post("/bptt", content=body, headers=_HEADERS))
+
+    async def bptt_batch(self, U, V, W, xs, ys, *, bptt_truncate: int | None = None, s0=None) -> BatchGradients:
+        """Losses and summed gradients of several sequences (``POST /bptt/batch``)."""
+        body = self._wire.batch_body(U, V, W, xs, ys, bptt_truncate, s0)
+        return self._wire.batch_gradients(await self._http.post("/bptt/batch", content=body, headers=_HEADERS), xs)
 
     async def health(self) -> bool:
         """True when ``GET /healthz`` answers 200."""

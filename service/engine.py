@@ -4,7 +4,8 @@ This is the whole model in one file: numpy and the standard library only, no
 web imports. Dimension letters, used in every shape comment below:
 
     T  sequence length (steps)      H  hidden units
-    C  vocabulary size (classes)    K  truncation (lags kept)
+    C  vocabulary size (classes)    B  batch (sequences)
+    N  predicted tokens in a batch  K  truncation (lags kept)
 
 The model (Denny Britz's ``RNNNumpy``; Goodfellow et al., Deep Learning, 10.2):
 
@@ -13,7 +14,9 @@ The model (Denny Britz's ``RNNNumpy``; Goodfellow et al., Deep Learning, 10.2):
     o_t = softmax(V s_t)                output distribution (C,)
     L   = sum_t -ln o_t[y_t]            summed, natural log
 
-``bptt`` returns L and dL/dU, dL/dV, dL/dW. With ``bptt_truncate=None`` the
+``bptt`` returns L and dL/dU, dL/dV, dL/dW for one sequence, ``bptt_batch``
+the sums over several sequences of different lengths (one computation, the
+batch in the rows of every matrix product). With ``bptt_truncate=None`` the
 gradients are exact (one backward pass over time); with an integer K they are
 the seed's truncated gradients: the error of output t flows back through steps
 t, t-1, ..., max(0, t-K) and no further. docs/derivation.md derives every line.
@@ -21,13 +24,14 @@ t, t-1, ..., max(0, t-K) and no further. docs/derivation.md derives every line.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import ComputeError, InputError
 
-__all__ = ["Gradients", "check_inputs", "forward", "bptt"]
+__all__ = ["Gradients", "BatchGradients", "check_inputs", "forward", "bptt", "bptt_batch"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,46 @@ class Gradients:
         return self.loss / self.tokens
 
 
+@dataclass(frozen=True)
+class BatchGradients:
+    """Losses and gradients of B sequences, as ``bptt_batch`` returns them.
+
+    Attributes
+    ----------
+    loss : float
+        Sum of ``losses``.
+    losses : (B,) ndarray
+        Each sequence's summed cross-entropy.
+    lengths : (B,) ndarray
+        Each sequence's T.
+    dLdU, dLdV, dLdW : ndarrays, the shapes of U, V, W
+        Gradients of ``loss``: the sums of the sequences' gradients.
+    dLds0 : (B, H) ndarray
+        Each sequence's gradient with respect to its initial state.
+    final_state : (B, H) ndarray
+        Each sequence's last hidden state.
+    """
+
+    loss: float
+    losses: np.ndarray
+    lengths: np.ndarray
+    dLdU: np.ndarray
+    dLdV: np.ndarray
+    dLdW: np.ndarray
+    dLds0: np.ndarray
+    final_state: np.ndarray
+
+    @property
+    def tokens(self) -> int:
+        """N, the number of predicted tokens in the batch."""
+        return int(self.lengths.sum())
+
+    @property
+    def mean_loss(self) -> float:
+        """Loss per predicted token over the whole batch."""
+        return self.loss / self.tokens
+
+
 def check_inputs(
     U: np.ndarray,
     V: np.ndarray,
@@ -71,6 +115,8 @@ def check_inputs(
     x: np.ndarray,
     y: np.ndarray | None = None,
     s0: np.ndarray | None = None,
+    *,
+    where: str = "",
 ) -> tuple[int, int]:
     """Check that the shapes agree and the token ids are in range.
 
@@ -81,6 +127,8 @@ def check_inputs(
     W : (H, H) ndarray
     x, y : (T,) integer ndarrays, ids in [0, C)
     s0 : (H,) ndarray or None
+    where : str
+        Prefix of the names of x, y and s0 in messages (``"sequences[3]."``).
 
     Returns
     -------
@@ -91,6 +139,23 @@ def check_inputs(
     InputError
         Naming the field, the expected shape and the shape received.
     """
+    H, C = check_weights(U, V, W)
+    _check_tokens(f"{where}x", x, C)
+    if y is not None:
+        _check_tokens(f"{where}y", y, C)
+        if len(y) != len(x):
+            raise InputError(
+                f"{where}y must have one target per input token: len({where}x) = {len(x)}, "
+                f"got len({where}y) = {len(y)}",
+                field=f"{where}y",
+            )
+    if s0 is not None and s0.shape != (H,):
+        raise InputError(f"{where}s0 must have H = {H} numbers, got {_dims(s0)}", field=f"{where}s0")
+    return H, C
+
+
+def check_weights(U: np.ndarray, V: np.ndarray, W: np.ndarray) -> tuple[int, int]:
+    """Check that U is (H, C), V is (C, H) and W is (H, H); return (H, C)."""
     for name, a in (("U", U), ("V", V), ("W", W)):
         if a.ndim != 2:
             raise InputError(f"{name} must be a matrix (2 dimensions), got {a.ndim}", field=name)
@@ -103,16 +168,6 @@ def check_inputs(
         )
     if W.shape != (H, H):
         raise InputError(f"W must be H x H = {H} x {H}, got {_dims(W)}", field="W")
-    _check_tokens("x", x, C)
-    if y is not None:
-        _check_tokens("y", y, C)
-        if len(y) != len(x):
-            raise InputError(
-                f"y must have one target per input token: len(x) = {len(x)}, got len(y) = {len(y)}",
-                field="y",
-            )
-    if s0 is not None and s0.shape != (H,):
-        raise InputError(f"s0 must have H = {H} numbers, got {_dims(s0)}", field="s0")
     return H, C
 
 
@@ -125,6 +180,8 @@ def _check_tokens(name: str, ids: np.ndarray, C: int) -> None:
         raise InputError(f"{name} must be a list of token ids, got {ids.ndim} dimensions", field=name)
     if len(ids) == 0:
         raise InputError(f"{name} must hold at least one token id, got an empty list", field=name)
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise InputError(f"{name} must hold integer token ids, got dtype {ids.dtype}", field=name)
     bad = np.flatnonzero((ids < 0) | (ids >= C))
     if len(bad):
         i = int(bad[0])
@@ -132,6 +189,17 @@ def _check_tokens(name: str, ids: np.ndarray, C: int) -> None:
             f"{name}[{i}] = {int(ids[i])} is out of range: token ids must be in [0, C) = [0, {C})",
             field=f"{name}[{i}]",
         )
+
+
+def _check_truncate(bptt_truncate: int | None) -> int | None:
+    if bptt_truncate is None:
+        return None
+    if isinstance(bptt_truncate, bool) or int(bptt_truncate) != bptt_truncate or bptt_truncate < 0:
+        raise InputError(
+            f"bptt_truncate must be an integer >= 0 or None, got {bptt_truncate!r}",
+            field="bptt_truncate",
+        )
+    return int(bptt_truncate)
 
 
 def forward(
@@ -159,10 +227,10 @@ def forward(
     s : (T, H) ndarray
         ``s[t]`` is the hidden state after reading ``x[t]``.
     """
-    U, V, W, x, _, s0 = _prepare(U, V, W, x, None, s0)
+    batch = _Batch.of(U, V, W, [x], None, None if s0 is None else [s0])
     with np.errstate(over="ignore", invalid="ignore"):
-        s = _hidden_states(U, W, x, s0)
-        o = s @ V.T  # (T, H) x (H, C) -> (T, C), logits
+        s = _hidden_states(batch.U, batch.W, batch.X, batch.S0)[:, 0]  # (T, H)
+        o = s @ batch.V.T  # (T, H) x (H, C) -> (T, C), logits
         _softmax(o)
     return o, s
 
@@ -181,6 +249,7 @@ def bptt(
     Parameters
     ----------
     U : (H, C) ndarray
+        float64, or float32 to compute in float32.
     V : (C, H) ndarray
     W : (H, H) ndarray
     x : (T,) integer ndarray
@@ -211,120 +280,216 @@ def bptt(
     per lag when truncated). The seed's loop is kept in tests/seed.py as the
     oracle this function is checked against.
     """
-    if bptt_truncate is not None and (
-        isinstance(bptt_truncate, bool) or int(bptt_truncate) != bptt_truncate or bptt_truncate < 0
-    ):
-        raise InputError(
-            f"bptt_truncate must be an integer >= 0 or None, got {bptt_truncate!r}",
-            field="bptt_truncate",
-        )
-    U, V, W, x, y, s0 = _prepare(U, V, W, x, y, s0)
+    K = _check_truncate(bptt_truncate)
+    g = _bptt(_Batch.of(U, V, W, [x], [y], None if s0 is None else [s0]), K)
+    return Gradients(
+        loss=g.loss,
+        dLdU=g.dLdU,
+        dLdV=g.dLdV,
+        dLdW=g.dLdW,
+        dLds0=g.dLds0[0],
+        final_state=g.final_state[0],
+        tokens=int(g.lengths[0]),
+    )
+
+
+def bptt_batch(
+    U: np.ndarray,
+    V: np.ndarray,
+    W: np.ndarray,
+    xs: Sequence[np.ndarray],
+    ys: Sequence[np.ndarray],
+    bptt_truncate: int | None = None,
+    s0: Sequence[np.ndarray | None] | np.ndarray | None = None,
+) -> BatchGradients:
+    """Losses and summed gradients of B sequences, which may differ in length.
+
+    The same as B calls of ``bptt`` summed, computed at once: the recurrence
+    is (B, H)-by-(H, H) per step, shorter sequences masked; the output layer
+    is one (N, H)-by-(H, C) product over the N real tokens.
+
+    Parameters
+    ----------
+    U, V, W : as for ``bptt``
+    xs, ys : B integer ndarrays each
+        ``xs[b]`` and ``ys[b]`` of one length T_b >= 1.
+    bptt_truncate : int >= 0 or None
+        As for ``bptt``, for every sequence.
+    s0 : (B, H) ndarray, or B of (H,) ndarrays or None, optional
+        Initial states; zeros where omitted.
+
+    Returns
+    -------
+    BatchGradients
+    """
+    K = _check_truncate(bptt_truncate)
+    return _bptt(_Batch.of(U, V, W, xs, ys, s0, batched=True), K)
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """Checked inputs, sequences padded at the end into time-major (T, B) arrays."""
+
+    U: np.ndarray  # (H, C)
+    V: np.ndarray  # (C, H)
+    W: np.ndarray  # (H, H)
+    X: np.ndarray  # (T, B) input ids, 0 past each sequence's end
+    Y: np.ndarray | None  # (T, B) target ids
+    S0: np.ndarray  # (B, H)
+    lengths: np.ndarray  # (B,)
+
+    @classmethod
+    def of(cls, U, V, W, xs, ys, s0s, *, batched: bool = False) -> _Batch:
+        """Check and pad; messages name ``sequences[b].x`` when ``batched``, else ``x``."""
+        dtype = np.float32 if np.asarray(U).dtype == np.float32 else np.float64
+        U, V, W = (np.asarray(a, dtype=dtype) for a in (U, V, W))
+        H, C = check_weights(U, V, W)
+        B = len(xs)
+        if B == 0:
+            raise InputError("sequences must hold at least one sequence, got none", field="sequences")
+        if ys is not None and len(ys) != B:
+            raise InputError(f"ys must hold one target sequence per input sequence: {B}, got {len(ys)}", field="ys")
+        S0 = np.zeros((B, H), dtype=dtype)
+        if s0s is not None and len(s0s) != B:
+            raise InputError(f"s0 must hold one state per sequence, B = {B}, got {len(s0s)}", field="s0")
+        xs = [np.asarray(x) for x in xs]
+        ys = None if ys is None else [np.asarray(y) for y in ys]
+        for b in range(B):
+            s0 = None if s0s is None or s0s[b] is None else np.asarray(s0s[b], dtype=dtype)
+            where = f"sequences[{b}]." if batched else ""
+            check_inputs(U, V, W, xs[b], None if ys is None else ys[b], s0, where=where)
+            if s0 is not None:
+                S0[b] = s0
+        lengths = np.array([len(x) for x in xs])
+        T = int(lengths.max())
+        if B == 1:
+            X = xs[0].astype(np.intp).reshape(T, 1)
+            Y = None if ys is None else ys[0].astype(np.intp).reshape(T, 1)
+        else:
+            X = np.zeros((T, B), dtype=np.intp)
+            Y = None if ys is None else np.zeros((T, B), dtype=np.intp)
+            for b in range(B):
+                X[: lengths[b], b] = xs[b]
+                if Y is not None:
+                    Y[: lengths[b], b] = ys[b]
+        return cls(U=U, V=V, W=W, X=X, Y=Y, S0=S0, lengths=lengths)
+
+
+def _bptt(batch: _Batch, K: int | None) -> BatchGradients:
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported by _check_finite
-        return _bptt(U, V, W, x, y, bptt_truncate, s0)
+        return _bptt_unchecked(batch, K)
 
 
-def _bptt(U, V, W, x, y, bptt_truncate, s0) -> Gradients:
-    T = len(x)
-    rows = np.arange(T)
+def _bptt_unchecked(batch: _Batch, K: int | None) -> BatchGradients:
+    U, V, W, X, Y, S0, lengths = batch.U, batch.V, batch.W, batch.X, batch.Y, batch.S0, batch.lengths
+    T, B = X.shape
+    H, C = U.shape
 
-    s = _hidden_states(U, W, x, s0)  # (T, H)
+    S = _hidden_states(U, W, X, S0)  # (T, B, H)
 
-    # Output layer, all steps at once.  delta_o = o - onehot(y) is dL/d(V s_t),
+    # The N real tokens, as rows (t, b) in time-major order; padding is skipped.
+    padded = lengths.min() < T
+    valid = (np.arange(T)[:, None] < lengths[None, :]).ravel() if padded else slice(None)
+    s_rows = S.reshape(T * B, H)[valid]  # (N, H)
+    y_rows = Y.ravel()[valid]  # (N,)
+
+    # Output layer, all tokens at once.  delta_o = o - onehot(y) is dL/d(V s_t),
     # the seed's delta_o (softmax + cross-entropy).
-    delta_o = s @ V.T  # (T, H) x (H, C) -> (T, C), logits
-    loss = _softmax(delta_o, y)  # delta_o now holds o
-    delta_o[rows, y] -= 1.0
-    dLdV = delta_o.T @ s  # (C, T) x (T, H) -> (C, H), sum_t outer(delta_o[t], s[t])
-    dLds = delta_o @ V  # (T, C) x (C, H) -> (T, H), V^T delta_o[t]: error reaching s_t from o_t
+    delta_o = s_rows @ V.T  # (N, H) x (H, C) -> (N, C), logits
+    token_loss = _softmax(delta_o, y_rows)  # (N,); delta_o now holds o
+    delta_o[np.arange(len(y_rows)), y_rows] -= 1.0
+    dLdV = delta_o.T @ s_rows  # (C, N) x (N, H) -> (C, H), sum_t outer(delta_o[t], s_t)
+    dLds_rows = delta_o @ V  # (N, C) x (C, H) -> (N, H), V^T delta_o[t]: error reaching s_t from o_t
+    if padded:
+        dLds = np.zeros((T * B, H), dtype=S.dtype)
+        dLds[valid] = dLds_rows
+        dLds = dLds.reshape(T, B, H)  # zero past each sequence's end
+    else:
+        dLds = dLds_rows.reshape(T, B, H)
 
-    dtanh = 1.0 - s * s  # (T, H), tanh'(z_t) = 1 - tanh(z_t)**2
-    if bptt_truncate is None or bptt_truncate >= T - 1:
+    dtanh = 1.0 - S * S  # (T, B, H), tanh'(z_t) = 1 - tanh(z_t)**2
+    if K is None or K >= T - 1:
         dz = _backward_full(W, dLds, dtanh)
     else:
-        dz = _backward_truncated(W, dLds, dtanh, int(bptt_truncate))
+        dz = _backward_truncated(W, dLds, dtanh, K)
+    # dz[k, b] = dL/dz_k of sequence b, summed over the outputs that reach step k;
+    # zero past the sequence's end, where dLds is zero and nothing flows back.
 
-    # dz[k] = dL/dz_k summed over the outputs that reach step k.
-    s_prev = np.concatenate([s0[None, :], s[:-1]])  # (T, H), s_{k-1}
-    dLdW = dz.T @ s_prev  # (H, T) x (T, H) -> (H, H), sum_k outer(dz[k], s_{k-1})
-    dLdU = _sum_into_columns(dz, x, U.shape[1])  # dLdU[:, x[k]] += dz[k]
-    dLds0 = dz[0] @ W  # (H,), W^T dz_0
+    s_prev = np.concatenate([S0[None], S[:-1]])  # (T, B, H), s_{k-1}
+    dLdW = dz.reshape(-1, H).T @ s_prev.reshape(-1, H)  # (H, TB) x (TB, H), sum_k outer(dz_k, s_{k-1})
+    dz_rows = dz.reshape(T * B, H)[valid]  # (N, H)
+    x_rows = X.ravel()[valid]
+    dLdU = _sum_into_columns(dz_rows, x_rows, C)  # dLdU[:, x[k]] += dz[k]
+    dLds0 = dz[0] @ W  # (B, H), W^T dz_0
 
-    _check_finite(U, V, W, loss=loss, dz=dz, dLdW=dLdW, dLdU=dLdU[:, x], dLds0=dLds0)
-    return Gradients(
+    if B == 1:
+        losses = np.array([token_loss.sum()])
+    else:
+        seq_of_row = np.broadcast_to(np.arange(B), (T, B)).ravel()[valid]
+        losses = np.bincount(seq_of_row, weights=token_loss, minlength=B)
+    loss = float(losses.sum())
+    final_state = S[lengths - 1, np.arange(B)]  # (B, H)
+
+    _check_finite(U, V, W, loss=loss, dz=dz_rows, dLdW=dLdW, dLdU=dLdU[:, x_rows], dLds0=dLds0)
+    return BatchGradients(
         loss=loss,
+        losses=losses,
+        lengths=lengths,
         dLdU=dLdU,
         dLdV=dLdV,
         dLdW=dLdW,
         dLds0=dLds0,
-        final_state=s[-1].copy(),
-        tokens=T,
+        final_state=final_state,
     )
 
 
-def _prepare(U, V, W, x, y, s0):
-    """Arrays of one float dtype (U's, float64 unless U is float32), checked."""
-    dtype = np.float32 if np.asarray(U).dtype == np.float32 else np.float64
-    U, V, W = (np.asarray(a, dtype=dtype) for a in (U, V, W))
-    x = np.asarray(x)
-    y = None if y is None else np.asarray(y)
-    for name, ids in (("x", x), ("y", y)):
-        if ids is not None and ids.size and not np.issubdtype(ids.dtype, np.integer):
-            raise InputError(f"{name} must hold integer token ids, got dtype {ids.dtype}", field=name)
-    s0 = None if s0 is None else np.asarray(s0, dtype=dtype)
-    H, _ = check_inputs(U, V, W, x, y, s0)
-    if s0 is None:
-        s0 = np.zeros(H, dtype=dtype)
-    x = x.astype(np.intp, copy=False)
-    y = None if y is None else y.astype(np.intp, copy=False)
-    return U, V, W, x, y, s0
+def _hidden_states(U: np.ndarray, W: np.ndarray, X: np.ndarray, S0: np.ndarray) -> np.ndarray:
+    """S[t] = tanh(U[:, X[t]] + W S[t-1]) for every sequence, one loop over time.
 
-
-def _hidden_states(U: np.ndarray, W: np.ndarray, x: np.ndarray, s0: np.ndarray) -> np.ndarray:
-    """s[t] = tanh(U[:, x[t]] + W s[t-1]), one loop over time."""
-    T, H = len(x), len(s0)
-    s = U.T[x]  # (T, H): U[:, x[t]] in row t, overwritten in place by s_t
+    Returns (T, B, H). Rows past a sequence's end are computed (from padding
+    id 0) and never used.
+    """
+    S = U.T[X]  # (T, B, H): U[:, x_t] in S[t], overwritten in place by s_t
     WT = np.ascontiguousarray(W.T)
     dot, add, tanh = np.dot, np.add, np.tanh  # local names: this loop is the hot path
-    buf = np.empty(H, dtype=s.dtype)
-    h = s0
-    for t in range(T):
-        st = s[t]
-        dot(h, WT, out=buf)  # W s_{t-1}
+    buf = np.empty_like(S0)
+    h = S0
+    for st in S:
+        dot(h, WT, out=buf)  # (B, H) x (H, H): W s_{t-1}, each row
         add(st, buf, out=st)  # z_t
         tanh(st, out=st)  # s_t
         h = st
-    return s
+    return S
 
 
-def _softmax(a: np.ndarray, y: np.ndarray | None = None) -> float:
-    """Turn logits (T, C) into probabilities in place; return sum_t -ln o_t[y_t].
+def _softmax(a: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+    """Turn logits (N, C) into probabilities in place; return each row's -ln o[y].
 
     Stable for logits of any finite size: log o = (a - max a) - ln sum exp(a - max a),
     and after the shift the largest logit is 0, so exp cannot overflow.
     """
     a -= a.max(axis=1, keepdims=True)
-    shifted_y = 0.0 if y is None else float(a[np.arange(len(a)), y].sum())
+    shifted_y = 0.0 if y is None else a[np.arange(len(a)), y]
     np.exp(a, out=a)
-    z = a.sum(axis=1, keepdims=True)  # (T, 1), >= 1
-    a /= z
-    return float(np.log(z).sum()) - shifted_y
+    z = a.sum(axis=1)  # (N,), >= 1
+    a /= z[:, None]
+    return np.log(z) - shifted_y
 
 
 def _backward_full(W: np.ndarray, dLds: np.ndarray, dtanh: np.ndarray) -> np.ndarray:
-    """Exact BPTT, one pass backward over time.
+    """Exact BPTT, one pass backward over time, every sequence at once.
 
     The error reaching s_k is the output's own, dLds[k], plus what flows back
     from z_{k+1} through W:  dz_k = (dLds[k] + W^T dz_{k+1}) * (1 - s_k**2).
     """
-    T, H = dLds.shape
-    dz = np.empty_like(dLds)  # (T, H)
-    carry = np.zeros(H, dtype=dLds.dtype)  # W^T dz_{k+1}
+    dz = np.empty_like(dLds)  # (T, B, H)
+    carry = np.zeros_like(dLds[0])  # (B, H), W^T dz_{k+1}
     dot, add, mul = np.dot, np.add, np.multiply
-    for k in range(T - 1, -1, -1):
+    for k in range(len(dz) - 1, -1, -1):
         dzk = dz[k]
         add(dLds[k], carry, out=dzk)
         mul(dzk, dtanh[k], out=dzk)
-        dot(dzk, W, out=carry)  # dz_k W = W^T dz_k
+        dot(dzk, W, out=carry)  # dz_k W = W^T dz_k, each row
     return dz
 
 
@@ -334,12 +499,12 @@ def _backward_truncated(W: np.ndarray, dLds: np.ndarray, dtanh: np.ndarray, K: i
     ``delta[k]`` at lag j is the seed's ``delta_t`` for output t = k + j when
     its loop is at step k; every output moves back one step per lag at once.
     """
-    delta = dLds * dtanh  # (T, H), lag 0: delta at step k for output k
+    delta = dLds * dtanh  # (T, B, H), lag 0: delta at step k for output k
     dz = delta.copy()
     T = len(delta)
     for j in range(1, K + 1):
-        # delta_{k} = (W^T delta_{k+1}) * (1 - s_k**2), for outputs t = k + j
-        delta = delta[1:] @ W  # (T-j, H) x (H, H) -> (T-j, H)
+        # delta_k = (W^T delta_{k+1}) * (1 - s_k**2), for outputs t = k + j
+        delta = delta[1:] @ W  # (T-j, B, H) x (H, H) -> (T-j, B, H)
         delta *= dtanh[: T - j]
         dz[: T - j] += delta
     return dz
@@ -361,7 +526,7 @@ def _check_finite(U: np.ndarray, V: np.ndarray, W: np.ndarray, **parts) -> None:
 
     Checking the small parts is enough: a finite loss means every row of the
     logits was finite (a NaN or infinite logit makes its row's log-softmax NaN),
-    so |delta_o| <= 1, |s| <= 1 and |dLdV| <= T; dLdU is nonzero only in the
+    so |delta_o| <= 1, |s| <= 1 and |dLdV| <= N; dLdU is nonzero only in the
     columns x, passed here.
     """
     for name, value in parts.items():

@@ -8,31 +8,108 @@ other (U, V, W, s0, x, y) are checked afterwards by ``engine.check_inputs``.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 __all__ = [
     "Number",
     "TokenId",
-    "Matrix",
-    "Vector",
+    "Tensor",
+    "MatrixIn",
+    "VectorIn",
     "BpttRequest",
     "BpttResponse",
+    "SequenceIn",
+    "BpttBatchRequest",
+    "BpttBatchResponse",
     "ErrorItem",
     "ErrorResponse",
     "HealthResponse",
+    "TENSOR_TAGS",
 ]
 
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 TokenId = Annotated[int, Field(strict=True, ge=0)]
-Matrix = list[list[Number]]
-Vector = list[Number]
 
 _REQUEST = ConfigDict(strict=True, extra="forbid")
 
 
-class BpttRequest(BaseModel):
+class Tensor(BaseModel):
+    """An array as base64 of its raw bytes: little-endian, row-major (C order).
+
+    The idea of the KServe / Triton binary tensor extension, kept inside JSON:
+    8 bytes a number instead of about 20 characters, and no float parsing.
+    """
+
+    model_config = _REQUEST
+
+    dtype: Literal["float32", "float64"] = Field(description="Element type of the bytes.")
+    shape: list[Annotated[int, Field(strict=True, ge=0)]] = Field(
+        description="Dimensions, e.g. [H, C] for U; the bytes hold product(shape) elements."
+    )
+    data: str = Field(
+        description="Standard base64 (RFC 4648, with padding) of the little-endian, row-major bytes."
+    )
+
+
+def _matrix_or_tensor(value: Any) -> str:
+    return "tensor" if isinstance(value, (dict, Tensor)) else "lists"
+
+
+# Tags of the two forms of an array field; they appear in pydantic's error
+# locations (("U", "lists", 3, 5)) and are dropped from the field names we report.
+TENSOR_TAGS = ("lists", "tensor")
+
+MatrixIn = Annotated[
+    Union[Annotated[list[list[Number]], Tag("lists")], Annotated[Tensor, Tag("tensor")]],
+    Discriminator(_matrix_or_tensor),
+]
+VectorIn = Annotated[
+    Union[Annotated[list[Number], Tag("lists")], Annotated[Tensor, Tag("tensor")]],
+    Discriminator(_matrix_or_tensor),
+]
+MatrixOut = Union[list[list[float]], Tensor]
+VectorOut = Union[list[float], Tensor]
+
+
+class _WeightsIn(BaseModel):
+    """The fields every gradient request has: the weights and how to compute."""
+
+    model_config = _REQUEST
+
+    U: MatrixIn = Field(
+        description="Input weights, H x C (H rows of C numbers, or a tensor of shape [H, C]): "
+        "column c is added to the pre-activation when token c is read."
+    )
+    V: MatrixIn = Field(description="Output weights, C x H: logits o_t = V s_t.")
+    W: MatrixIn = Field(description="Recurrent weights, H x H: s_t = tanh(U[:, x_t] + W s_{t-1}).")
+    bptt_truncate: Annotated[int, Field(strict=True, ge=0)] | None = Field(
+        default=None,
+        description="null (default): exact, full BPTT. An integer K >= 0: the seed's truncated "
+        "BPTT, where the error of output t flows back through steps t, t-1, ..., max(0, t-K) only.",
+    )
+    encoding: Literal["json", "base64"] = Field(
+        default="json",
+        description='How the arrays of the answer are written: "json" as nested lists of numbers, '
+        '"base64" as tensor objects {dtype, shape, data} (about 3x smaller and much faster).',
+    )
+    dtype: Literal["float64", "float32"] = Field(
+        default="float64",
+        description="Precision of the computation and of the returned arrays. Inputs are "
+        "converted to it; a value beyond float32's range is refused, not rounded to infinity.",
+    )
+
+
+_X = Field(min_length=1, description="Input token ids, T of them, each in [0, C).")
+_Y = Field(
+    min_length=1,
+    description="Target token ids, T of them, each in [0, C): y[t] is the token that should follow x[t].",
+)
+_S0 = Field(default=None, description="Initial hidden state s_{-1}, H numbers; zeros when omitted.")
+
+
+class BpttRequest(_WeightsIn):
     """Weights of the RNN and one sequence: the input of ``POST /bptt``."""
 
     model_config = _REQUEST | ConfigDict(
@@ -50,42 +127,58 @@ class BpttRequest(BaseModel):
         }
     )
 
-    U: Matrix = Field(
-        description="Input weights, H x C (rows of C numbers, H rows): column c is added "
-        "to the pre-activation when token c is read."
-    )
-    V: Matrix = Field(description="Output weights, C x H: logits o_t = V s_t.")
-    W: Matrix = Field(description="Recurrent weights, H x H: s_t = tanh(U[:, x_t] + W s_{t-1}).")
-    x: list[TokenId] = Field(min_length=1, description="Input token ids, T of them, each in [0, C).")
-    y: list[TokenId] = Field(
-        min_length=1,
-        description="Target token ids, T of them, each in [0, C): y[t] is the token that should follow x[t].",
-    )
-    bptt_truncate: Annotated[int, Field(strict=True, ge=0)] | None = Field(
-        default=None,
-        description="null (default): exact, full BPTT. An integer K >= 0: the seed's truncated "
-        "BPTT, where the error of output t flows back through steps t, t-1, ..., max(0, t-K) only.",
-    )
-    s0: Vector | None = Field(
-        default=None,
-        description="Initial hidden state s_{-1}, H numbers; zeros when omitted.",
-    )
+    x: list[TokenId] = _X
+    y: list[TokenId] = _Y
+    s0: VectorIn | None = _S0
 
 
-class BpttResponse(BaseModel):
-    """The loss and its gradients: the answer of ``POST /bptt``."""
-
+class _GradientsOut(BaseModel):
     loss: float = Field(description="Summed cross-entropy, sum over t of -ln o_t[y_t] (natural log).")
     mean_loss: float = Field(description="loss / tokens: the loss per predicted token.")
-    tokens: int = Field(description="T, the number of predicted tokens.")
-    dLdU: Matrix = Field(description="dL/dU, H x C, the shape of U.")
-    dLdV: Matrix = Field(description="dL/dV, C x H, the shape of V.")
-    dLdW: Matrix = Field(description="dL/dW, H x H, the shape of W.")
-    dLds0: Vector = Field(description="dL/ds0, H numbers: the gradient with respect to the initial state.")
-    final_state: Vector = Field(
+    tokens: int = Field(description="The number of predicted tokens (T, or the sum of the T's of a batch).")
+    dLdU: MatrixOut = Field(description="dL/dU, H x C, the shape of U.")
+    dLdV: MatrixOut = Field(description="dL/dV, C x H, the shape of V.")
+    dLdW: MatrixOut = Field(description="dL/dW, H x H, the shape of W.")
+
+
+class BpttResponse(_GradientsOut):
+    """The loss and its gradients: the answer of ``POST /bptt``."""
+
+    dLds0: VectorOut = Field(description="dL/ds0, H numbers: the gradient with respect to the initial state.")
+    final_state: VectorOut = Field(
         description="s_{T-1}, the hidden state after the last input token, H numbers: "
         "pass it as s0 of the next chunk of a long text."
     )
+
+
+class SequenceIn(BaseModel):
+    """One sequence of a batch."""
+
+    model_config = _REQUEST
+
+    x: list[TokenId] = _X
+    y: list[TokenId] = _Y
+    s0: VectorIn | None = _S0
+
+
+class BpttBatchRequest(_WeightsIn):
+    """Weights once, and several sequences: the input of ``POST /bptt/batch``."""
+
+    sequences: list[SequenceIn] = Field(
+        min_length=1, description="B sequences; their lengths may differ."
+    )
+
+
+class BpttBatchResponse(_GradientsOut):
+    """Summed loss and gradients of a batch: the answer of ``POST /bptt/batch``.
+
+    The gradients are of ``loss``, the sum over the sequences: the sum of what
+    ``POST /bptt`` returns for each.
+    """
+
+    losses: list[float] = Field(description="Each sequence's summed loss, in request order (B numbers).")
+    dLds0: MatrixOut = Field(description="B x H: each sequence's gradient with respect to its s0.")
+    final_state: MatrixOut = Field(description="B x H: each sequence's last hidden state.")
 
 
 class ErrorItem(BaseModel):

@@ -1,29 +1,56 @@
-"""Arrays in and out of the wire.
+"""Arrays in and out of the wire: nested lists, and base64 tensor objects.
 
-Inbound, values already validated by pydantic (lists of finite floats, lists of
-ints >= 0) become numpy arrays, with the checks pydantic cannot express:
-rectangular matrices and int64 range. Outbound, numpy arrays become JSON bytes
-with orjson, which writes numpy arrays natively (no Python lists in between).
+Inbound, a field already validated by pydantic (lists of finite numbers, or a
+``Tensor`` {dtype, shape, data}) becomes a numpy array of the computation's
+dtype, with the checks pydantic cannot express: rectangular rows, byte counts
+that match the shape, finite values in the bytes, values within float32's range.
+Outbound, arrays become nested lists written by orjson straight from numpy,
+or base64 tensor objects.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import binascii
+import math
+from typing import Any, Literal
 
 import numpy as np
 import orjson
+import pybase64
 
 from .errors import InputError
+from .schemas import BpttBatchRequest, BpttRequest, Tensor
 
-__all__ = ["matrix", "vector", "tokens", "dumps"]
+__all__ = ["DTYPES", "array", "from_base64", "to_wire", "dumps", "bptt_arrays", "batch_arrays"]
+
+DTYPES: dict[str, type[np.floating]] = {"float64": np.float64, "float32": np.float32}
+Encoding = Literal["json", "base64"]
 
 
-def matrix(value: list[list[float]], field: str, *, dtype: type = np.float64) -> np.ndarray:
-    """A rectangular (rows, cols) array from a list of rows; rows of unequal length are named."""
-    if not value:
+def array(value: list | Tensor, field: str, *, ndim: int, dtype: type = np.float64) -> np.ndarray:
+    """A numpy array of ``dtype`` with ``ndim`` dimensions from a validated field."""
+    if isinstance(value, Tensor):
+        a = from_base64(value.dtype, value.shape, value.data, field)
+        if a.ndim != ndim:
+            raise InputError(
+                f"{field} must be a tensor of {ndim} dimension(s), got shape {list(a.shape)}", field=field
+            )
+    else:
+        a = _from_lists(value, field, ndim=ndim, dtype=dtype)
+    if a.dtype != dtype:
+        with np.errstate(over="ignore"):
+            a = a.astype(dtype)
+        _check_finite(a, field, note=f" when converted to {np.dtype(dtype).name} (largest {np.finfo(dtype).max:.4g})")
+    return a
+
+
+def _from_lists(value: list, field: str, *, ndim: int, dtype: type) -> np.ndarray:
+    if ndim == 2 and not value:
         raise InputError(f"{field} must be a matrix with at least one row, got an empty list", field=field)
     try:
-        return np.array(value, dtype=dtype)
+        # float64 first: pydantic checked the numbers are finite doubles; a cast to
+        # float32 then checks the range in array().
+        return np.array(value, dtype=np.float64)
     except ValueError:  # ragged: numpy refuses inhomogeneous rows
         cols = len(value[0])
         i = next(i for i, row in enumerate(value) if len(row) != cols)
@@ -34,9 +61,33 @@ def matrix(value: list[list[float]], field: str, *, dtype: type = np.float64) ->
         ) from None
 
 
-def vector(value: list[float], field: str, *, dtype: type = np.float64) -> np.ndarray:
-    """A (n,) array from a list of numbers."""
-    return np.array(value, dtype=dtype)
+def from_base64(dtype: str, shape: list[int], data: str | bytes, field: str) -> np.ndarray:
+    """Decode a tensor object; every value must be finite. The result may be read-only."""
+    try:
+        raw = pybase64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InputError(f"{field}.data must be standard base64 with padding: {exc}", field=f"{field}.data") from None
+    item = np.dtype(dtype).newbyteorder("<")
+    count = math.prod(shape)
+    if len(raw) != count * item.itemsize:
+        raise InputError(
+            f"{field}.data holds {len(raw)} bytes, but shape {list(shape)} of {dtype} needs "
+            f"{count} x {item.itemsize} = {count * item.itemsize}",
+            field=f"{field}.data",
+        )
+    a = np.frombuffer(raw, dtype=item).reshape(shape)
+    _check_finite(a, field)
+    return a.astype(item.newbyteorder("="), copy=False)
+
+
+def _check_finite(a: np.ndarray, field: str, *, note: str = "") -> None:
+    if not np.isfinite(a).all():
+        index = np.unravel_index(int(np.argmin(np.isfinite(a).ravel())), a.shape)
+        where = field + "".join(f"[{i}]" for i in index)
+        raise InputError(
+            f"{where} must be a finite number{note}, got {a[index]}",
+            field=where,
+        )
 
 
 def tokens(value: list[int], field: str) -> np.ndarray:
@@ -50,6 +101,50 @@ def tokens(value: list[int], field: str) -> np.ndarray:
             "C the vocabulary size",
             field=f"{field}[{i}]",
         ) from None
+
+
+def bptt_arrays(request: BpttRequest) -> dict[str, Any]:
+    """``engine.bptt``'s keyword arguments from a request (the engine checks the shapes)."""
+    dtype = DTYPES[request.dtype]
+    return {
+        **_weights(request, dtype),
+        "x": tokens(request.x, "x"),
+        "y": tokens(request.y, "y"),
+        "s0": None if request.s0 is None else array(request.s0, "s0", ndim=1, dtype=dtype),
+        "bptt_truncate": request.bptt_truncate,
+    }
+
+
+def batch_arrays(request: BpttBatchRequest) -> dict[str, Any]:
+    """``engine.bptt_batch``'s keyword arguments from a request."""
+    dtype = DTYPES[request.dtype]
+    seqs = request.sequences
+    return {
+        **_weights(request, dtype),
+        "xs": [tokens(s.x, f"sequences[{b}].x") for b, s in enumerate(seqs)],
+        "ys": [tokens(s.y, f"sequences[{b}].y") for b, s in enumerate(seqs)],
+        "s0": [
+            None if s.s0 is None else array(s.s0, f"sequences[{b}].s0", ndim=1, dtype=dtype)
+            for b, s in enumerate(seqs)
+        ],
+        "bptt_truncate": request.bptt_truncate,
+    }
+
+
+def _weights(request: BpttRequest | BpttBatchRequest, dtype: type) -> dict[str, np.ndarray]:
+    return {name: array(getattr(request, name), name, ndim=2, dtype=dtype) for name in ("U", "V", "W")}
+
+
+def to_wire(a: np.ndarray, encoding: Encoding) -> np.ndarray | dict[str, Any]:
+    """An array as ``dumps`` writes it: itself (nested lists) or a base64 tensor object."""
+    if encoding == "json":
+        return np.ascontiguousarray(a)
+    little = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
+    return {
+        "dtype": a.dtype.name,
+        "shape": list(a.shape),
+        "data": pybase64.b64encode(little.data).decode("ascii"),
+    }
 
 
 def dumps(content: Any) -> bytes:

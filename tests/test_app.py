@@ -12,8 +12,9 @@ from fastapi.testclient import TestClient
 import seed
 from conftest import make_problem
 from service import engine
+from service import tensors as service_tensors
 from service.app import create_app
-from service.schemas import BpttResponse, ErrorResponse
+from service.schemas import BpttBatchResponse, BpttResponse, ErrorResponse
 from service.settings import Settings
 from test_engine import assert_close
 
@@ -187,3 +188,112 @@ def test_wrong_method_is_405_with_error_body(client):
     r = client.get("/bptt")
     assert r.status_code == 405
     assert ErrorResponse.model_validate(r.json()).detail == "Method Not Allowed"
+
+
+def b64(a: np.ndarray, dtype: str = "float64") -> dict:
+    return service_tensors.to_wire(a.astype(dtype), "base64")
+
+
+@pytest.mark.parametrize("K", [None, 1])
+def test_post_bptt_base64_both_ways_equals_json(client, problem, K):
+    p = problem
+    p.s0 = np.linspace(-0.3, 0.3, 4)
+    as_json = post(client, p.body(bptt_truncate=K)).json()
+    body = p.body(bptt_truncate=K, encoding="base64", U=b64(p.U), V=b64(p.V), W=b64(p.W), s0=b64(p.s0))
+    r = post(client, body)
+    assert r.status_code == 200, r.text
+    data = r.json()
+    BpttResponse.model_validate(data)
+    for name in ("dLdU", "dLdV", "dLdW", "dLds0", "final_state"):
+        t = data[name]
+        got = service_tensors.from_base64(t["dtype"], t["shape"], t["data"], name)
+        np.testing.assert_array_equal(got, np.array(as_json[name]))
+    assert data["loss"] == as_json["loss"]
+
+
+def test_post_bptt_mixed_lists_and_tensors(client, problem):
+    p = problem
+    r = post(client, p.body(V=b64(p.V, "float32")))
+    assert r.status_code == 200, r.text
+    g = engine.bptt(p.U, p.V.astype(np.float32).astype(np.float64), p.W, p.x, p.y)
+    np.testing.assert_array_equal(np.array(r.json()["dLdW"]), g.dLdW)
+
+
+def test_post_bptt_float32_close_to_float64(client, rng):
+    p = make_problem(rng, H=16, C=30, T=40)
+    r64 = post(client, p.body()).json()
+    r32 = post(client, p.body(dtype="float32", encoding="base64")).json()
+    t = r32["dLdU"]
+    assert t["dtype"] == "float32"
+    got = service_tensors.from_base64(t["dtype"], t["shape"], t["data"], "dLdU")
+    assert_close(got.astype(np.float64), np.array(r64["dLdU"]), rtol=1e-5)
+    assert r32["loss"] == pytest.approx(r64["loss"], rel=1e-5)
+
+
+BAD_TENSORS = {
+    "bad base64": (lambda p: {"U": b64(p.U) | {"data": "@@@@"}}, "U.data", "U.data must be standard base64"),
+    "short data": (lambda p: {"W": b64(p.W) | {"shape": [4, 5]}}, "W.data", "W.data holds 128 bytes, but shape [4, 5] of float64 needs 20 x 8 = 160"),
+    "wrong ndim": (lambda p: {"W": b64(p.W.ravel())}, "W", "W must be a tensor of 2 dimension(s), got shape [16]"),
+    "NaN in bytes": (lambda p: {"V": b64(np.where(p.V == p.V[2, 1], np.nan, p.V))}, "V[2][1]", "V[2][1] must be a finite number, got nan"),
+    "unknown dtype": (lambda p: {"U": b64(p.U) | {"dtype": "int8"}}, "U.dtype", "U.dtype: Input should be 'float32' or 'float64'"),
+    "missing data": (lambda p: {"U": {"dtype": "float64", "shape": [4, 6]}}, "U.data", "U.data is required but missing"),
+    "negative shape": (lambda p: {"U": b64(p.U) | {"shape": [-4, 6]}}, "U.shape[0]", "U.shape[0] must be >= 0, got -4"),
+    "float32 overflow": (lambda p: {"dtype": "float32", "U": [[1e39] * 6] * 4}, "U[0][0]", "when converted to float32"),
+    "unknown encoding": (lambda p: {"encoding": "hex"}, "encoding", "encoding: Input should be 'json' or 'base64'"),
+    "shape mismatch": (lambda p: {"W": b64(p.W[:3])}, "W", "W must be H x H = 4 x 4, got 3 x 4"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TENSORS), ids=list(BAD_TENSORS))
+def test_post_bptt_bad_tensor_is_named_422(client, problem, case):
+    make, field, words = BAD_TENSORS[case]
+    r = post(client, problem.body(**make(problem)))
+    assert r.status_code == 422, r.text
+    err = ErrorResponse.model_validate(r.json())
+    assert words in err.detail
+    assert field in [e.field for e in err.errors]
+
+
+def batch_body(p, xs, ys, **extra):
+    body = {k: getattr(p, k).tolist() for k in ("U", "V", "W")}
+    body["sequences"] = [{"x": x.tolist(), "y": y.tolist()} for x, y in zip(xs, ys)]
+    return body | extra
+
+
+@pytest.mark.parametrize("K", [None, 2])
+def test_post_bptt_batch_equals_sum_of_singles(client, rng, K):
+    p = make_problem(rng, H=5, C=8, T=1)
+    lengths = [3, 9, 1, 6]
+    xs = [rng.integers(0, 8, T) for T in lengths]
+    ys = [rng.integers(0, 8, T) for T in lengths]
+    body = batch_body(p, xs, ys, bptt_truncate=K)
+    body["sequences"][1]["s0"] = [0.1, -0.2, 0.3, 0.0, 0.5]
+    r = client.post("/bptt/batch", content=orjson.dumps(body))
+    assert r.status_code == 200, r.text
+    data = BpttBatchResponse.model_validate(r.json())
+    singles = []
+    for seq in body["sequences"]:
+        one = {k: body[k] for k in ("U", "V", "W")} | seq | {"bptt_truncate": K}
+        singles.append(post(client, one).json())
+    for name in ("dLdU", "dLdV", "dLdW"):
+        assert_close(np.array(getattr(data, name)), sum(np.array(s[name]) for s in singles))
+    np.testing.assert_allclose(data.losses, [s["loss"] for s in singles], rtol=1e-12)
+    assert data.tokens == sum(lengths)
+    assert data.loss == pytest.approx(sum(s["loss"] for s in singles), rel=1e-12)
+    np.testing.assert_allclose(np.array(data.final_state)[1], singles[1]["final_state"], rtol=1e-12)
+    np.testing.assert_allclose(np.array(data.dLds0)[1], singles[1]["dLds0"], rtol=1e-12)
+
+
+def test_post_bptt_batch_bad_sequence_is_named(client, rng):
+    p = make_problem(rng, H=3, C=4, T=1)
+    body = batch_body(p, [np.array([0, 1]), np.array([2, 3])], [np.array([1, 2]), np.array([3])])
+    r = client.post("/bptt/batch", content=orjson.dumps(body))
+    assert r.status_code == 422
+    assert r.json()["detail"] == "sequences[1].y must have one target per input token: len(sequences[1].x) = 2, got len(sequences[1].y) = 1"
+    body["sequences"] = []
+    r = client.post("/bptt/batch", content=orjson.dumps(body))
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["field"] == "sequences"
+    body["sequences"] = [{"x": [0], "y": [1], "s0": [1.0]}]
+    r = client.post("/bptt/batch", content=orjson.dumps(body))
+    assert r.json()["detail"] == "sequences[0].s0 must have H = 3 numbers, got 1"

@@ -76,3 +76,39 @@ def test_server_keeps_serving_after_bad_requests(live_server, rng):
         assert "Traceback" not in r.text
     with Client(live_server.url) as client:
         assert client.health()
+
+
+@pytest.mark.parametrize("encoding", ["base64", "json"])
+def test_client_encodings_give_identical_gradients(live_server, rng, encoding):
+    p = make_problem(rng, H=7, C=11, T=9, s0=True)
+    with Client(live_server.url, encoding=encoding) as client:
+        g = client.bptt(p.U, p.V, p.W, p.x, p.y, bptt_truncate=2, s0=p.s0)
+    local = engine.bptt(p.U, p.V, p.W, p.x, p.y, bptt_truncate=2, s0=p.s0)
+    for name in ("dLdU", "dLdV", "dLdW", "dLds0", "final_state"):
+        np.testing.assert_array_equal(getattr(g, name), getattr(local, name))
+
+
+def test_client_float32(live_server, rng):
+    p = make_problem(rng, H=7, C=11, T=9)
+    with Client(live_server.url, dtype="float32") as client:
+        g = client.bptt(p.U, p.V, p.W, p.x, p.y)
+    assert g.dLdU.dtype == np.float32
+    assert_close(g.dLdU.astype(np.float64), engine.bptt(p.U, p.V, p.W, p.x, p.y).dLdU, rtol=1e-5)
+
+
+def test_client_batch_equals_local_batch(live_server, rng):
+    p = make_problem(rng, H=6, C=10, T=1)
+    xs = [rng.integers(0, 10, T) for T in (4, 7, 2)]
+    ys = [rng.integers(0, 10, T) for T in (4, 7, 2)]
+    s0 = [None, rng.uniform(-1, 1, 6), None]
+    with Client(live_server.url) as client:
+        g = client.bptt_batch(p.U, p.V, p.W, xs, ys, bptt_truncate=3, s0=s0)
+    local = engine.bptt_batch(p.U, p.V, p.W, xs, ys, bptt_truncate=3, s0=s0)
+    for name in ("dLdU", "dLdV", "dLdW", "dLds0", "final_state", "losses", "lengths"):
+        np.testing.assert_array_equal(getattr(g, name), getattr(local, name))
+    assert g.loss == local.loss
+
+
+def test_client_rejects_unknown_options():
+    with pytest.raises(ValueError, match="encoding must be 'json' or 'base64', got 'hex'"):
+        Client(encoding="hex")

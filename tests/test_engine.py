@@ -188,3 +188,45 @@ def test_bptt_bad_truncation_raises_input_error(rng, K):
     p = make_problem(rng, H=2, C=3, T=4)
     with pytest.raises(InputError, match="bptt_truncate must be an integer >= 0"):
         engine.bptt(p.U, p.V, p.W, p.x, p.y, bptt_truncate=K)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    seed_=st.integers(0, 2**32 - 1),
+    H=st.integers(1, 7),
+    C=st.integers(1, 9),
+    lengths=st.lists(st.integers(1, 12), min_size=1, max_size=6),
+    K=st.one_of(st.none(), st.integers(0, 6)),
+    with_s0=st.lists(st.booleans(), min_size=6, max_size=6),
+)
+def test_bptt_batch_equals_sum_of_singles(seed_, H, C, lengths, K, with_s0):
+    """Sequences of different lengths at once: the sum of single calls, to 1e-12."""
+    rng = np.random.default_rng(seed_)
+    p = make_problem(rng, H, C, 1, scale=2.0)
+    xs = [rng.integers(0, C, T) for T in lengths]
+    ys = [rng.integers(0, C, T) for T in lengths]
+    s0s = [rng.uniform(-1, 1, H) if with_s0[b] else None for b in range(len(lengths))]
+    g = engine.bptt_batch(p.U, p.V, p.W, xs, ys, bptt_truncate=K, s0=s0s)
+    singles = [engine.bptt(p.U, p.V, p.W, x, y, bptt_truncate=K, s0=s0) for x, y, s0 in zip(xs, ys, s0s)]
+    for name in ("dLdU", "dLdV", "dLdW"):
+        assert_close(getattr(g, name), sum(getattr(s, name) for s in singles))
+    np.testing.assert_allclose(g.losses, [s.loss for s in singles], rtol=RTOL)
+    assert g.loss == pytest.approx(sum(s.loss for s in singles), rel=RTOL)
+    assert g.tokens == sum(lengths)
+    for b, s in enumerate(singles):
+        np.testing.assert_allclose(g.final_state[b], s.final_state, rtol=RTOL, atol=1e-15)
+        np.testing.assert_allclose(g.dLds0[b], s.dLds0, rtol=RTOL, atol=1e-15)
+    # And against the seed's loop directly.
+    ref = [seed.bptt(p.U, p.V, p.W, x, y, len(y) if K is None else K, s0=s0) for x, y, s0 in zip(xs, ys, s0s)]
+    assert_close(g.dLdW, sum(r[2] for r in ref))
+
+
+def test_bptt_batch_names_the_bad_sequence(rng):
+    p = make_problem(rng, H=3, C=4, T=5)
+    with pytest.raises(InputError, match=r"sequences\[1\]\.x\[2\] = 9 is out of range") as info:
+        engine.bptt_batch(p.U, p.V, p.W, [p.x, np.array([0, 1, 9])], [p.y, np.array([0, 1, 2])])
+    assert info.value.field == "sequences[1].x[2]"
+    with pytest.raises(InputError, match=r"sequences\[0\]\.y must have one target per input token"):
+        engine.bptt_batch(p.U, p.V, p.W, [p.x], [p.y[:-1]])
+    with pytest.raises(InputError, match="at least one sequence"):
+        engine.bptt_batch(p.U, p.V, p.W, [], [])
