@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test openapi clean
+.PHONY: run test bench openapi clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,14 @@ run: $(VENV)/.run
 
 test: $(VENV)/.test
 	$(BIN)/python -m pytest
+
+$(VENV)/.bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $@
+
+# Every benchmark, one run, tables to stdout and bench-results/results.md (a few minutes).
+bench: $(VENV)/.bench
+	cd benchmarks && ../$(BIN)/python run_all.py
 
 # Regenerate openapi/openapi.json from the app (tests/test_openapi.py fails when it drifts).
 openapi: $(VENV)/.run

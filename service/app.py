@@ -10,20 +10,25 @@ weights then neither blocks other requests nor passes through Python's json.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import uuid
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+import anyio.to_thread
 
 import pydantic
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import __version__, engine, tensors
+from . import __version__, engine, runtime, tensors
 from .errors import ComputeError, InputError
 from .schemas import (
     TENSOR_TAGS,
@@ -81,7 +86,10 @@ class HttpError(Exception):
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The application, configured by ``settings`` (read from the environment when omitted)."""
     settings = settings or Settings()
+    if settings.tune_malloc:
+        runtime.tune_malloc()
     app = FastAPI(
+        lifespan=_lifespan,
         title="bptt-service",
         version=__version__,
         description=DESCRIPTION,
@@ -92,6 +100,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _add_error_handlers(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    app.state.limiter = anyio.CapacityLimiter(app.state.settings.threads)
+    yield
 
 
 # -- routes ------------------------------------------------------------------
@@ -107,15 +121,13 @@ def _routes() -> APIRouter:
         openapi_extra=_json_body(BpttRequest),
         summary="Loss and BPTT gradients of one sequence",
     )
-    def post_bptt(body: Annotated[bytes, Depends(_json_bytes)]) -> Response:
+    async def post_bptt(request: Request) -> Response:
         """Run the RNN over `x`, score it against `y`, and return the loss with dL/dU, dL/dV, dL/dW.
 
         Any of `U`, `V`, `W`, `s0` may be a base64 tensor object instead of nested
         lists; `encoding` chooses the form of the answer's arrays.
         """
-        request = _parse(BpttRequest, body)
-        result = engine.bptt(**tensors.bptt_arrays(request))
-        return _json(_gradients_body(result, request.encoding))
+        return await _compute(request, _bptt_answer)
 
     @router.post(
         "/bptt/batch",
@@ -124,12 +136,10 @@ def _routes() -> APIRouter:
         openapi_extra=_json_body(BpttBatchRequest),
         summary="Summed loss and BPTT gradients of several sequences",
     )
-    def post_bptt_batch(body: Annotated[bytes, Depends(_json_bytes)]) -> Response:
+    async def post_bptt_batch(request: Request) -> Response:
         """The weights once and B sequences of any lengths, computed together: the losses,
         and the gradients of their sum (equal to the sum of `POST /bptt` over the sequences)."""
-        request = _parse(BpttBatchRequest, body)
-        result = engine.bptt_batch(**tensors.batch_arrays(request))
-        return _json({**_gradients_body(result, request.encoding), "losses": result.losses})
+        return await _compute(request, _batch_answer)
 
     @router.get("/healthz", response_model=HealthResponse, summary="Liveness")
     async def get_healthz() -> dict[str, str]:
@@ -137,6 +147,28 @@ def _routes() -> APIRouter:
         return {"status": "ok"}
 
     return router
+
+
+async def _compute(request: Request, answer: Callable[[bytes], dict[str, Any]]) -> Response:
+    """Read the body, then parse, compute and serialise in the worker threads (off the event loop)."""
+    body = await _json_bytes(request)
+    state = request.app.state
+    if getattr(state, "limiter", None) is None:  # the lifespan did not run (an app used without it)
+        state.limiter = anyio.CapacityLimiter(state.settings.threads)
+    content = await anyio.to_thread.run_sync(lambda: tensors.dumps(answer(body)), limiter=state.limiter)
+    return Response(content, media_type="application/json")
+
+
+def _bptt_answer(body: bytes) -> dict[str, Any]:
+    request = _parse(BpttRequest, body)
+    result = engine.bptt(**tensors.bptt_arrays(request))
+    return _gradients_body(result, request.encoding)
+
+
+def _batch_answer(body: bytes) -> dict[str, Any]:
+    request = _parse(BpttBatchRequest, body)
+    result = engine.bptt_batch(**tensors.batch_arrays(request))
+    return {**_gradients_body(result, request.encoding), "losses": result.losses}
 
 
 async def _json_bytes(request: Request) -> bytes:

@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port (0 picks a free one).")
     # One worker process per core is the usual choice on a dedicated machine.
     workers: int = Field(default=1, ge=1, le=64, description="Worker processes.")
+    # Requests compute in worker threads (numpy releases the GIL in its kernels,
+    # BLAS uses the cores); more threads than cores only contend for the GIL.
+    threads: int = Field(default=2, ge=1, le=256, description="Requests computing at once, per worker process.")
+    # Keep freed blocks for reuse instead of page-faulting them back in
+    # (see service/runtime.py); off only to compare.
+    tune_malloc: bool = Field(default=True, description="Raise glibc's malloc mmap/trim thresholds.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         default="info", description="Log level."
     )

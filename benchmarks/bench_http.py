@@ -1,0 +1,98 @@
+"""HTTP end to end at C = 8000, H = 100: JSON, base64, against a plain implementation,
+the transport floor and local PyTorch. Client-side encoding and decoding included.
+
+    python benchmarks/bench_http.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import httpx
+import numpy as np
+import orjson
+
+from common import median_time, problem, serve, table
+from peers import torch_bptt
+
+from service import engine
+from service.client import Client
+from service.runtime import tune_malloc
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("-T", type=int, default=20)
+    args = parser.parse_args(argv)
+    C, H, T = 8000, 100, args.T
+    repeat = 5 if args.quick else 15
+    U, V, W, x, y = problem(C, H, T)
+    tune_malloc()
+    local = engine.bptt(U, V, W, x, y)
+    t_engine = median_time(lambda: engine.bptt(U, V, W, x, y), repeat=repeat)
+    times: dict[str, float] = {}
+    sizes: dict[str, tuple[int, int]] = {}
+
+    with serve("service.app:app") as url:
+        for encoding in ("json", "base64"):
+            with Client(url, encoding=encoding) as client:
+                g = client.bptt(U, V, W, x, y)
+                assert np.array_equal(g.dLdU, local.dLdU), "the service must answer exactly"
+                times[encoding] = median_time(lambda: client.bptt(U, V, W, x, y), repeat=repeat)
+                body = client._wire.bptt_body(U, V, W, x, y, None, None)
+                answer = client._http.post("/bptt", content=body, headers={"content-type": "application/json"})
+                sizes[encoding] = (len(body), len(answer.content))
+
+    up, down = sizes["base64"]
+    with serve("servers:echo") as url, httpx.Client(base_url=url, timeout=120) as http:
+        payload = b"x" * up
+
+        def echo():
+            return http.post("/echo", params={"size": down}, content=payload).content
+
+        times["floor"] = median_time(echo, repeat=repeat)
+
+    with serve("servers:plain") as url, httpx.Client(base_url=url, timeout=300) as http:
+        def plain():
+            body = orjson.dumps({"U": U, "V": V, "W": W, "x": x, "y": y}, option=orjson.OPT_SERIALIZE_NUMPY)
+            data = orjson.loads(http.post("/bptt", content=body, headers={"content-type": "application/json"}).content)
+            return [np.array(data[k]) for k in ("dLdU", "dLdV", "dLdW")]
+
+        assert np.allclose(plain()[0], local.dLdU, rtol=1e-10, atol=1e-15)
+        times["plain"] = median_time(plain, repeat=max(3, repeat // 3), budget=60)
+
+    torch_fn = torch_bptt(U, V, W, x, y)
+    if torch_fn is not None:
+        times["torch"] = median_time(torch_fn, repeat=repeat)
+
+    rows = [
+        ["plain implementation (lists in, FastAPI JSON out, seed loop)", times["plain"] * 1e3, times["plain"] / times["json"], ""],
+        ["this service, JSON", times["json"] * 1e3, 1.0, f"{sizes['json'][0] / 1e6:.1f} MB up, {sizes['json'][1] / 1e6:.1f} MB down"],
+        ["this service, base64", times["base64"] * 1e3, times["base64"] / times["json"], f"{up / 1e6:.1f} MB up, {down / 1e6:.1f} MB down"],
+        ["transport floor (echo the base64 sizes)", times["floor"] * 1e3, times["floor"] / times["json"], ""],
+        ["engine alone (in process)", t_engine * 1e3, t_engine / times["json"], ""],
+    ]
+    if "torch" in times:
+        rows.append(["local PyTorch, no HTTP", times["torch"] * 1e3, times["torch"] / times["json"], ""])
+    else:
+        print("PyTorch is not installed: local PyTorch skipped (pip install -e '.[bench]')")
+    text = table(
+        f"HTTP end to end, C = {C}, H = {H}, T = {T}, full BPTT (medians)",
+        ["path", "ms", "time / JSON path", "bytes"],
+        rows,
+    )
+    summary = table(
+        "HTTP targets",
+        ["ratio", "measured", "target"],
+        [
+            ["plain / JSON path", times["plain"] / times["json"], ">= 2.5"],
+            ["JSON path / base64 path", times["json"] / times["base64"], ">= 3"],
+            ["base64 path / (floor + engine)", times["base64"] / (times["floor"] + t_engine), "<= 3"],
+        ],
+    )
+    return text + "\n" + summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Shared helpers of the benchmarks: timing, problems, servers, tables.
+
+Every benchmark measures its candidates in one run, on one machine, and
+prints medians and ratios, never a lone absolute time as a verdict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the seed's loop, tests/seed.py
+
+import seed  # noqa: E402
+
+__all__ = ["seed", "median_time", "problem", "serve", "table", "machine", "ROOT"]
+
+
+def median_time(fn: Callable[[], object], *, repeat: int = 15, warmup: int = 2, budget: float = 30.0) -> float:
+    """Median wall time of ``fn()`` in seconds, over ``repeat`` runs (fewer if over ``budget`` s)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    start = time.perf_counter()
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() - start > budget and len(times) >= 3:
+            break
+    return statistics.median(times)
+
+
+def problem(C: int, H: int, T: int, *, seed_: int = 0):
+    """The seed's initialisation: U, V, W uniform in +-1/sqrt(fan-in); random x, y."""
+    rng = np.random.default_rng(seed_)
+    U = rng.uniform(-1, 1, (H, C)) / np.sqrt(C)
+    V = rng.uniform(-1, 1, (C, H)) / np.sqrt(H)
+    W = rng.uniform(-1, 1, (H, H)) / np.sqrt(H)
+    return U, V, W, rng.integers(0, C, T), rng.integers(0, C, T)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(app: str, *, env: dict[str, str] | None = None, workers: int = 1, health: str = "/healthz") -> Iterator[str]:
+    """Run ``uvicorn app`` on a free loopback port; yield its base URL.
+
+    ``app`` is "service.app:app", or "servers:<name>" for benchmarks/servers.py.
+    """
+    port = free_port()
+    cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
+           "--log-level", "warning", "--workers", str(workers), "--no-access-log",
+           "--app-dir", str(ROOT / "benchmarks")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(url + health, timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"{app} did not start") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def table(title: str, header: list[str], rows: list[list[object]]) -> str:
+    """A GitHub-flavoured markdown table, printed and returned."""
+    def cell(v: object) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    text = "\n".join(lines) + "\n"
+    print(text, flush=True)
+    return text
+
+
+def machine() -> str:
+    """One line describing where the numbers were taken."""
+    cpu = platform.processor() or "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"numpy {np.__version__}, {platform.system()} {platform.release()}")
