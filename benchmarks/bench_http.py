@@ -44,6 +44,21 @@ def main(argv: list[str] | None = None) -> str:
                 answer = client._http.post("/bptt", content=body, headers={"content-type": "application/json"})
                 sizes[encoding] = (len(body), len(answer.content))
 
+        # The Open Inference Protocol with binary tensors both ways, over plain httpx.
+        with httpx.Client(base_url=url, timeout=120) as http:
+            def v2_binary():
+                header, data = _v2_request(U, V, W, x, y)
+                r = http.post("/v2/models/bptt/infer", content=header + data,
+                              headers={"Inference-Header-Content-Length": str(len(header))})
+                return _v2_outputs(r)
+
+            assert np.array_equal(v2_binary()["dLdU"], local.dLdU)
+            times["v2"] = median_time(v2_binary, repeat=repeat)
+            header, data = _v2_request(U, V, W, x, y)
+            sizes["v2"] = (len(header) + len(data), len(http.post(
+                "/v2/models/bptt/infer", content=header + data,
+                headers={"Inference-Header-Content-Length": str(len(header))}).content))
+
     up, down = sizes["base64"]
     with serve("servers:echo") as url, httpx.Client(base_url=url, timeout=120) as http:
         payload = b"x" * up
@@ -62,6 +77,13 @@ def main(argv: list[str] | None = None) -> str:
         assert np.allclose(plain()[0], local.dLdU, rtol=1e-10, atol=1e-15)
         times["plain"] = median_time(plain, repeat=max(3, repeat // 3), budget=60)
 
+    v2_up, v2_down = sizes["v2"]
+    with serve("servers:echo") as url, httpx.Client(base_url=url, timeout=120) as http:
+        payload = b"x" * v2_up
+        times["v2 floor"] = median_time(
+            lambda: http.post("/echo", params={"size": v2_down}, content=payload).content, repeat=repeat
+        )
+
     torch_fn = torch_bptt(U, V, W, x, y)
     if torch_fn is not None:
         times["torch"] = median_time(torch_fn, repeat=repeat)
@@ -71,6 +93,8 @@ def main(argv: list[str] | None = None) -> str:
         ["this service, JSON", times["json"] * 1e3, 1.0, f"{sizes['json'][0] / 1e6:.1f} MB up, {sizes['json'][1] / 1e6:.1f} MB down"],
         ["this service, base64", times["base64"] * 1e3, times["base64"] / times["json"], f"{up / 1e6:.1f} MB up, {down / 1e6:.1f} MB down"],
         ["transport floor (echo the base64 sizes)", times["floor"] * 1e3, times["floor"] / times["json"], ""],
+        ["Open Inference Protocol, binary tensors", times["v2"] * 1e3, times["v2"] / times["json"], f"{v2_up / 1e6:.1f} MB up, {v2_down / 1e6:.1f} MB down"],
+        ["transport floor (echo the binary sizes)", times["v2 floor"] * 1e3, times["v2 floor"] / times["json"], ""],
         ["engine alone (in process)", t_engine * 1e3, t_engine / times["json"], ""],
     ]
     if "torch" in times:
@@ -89,9 +113,31 @@ def main(argv: list[str] | None = None) -> str:
             ["plain / JSON path", times["plain"] / times["json"], ">= 2.5"],
             ["JSON path / base64 path", times["json"] / times["base64"], ">= 3"],
             ["base64 path / (floor + engine)", times["base64"] / (times["floor"] + t_engine), "<= 3"],
+            ["V2 binary / (its floor + engine)", times["v2"] / (times["v2 floor"] + t_engine), "<= 1.5"],
         ],
     )
     return text + "\n" + summary
+
+
+def _v2_request(U, V, W, x, y) -> tuple[bytes, bytes]:
+    """A V2 infer request with every input and output in binary."""
+    arrays = {"U": U, "V": V, "W": W, "x": np.asarray(x, np.int64), "y": np.asarray(y, np.int64)}
+    inputs = [{"name": n, "datatype": "FP64" if a.dtype.kind == "f" else "INT64", "shape": list(a.shape),
+               "parameters": {"binary_data_size": a.nbytes}} for n, a in arrays.items()]
+    header = orjson.dumps({"inputs": inputs, "parameters": {"binary_data_output": True}})
+    return header, b"".join(np.ascontiguousarray(a).tobytes() for a in arrays.values())
+
+
+def _v2_outputs(response: httpx.Response) -> dict[str, np.ndarray]:
+    n = int(response.headers["Inference-Header-Content-Length"])
+    head = orjson.loads(response.content[:n])
+    out, offset = {}, n
+    for o in head["outputs"]:
+        size = o["parameters"]["binary_data_size"]
+        dtype = "<f8" if o["datatype"] == "FP64" else "<i8"
+        out[o["name"]] = np.frombuffer(response.content[offset : offset + size], dtype=dtype).reshape(o["shape"])
+        offset += size
+    return out
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -28,7 +28,7 @@ from fastapi.responses import Response
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import __version__, engine, runtime, tensors
+from . import __version__, engine, runtime, tensors, v2
 from .errors import ComputeError, InputError
 from .schemas import (
     TENSOR_TAGS,
@@ -38,10 +38,17 @@ from .schemas import (
     BpttResponse,
     ErrorResponse,
     HealthResponse,
+    InferRequest,
+    InferResponse,
+    ModelMetadata,
+    ServerMetadata,
+    V2ErrorResponse,
 )
 from .settings import Settings
 
 __all__ = ["app", "create_app", "openapi_json"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("service")
 
@@ -59,7 +66,7 @@ loop of Denny Britz's `RNNNumpy.bptt`. Every error answer has the body
 """
 
 # Request bodies the routes parse themselves, listed so the spec describes them.
-REQUEST_MODELS = (BpttRequest, BpttBatchRequest)
+REQUEST_MODELS = (BpttRequest, BpttBatchRequest, InferRequest)
 MAX_ERRORS = 20
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -97,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.include_router(_routes())
+    app.include_router(_v2_routes())
     _add_error_handlers(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
@@ -149,14 +157,133 @@ def _routes() -> APIRouter:
     return router
 
 
+# -- Open Inference Protocol (KServe V2) ---------------------------------------
+
+V2_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": V2ErrorResponse, "description": "A malformed request; `error` names the tensor."},
+    404: {"model": V2ErrorResponse, "description": "No such model or version (this server serves `bptt`, version 1)."},
+}
+
+V2_INFER_DESCRIPTION = """\
+Loss and gradients through the Open Inference Protocol (KServe V2 / Triton), the same
+computation as `POST /bptt`.
+
+Inputs: `U`, `V`, `W` (FP64 or FP32; FP32 only if all three are), `x`, `y` (INT64 or INT32)
+of shape [T], or [B, T] for a batch with the semantics of `POST /bptt/batch`; optional
+`s0` ([H], or [B, H]) and `lengths` ([B]: row b uses its first lengths[b] tokens).
+Request parameter `bptt_truncate` (integer >= 0; absent or null: full BPTT).
+Outputs: `loss`, `mean_loss`, `tokens`, `dLdU`, `dLdV`, `dLdW`, `dLds0`, `final_state`,
+`losses` (one per sequence); all of them unless `outputs` names some.
+
+**Binary tensor data extension.** The body may be a JSON header followed by raw
+little-endian, row-major tensor bytes: the header `Inference-Header-Content-Length`
+gives the JSON's length in bytes, and each binary input carries
+`"parameters": {"binary_data_size": n}` instead of `data`, its bytes following in the
+order of the inputs. Outputs asked for with `"parameters": {"binary_data": true}`, or all
+outputs when the request has `"parameters": {"binary_data_output": true}`, come back the
+same way: the answer is `application/octet-stream`, its first
+`Inference-Header-Content-Length` bytes the JSON header, in which each binary output has
+`binary_data_size`. Errors are `{"error": "..."}` with status 400, naming the tensor.
+"""
+
+
+def _v2_routes() -> APIRouter:
+    router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
+
+    @router.get("", response_model=ServerMetadata, summary="Server metadata")
+    async def get_v2_server() -> dict[str, Any]:
+        """Name, version and protocol extensions (`binary_tensor_data`)."""
+        return v2.server_metadata()
+
+    @router.get("/health/live", summary="Server liveness")
+    async def get_v2_live() -> dict[str, Any]:
+        """200 while the process is up."""
+        return {"live": True}
+
+    @router.get("/health/ready", summary="Server readiness")
+    async def get_v2_ready() -> dict[str, Any]:
+        """200 when the server can compute."""
+        return {"ready": True}
+
+    @router.get("/models/{model_name}", response_model=ModelMetadata, responses=V2_ERRORS, summary="Model metadata")
+    @router.get("/models/{model_name}/versions/{model_version}", response_model=ModelMetadata,
+                responses=V2_ERRORS, summary="Model metadata (versioned)")
+    async def get_v2_model(model_name: str, model_version: str | None = None) -> Any:
+        """Every input and output with datatype and shape (-1: any size)."""
+        return _v2_unknown_model(model_name, model_version) or v2.model_metadata()
+
+    @router.get("/models/{model_name}/ready", responses=V2_ERRORS, summary="Model readiness")
+    @router.get("/models/{model_name}/versions/{model_version}/ready", responses=V2_ERRORS,
+                summary="Model readiness (versioned)")
+    async def get_v2_model_ready(model_name: str, model_version: str | None = None) -> Any:
+        """200 when the model can compute."""
+        return _v2_unknown_model(model_name, model_version) or {"name": v2.MODEL_NAME, "ready": True}
+
+    infer_body = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}},
+                "application/octet-stream": {
+                    "schema": {"type": "string", "format": "binary"},
+                    "description": "JSON header (Inference-Header-Content-Length bytes), then tensor bytes.",
+                },
+            },
+        }
+    }
+
+    @router.post("/models/{model_name}/infer", response_model=InferResponse, responses=V2_ERRORS,
+                 openapi_extra=infer_body, summary="Inference: loss and gradients", description=V2_INFER_DESCRIPTION)
+    @router.post("/models/{model_name}/versions/{model_version}/infer", response_model=InferResponse,
+                 responses=V2_ERRORS, openapi_extra=infer_body, summary="Inference (versioned)",
+                 description=V2_INFER_DESCRIPTION)
+    async def post_v2_infer(request: Request, model_name: str, model_version: str | None = None) -> Response:
+        unknown = _v2_unknown_model(model_name, model_version)
+        if unknown is not None:
+            return unknown
+        body = await request.body()
+        header_length = request.headers.get(v2.HEADER_LENGTH)
+        return await _in_pool(request, lambda: _v2_answer(body, header_length))
+
+    return router
+
+
+def _v2_unknown_model(name: str, version: str | None) -> Response | None:
+    if name == v2.MODEL_NAME and version in (None, v2.MODEL_VERSION):
+        return None
+    what = f"model {name!r}" if version is None else f"model {name!r} version {version!r}"
+    return _v2_error(404, f"unknown {what}: this server serves {v2.MODEL_NAME!r}, version {v2.MODEL_VERSION}", "model_name")
+
+
+def _v2_answer(body: bytes, header_length: str | None) -> Response:
+    try:
+        call = v2.parse_request(body, header_length)
+        content, headers = v2.encode_response(call, v2.infer(call))
+    except (InputError, ComputeError) as exc:
+        return _v2_error(400, exc.message, exc.field)
+    except pydantic.ValidationError as exc:
+        err = _validation_error(exc.errors(include_url=False, include_context=True), prefix=())
+        return _json({"error": err.body["detail"], **err.body}, 400)
+    return Response(content, headers=headers)
+
+
+def _v2_error(status: int, message: str, field: str) -> Response:
+    return _json({"error": message, "detail": message, "errors": [{"field": field, "message": message, "type": "v2"}]}, status)
+
+
 async def _compute(request: Request, answer: Callable[[bytes], dict[str, Any]]) -> Response:
-    """Read the body, then parse, compute and serialise in the worker threads (off the event loop)."""
+    """Read the JSON body, then parse, compute and serialise in the worker threads."""
     body = await _json_bytes(request)
+    content = await _in_pool(request, lambda: tensors.dumps(answer(body)))
+    return Response(content, media_type="application/json")
+
+
+async def _in_pool(request: Request, work: Callable[[], T]) -> T:
+    """Run ``work`` in the compute threads (off the event loop), at most BPTT_THREADS at once."""
     state = request.app.state
     if getattr(state, "limiter", None) is None:  # the lifespan did not run (an app used without it)
         state.limiter = anyio.CapacityLimiter(state.settings.threads)
-    content = await anyio.to_thread.run_sync(lambda: tensors.dumps(answer(body)), limiter=state.limiter)
-    return Response(content, media_type="application/json")
+    return await anyio.to_thread.run_sync(work, limiter=state.limiter)
 
 
 def _bptt_answer(body: bytes) -> dict[str, Any]:

@@ -21,7 +21,18 @@ import pybase64
 from .errors import InputError
 from .schemas import BpttBatchRequest, BpttRequest, Tensor
 
-__all__ = ["DTYPES", "array", "from_base64", "to_wire", "dumps", "bptt_arrays", "batch_arrays"]
+__all__ = [
+    "DTYPES",
+    "array",
+    "convert",
+    "from_base64",
+    "from_bytes",
+    "tokens",
+    "to_wire",
+    "dumps",
+    "bptt_arrays",
+    "batch_arrays",
+]
 
 DTYPES: dict[str, type[np.floating]] = {"float64": np.float64, "float32": np.float32}
 Encoding = Literal["json", "base64"]
@@ -37,10 +48,16 @@ def array(value: list | Tensor, field: str, *, ndim: int, dtype: type = np.float
             )
     else:
         a = _from_lists(value, field, ndim=ndim, dtype=dtype)
-    if a.dtype != dtype:
-        with np.errstate(over="ignore"):
-            a = a.astype(dtype)
-        _check_finite(a, field, note=f" when converted to {np.dtype(dtype).name} (largest {np.finfo(dtype).max:.4g})")
+    return convert(a, dtype, field)
+
+
+def convert(a: np.ndarray, dtype: type, field: str) -> np.ndarray:
+    """``a`` as ``dtype``; a value that does not fit (float64 beyond float32's range) is refused."""
+    if a.dtype == dtype:
+        return a
+    with np.errstate(over="ignore"):
+        a = a.astype(dtype)
+    _check_finite(a, field, note=f" when converted to {np.dtype(dtype).name} (largest {np.finfo(dtype).max:.4g})")
     return a
 
 
@@ -67,16 +84,26 @@ def from_base64(dtype: str, shape: list[int], data: str | bytes, field: str) -> 
         raw = pybase64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InputError(f"{field}.data must be standard base64 with padding: {exc}", field=f"{field}.data") from None
+    return from_bytes(raw, dtype, shape, field, where=f"{field}.data")
+
+
+def from_bytes(raw: bytes | memoryview, dtype: str, shape: list[int], field: str, *, where: str) -> np.ndarray:
+    """An array from little-endian row-major bytes, which must fill ``shape`` exactly.
+
+    Floats must be finite. ``where`` names the bytes in messages ("U.data").
+    The result shares memory with ``raw`` and may be read-only.
+    """
     item = np.dtype(dtype).newbyteorder("<")
     count = math.prod(shape)
     if len(raw) != count * item.itemsize:
         raise InputError(
-            f"{field}.data holds {len(raw)} bytes, but shape {list(shape)} of {dtype} needs "
+            f"{where} holds {len(raw)} bytes, but shape {list(shape)} of {dtype} needs "
             f"{count} x {item.itemsize} = {count * item.itemsize}",
-            field=f"{field}.data",
+            field=where,
         )
     a = np.frombuffer(raw, dtype=item).reshape(shape)
-    _check_finite(a, field)
+    if a.dtype.kind == "f":
+        _check_finite(a, field)
     return a.astype(item.newbyteorder("="), copy=False)
 
 
