@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         port=settings.port,
         workers=settings.workers,
         log_level=settings.log_level,
+        access_log=False,  # service.ops writes one line per request, with duration and size
     )
     return 0
 

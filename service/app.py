@@ -25,10 +25,11 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
+from fastapi_offline import FastAPIOffline
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import __version__, engine, runtime, tensors, v2
+from . import __version__, engine, ops, runtime, tensors, v2
 from .errors import ComputeError, InputError
 from .schemas import (
     TENSOR_TAGS,
@@ -95,7 +96,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     if settings.tune_malloc:
         runtime.tune_malloc()
-    app = FastAPI(
+    ops.configure_logging(settings.log_level, settings.log_format)
+    # FastAPIOffline serves Swagger UI and ReDoc from files in its package: /docs
+    # works in clusters without internet (FastAPI's default loads them from a CDN).
+    app = FastAPIOffline(
         lifespan=_lifespan,
         title="bptt-service",
         version=__version__,
@@ -103,6 +107,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses={500: ERROR_RESPONSES[500]},
     )
     app.state.settings = settings
+    app.state.ready = False
+    app.state.not_ready_reason = "starting: the engine self-check has not run yet"
+    app.add_middleware(ops.RequestObserver)
     app.include_router(_routes())
     app.include_router(_v2_routes())
     _add_error_handlers(app)
@@ -113,6 +120,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.limiter = anyio.CapacityLimiter(app.state.settings.threads)
+    problem = await anyio.to_thread.run_sync(ops.self_check)
+    app.state.ready = problem is None
+    app.state.not_ready_reason = problem
+    if problem:
+        log.error(problem)
     yield
 
 
@@ -149,10 +161,33 @@ def _routes() -> APIRouter:
         and the gradients of their sum (equal to the sum of `POST /bptt` over the sequences)."""
         return await _compute(request, _batch_answer)
 
-    @router.get("/healthz", response_model=HealthResponse, summary="Liveness")
+    @router.get("/healthz", response_model=HealthResponse, summary="Liveness", tags=["operations"])
     async def get_healthz() -> dict[str, str]:
-        """Answer while the process is up (no computation)."""
+        """Answer while the process is up (no computation): the liveness probe."""
         return {"status": "ok"}
+
+    @router.get(
+        "/readyz",
+        response_model=HealthResponse,
+        responses={503: {"model": ErrorResponse, "description": "Not ready: starting, or the self-check failed."}},
+        summary="Readiness",
+        tags=["operations"],
+    )
+    async def get_readyz(request: Request) -> Any:
+        """200 once the app has started and the engine's self-check (against central
+        differences) passed: the readiness probe."""
+        return _readiness(request) or {"status": "ready"}
+
+    @router.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        tags=["operations"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
+    )
+    async def get_metrics() -> Response:
+        """Request counts and latency by route and status, request sizes, engine time (Prometheus text format)."""
+        return Response(ops.metrics_payload(), media_type=ops.CONTENT_TYPE_LATEST)
 
     return router
 
@@ -201,9 +236,9 @@ def _v2_routes() -> APIRouter:
         return {"live": True}
 
     @router.get("/health/ready", summary="Server readiness")
-    async def get_v2_ready() -> dict[str, Any]:
-        """200 when the server can compute."""
-        return {"ready": True}
+    async def get_v2_ready(request: Request) -> Any:
+        """200 when the server can compute (as `/readyz`)."""
+        return _readiness(request) or {"ready": True}
 
     @router.get("/models/{model_name}", response_model=ModelMetadata, responses=V2_ERRORS, summary="Model metadata")
     @router.get("/models/{model_name}/versions/{model_version}", response_model=ModelMetadata,
@@ -215,9 +250,13 @@ def _v2_routes() -> APIRouter:
     @router.get("/models/{model_name}/ready", responses=V2_ERRORS, summary="Model readiness")
     @router.get("/models/{model_name}/versions/{model_version}/ready", responses=V2_ERRORS,
                 summary="Model readiness (versioned)")
-    async def get_v2_model_ready(model_name: str, model_version: str | None = None) -> Any:
+    async def get_v2_model_ready(request: Request, model_name: str, model_version: str | None = None) -> Any:
         """200 when the model can compute."""
-        return _v2_unknown_model(model_name, model_version) or {"name": v2.MODEL_NAME, "ready": True}
+        return (
+            _v2_unknown_model(model_name, model_version)
+            or _readiness(request)
+            or {"name": v2.MODEL_NAME, "ready": True}
+        )
 
     infer_body = {
         "requestBody": {
@@ -258,7 +297,10 @@ def _v2_unknown_model(name: str, version: str | None) -> Response | None:
 def _v2_answer(body: bytes, header_length: str | None) -> Response:
     try:
         call = v2.parse_request(body, header_length)
-        content, headers = v2.encode_response(call, v2.infer(call))
+        with ops.engine_timer("v2_infer") as counts:
+            results = v2.infer(call)
+            counts["tokens"] = int(results["tokens"][0])
+        content, headers = v2.encode_response(call, results)
     except (InputError, ComputeError) as exc:
         return _v2_error(400, exc.message, exc.field)
     except pydantic.ValidationError as exc:
@@ -286,15 +328,30 @@ async def _in_pool(request: Request, work: Callable[[], T]) -> T:
     return await anyio.to_thread.run_sync(work, limiter=state.limiter)
 
 
+def _readiness(request: Request) -> Response | None:
+    """None when ready, else the 503 answer saying why."""
+    state = request.app.state
+    if state.ready:
+        return None
+    reason = state.not_ready_reason
+    return _json({"detail": reason, "errors": [{"field": "", "message": reason, "type": "not_ready"}]}, 503)
+
+
 def _bptt_answer(body: bytes) -> dict[str, Any]:
     request = _parse(BpttRequest, body)
-    result = engine.bptt(**tensors.bptt_arrays(request))
+    arrays = tensors.bptt_arrays(request)
+    with ops.engine_timer("bptt") as counts:
+        result = engine.bptt(**arrays)
+        counts["tokens"] = result.tokens
     return _gradients_body(result, request.encoding)
 
 
 def _batch_answer(body: bytes) -> dict[str, Any]:
     request = _parse(BpttBatchRequest, body)
-    result = engine.bptt_batch(**tensors.batch_arrays(request))
+    arrays = tensors.batch_arrays(request)
+    with ops.engine_timer("bptt_batch") as counts:
+        result = engine.bptt_batch(**arrays)
+        counts["tokens"] = result.tokens
     return {**_gradients_body(result, request.encoding), "losses": result.losses}
 
 

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         default="info", description="Log level."
     )
+    # One line per request (method, path, status, duration, request size);
+    # "json" writes each line as a JSON object for log collectors.
+    log_format: Literal["text", "json"] = Field(default="text", description="Log line format.")
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``BPTT_*`` environment variables, for worker processes."""

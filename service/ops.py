@@ -1,0 +1,192 @@
+"""Operations: Prometheus metrics, one access-log line per request, and the readiness self-check.
+
+Metrics (prometheus-client), served at ``GET /metrics``:
+
+    bptt_http_requests_total{method, route, status}      counter
+    bptt_http_request_duration_seconds{method, route}    histogram, whole request
+    bptt_http_request_size_bytes{route}                   histogram, body bytes read
+    bptt_http_requests_in_flight                          gauge
+    bptt_engine_seconds{function}                         histogram, forward + BPTT only
+    bptt_engine_tokens_total{function}                    counter, predicted tokens
+
+``route`` is the route's template (``/v2/models/{model_name}/infer``), so the
+label set stays small whatever paths clients send. With several worker
+processes, set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory (the
+prometheus-client multiprocess mode) so that every worker's numbers are summed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as prometheus_multiprocess
+
+from . import engine
+
+__all__ = [
+    "RequestObserver",
+    "configure_logging",
+    "engine_timer",
+    "metrics_payload",
+    "self_check",
+    "CONTENT_TYPE_LATEST",
+]
+
+access_log = logging.getLogger("service.access")
+
+REQUESTS = Counter("bptt_http_requests_total", "HTTP requests answered.", ["method", "route", "status"])
+DURATION = Histogram(
+    "bptt_http_request_duration_seconds",
+    "Time from the request's first byte read to the last byte of the answer sent.",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+REQUEST_BYTES = Histogram(
+    "bptt_http_request_size_bytes",
+    "Request body size.",
+    ["route"],
+    buckets=(100, 1e3, 1e4, 1e5, 1e6, 4e6, 1.6e7, 6.4e7, 2.56e8),
+)
+IN_FLIGHT = Gauge("bptt_http_requests_in_flight", "Requests being answered.", multiprocess_mode="livesum")
+ENGINE_SECONDS = Histogram(
+    "bptt_engine_seconds",
+    "Time in the engine (forward pass and BPTT), without parsing or serialising.",
+    ["function"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+)
+ENGINE_TOKENS = Counter("bptt_engine_tokens_total", "Predicted tokens whose gradients were computed.", ["function"])
+
+
+@contextlib.contextmanager
+def engine_timer(function: str) -> Iterator[dict[str, int]]:
+    """Time an engine call; set ``tokens`` in the yielded dict to count them."""
+    counts = {"tokens": 0}
+    start = time.perf_counter()
+    yield counts
+    ENGINE_SECONDS.labels(function).observe(time.perf_counter() - start)
+    ENGINE_TOKENS.labels(function).inc(counts["tokens"])
+
+
+def metrics_payload() -> bytes:
+    """The Prometheus text format of every metric (summed over workers in multiprocess mode)."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        prometheus_multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+class RequestObserver:
+    """ASGI middleware: metrics and one access-log line for every HTTP request."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        size = 0
+        status = 500  # if the app fails before answering
+
+        async def counting_receive() -> dict:
+            nonlocal size
+            message = await receive()
+            size += len(message.get("body", b""))
+            return message
+
+        async def status_send(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        IN_FLIGHT.inc()
+        try:
+            await self.app(scope, counting_receive, status_send)
+        finally:
+            IN_FLIGHT.dec()
+            elapsed = time.perf_counter() - start
+            route_obj = scope.get("route")
+            route = getattr(route_obj, "path", None) or "unmatched"
+            method = scope["method"]
+            REQUESTS.labels(method, route, str(status)).inc()
+            DURATION.labels(method, route).observe(elapsed)
+            REQUEST_BYTES.labels(route).observe(size)
+            access_log.info(
+                "%s %s %d %.1fms %dB",
+                method,
+                scope["path"],
+                status,
+                elapsed * 1e3,
+                size,
+                extra={
+                    "method": method,
+                    "path": scope["path"],
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1e3, 3),
+                    "request_bytes": size,
+                },
+            )
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    """The service's loggers ("service", "service.access") to stderr, as text or JSON lines."""
+    logger = logging.getLogger("service")
+    logger.setLevel(level.upper())
+    logger.propagate = False
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(
+            JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s", rename_fields={"levelname": "level"})
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger.handlers[:] = [handler]
+
+
+def self_check() -> str | None:
+    """Check the engine against central differences on a tiny model; None if it passes.
+
+    Run once at start-up: ``/readyz`` answers 200 only after it passed.
+    """
+    rng = np.random.default_rng(0)
+    H, C, T = 3, 4, 6
+    U, V, W = rng.uniform(-1, 1, (H, C)), rng.uniform(-1, 1, (C, H)), rng.uniform(-1, 1, (H, H))
+    x, y = rng.integers(0, C, T), rng.integers(0, C, T)
+    g = engine.bptt(U, V, W, x, y)
+
+    def loss(W_: np.ndarray) -> float:
+        o, _ = engine.forward(U, V, W_, x)
+        return float(-np.log(o[np.arange(T), y]).sum())
+
+    h = 1e-5
+    numeric = np.zeros_like(W)
+    for i in np.ndindex(W.shape):
+        step = np.zeros_like(W)
+        step[i] = h
+        numeric[i] = (loss(W + step) - loss(W - step)) / (2 * h)
+    err = float(np.abs(numeric - g.dLdW).max() / np.abs(numeric).max())
+    if not err < 1e-6:
+        return f"engine self-check failed: dLdW differs from central differences by {err:.2e} (relative)"
+    return None

@@ -1,0 +1,138 @@
+"""service.ops and the operations endpoints: readiness, metrics, access logs, offline docs, stopping."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import signal
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from conftest import LiveServer, make_problem
+from service import ops
+from service.app import create_app
+from service.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def client():
+    with TestClient(create_app(Settings()), raise_server_exceptions=False) as c:
+        yield c
+
+
+def test_readyz_after_self_check(client):
+    assert client.get("/readyz").json() == {"status": "ready"}
+    assert client.get("/v2/health/ready").status_code == 200
+
+
+def test_readyz_is_503_until_started():
+    app = create_app(Settings())
+    plain = TestClient(app)  # no `with`: the lifespan (and the self-check) has not run
+    r = plain.get("/readyz")
+    assert r.status_code == 503
+    assert r.json()["detail"] == "starting: the engine self-check has not run yet"
+    assert plain.get("/healthz").status_code == 200  # alive all the same
+
+
+def test_readyz_reports_a_failed_self_check(monkeypatch):
+    monkeypatch.setattr(ops, "self_check", lambda: "engine self-check failed: dLdW differs")
+    with TestClient(create_app(Settings())) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 503
+        assert r.json()["detail"] == "engine self-check failed: dLdW differs"
+        assert c.get("/v2/models/bptt/ready").status_code == 503
+
+
+def test_self_check_passes():
+    assert ops.self_check() is None
+
+
+def metric(text: str, name: str, **labels) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{want}}}") or (not labels and line.startswith(name + " ")):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name}{{{want}}} not in /metrics")
+
+
+def test_metrics_count_requests_sizes_and_engine_time(client, rng):
+    p = make_problem(rng, H=3, C=4, T=5)
+    before = client.get("/metrics").text
+    n_ok = metric(before, "bptt_http_requests_total", method="POST", route="/bptt", status="200") if 'route="/bptt",status="200"' in before else 0.0
+    body = json.dumps(p.body()).encode()
+    assert client.post("/bptt", content=body).status_code == 200
+    assert client.post("/bptt", content=b"{").status_code == 400
+    text = client.get("/metrics").text
+    assert metric(text, "bptt_http_requests_total", method="POST", route="/bptt", status="200") == n_ok + 1
+    assert metric(text, "bptt_http_requests_total", method="POST", route="/bptt", status="400") >= 1
+    assert metric(text, "bptt_http_request_duration_seconds_count", method="POST", route="/bptt") >= 2
+    assert metric(text, "bptt_http_request_size_bytes_sum", route="/bptt") >= len(body)
+    assert metric(text, "bptt_engine_seconds_count", function="bptt") >= 1
+    assert metric(text, "bptt_engine_tokens_total", function="bptt") >= 5
+    # Unknown paths share one label instead of one per path.
+    client.get("/no/such/path/123")
+    assert 'route="unmatched"' in client.get("/metrics").text
+
+
+def test_access_log_line_per_request_json(caplog, capsys, rng):
+    app = create_app(Settings(log_format="json"))
+    logging.getLogger("service").propagate = True  # let caplog see the records too
+    try:
+        with TestClient(app) as c, caplog.at_level("INFO", logger="service.access"):
+            c.post("/bptt", content=json.dumps(make_problem(rng, H=2, C=3, T=2).body()))
+        records = [r for r in caplog.records if r.name == "service.access" and r.path == "/bptt"]
+        assert len(records) == 1
+        r = records[0]
+        assert (r.method, r.status, r.route) == ("POST", 200, "/bptt")
+        assert r.duration_ms > 0 and r.request_bytes > 0
+        line = next(ln for ln in capsys.readouterr().err.splitlines() if '"path": "/bptt"' in ln)
+        assert json.loads(line)["status"] == 200  # the handler writes JSON lines
+    finally:
+        logging.getLogger("service").propagate = False
+
+
+def test_docs_work_offline(client):
+    html = client.get("/docs").text
+    assert "SwaggerUIBundle" in html
+    urls = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert urls, html
+    for url in urls:
+        assert url.startswith("/"), f"/docs loads {url} from outside the service"
+        assert client.get(url).status_code == 200, url
+    assert "http://" not in html and "https://" not in html
+    redoc = client.get("/redoc").text
+    assert "https://" not in redoc and "http://" not in redoc
+
+
+def test_sigterm_lets_in_flight_request_finish():
+    """A request in flight when SIGTERM arrives is answered; then the process exits 0."""
+    server = LiveServer()
+    rng = np.random.default_rng(1)
+    p = make_problem(rng, H=100, C=20000, T=300)  # long enough to still be running at the signal
+    body = json.dumps(p.body()).encode()
+    answer: dict = {}
+
+    def post():
+        try:
+            answer["r"] = httpx.post(f"{server.url}/bptt", content=body, timeout=120)
+        except Exception as exc:  # reported by the assertion below
+            answer["error"] = exc
+
+    t = threading.Thread(target=post)
+    t.start()
+    deadline = time.monotonic() + 30
+    while metric(httpx.get(f"{server.url}/metrics").text, "bptt_http_requests_in_flight") < 2:  # /metrics is 1
+        assert time.monotonic() < deadline and t.is_alive(), answer
+        time.sleep(0.01)
+    server.proc.send_signal(signal.SIGTERM)
+    t.join(timeout=120)
+    assert server.proc.wait(timeout=60) == 0
+    assert "error" not in answer, repr(answer.get("error"))
+    assert answer["r"].status_code == 200
+    assert answer["r"].json()["tokens"] == 300
