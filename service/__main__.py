@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=settings.workers,
         log_level=settings.log_level,
         access_log=False,  # service.ops writes one line per request, with duration and size
+        server_header=False,  # no "server: uvicorn" in answers
     )
     return 0
 

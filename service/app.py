@@ -29,7 +29,7 @@ from fastapi_offline import FastAPIOffline
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import __version__, engine, ops, runtime, tensors, v2
+from . import __version__, engine, guards, ops, runtime, tensors, v2
 from .errors import ComputeError, InputError
 from .schemas import (
     TENSOR_TAGS,
@@ -78,16 +78,36 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "A field is missing, malformed or inconsistent with another "
         "(the message names it, with what was expected and what arrived).",
     },
+    413: {
+        "model": ErrorResponse,
+        "description": "Over a limit: the body (BPTT_MAX_BODY_BYTES) or the work (T, C x H, "
+        "tokens x C, batch size); the message names the limit, its value and its setting.",
+    },
     500: {"model": ErrorResponse, "description": "A server fault; the message carries a request id to report."},
+    503: {
+        "model": ErrorResponse,
+        "description": "At capacity: BPTT_THREADS requests computing and BPTT_MAX_QUEUE waiting. "
+        "Retry after the `Retry-After` header's seconds.",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}},
+    },
 }
 
 
 class HttpError(Exception):
     """A 4xx answer with our error body."""
 
-    def __init__(self, status: int, message: str, *, field: str = "body", type: str = "value_error") -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        field: str = "body",
+        type: str = "value_error",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers
         self.body = {"detail": message, "errors": [{"field": field, "message": message, "type": type}]}
 
 
@@ -109,7 +129,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.ready = False
     app.state.not_ready_reason = "starting: the engine self-check has not run yet"
-    app.add_middleware(ops.RequestObserver)
+    app.add_middleware(guards.BodyLimit, max_bytes=settings.max_body_bytes, reject=_reject_early)
+    if settings.api_keys:
+        app.add_middleware(guards.BearerAuth, keys=settings.api_keys)
+    app.add_middleware(ops.RequestObserver)  # outermost: it also counts and logs 401s
     app.include_router(_routes())
     app.include_router(_v2_routes())
     _add_error_handlers(app)
@@ -198,6 +221,10 @@ V2_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": V2ErrorResponse, "description": "A malformed request; `error` names the tensor."},
     404: {"model": V2ErrorResponse, "description": "No such model or version (this server serves `bptt`, version 1)."},
 }
+V2_INFER_ERRORS = V2_ERRORS | {
+    413: {"model": V2ErrorResponse, "description": ERROR_RESPONSES[413]["description"]},
+    503: ERROR_RESPONSES[503],
+}
 
 V2_INFER_DESCRIPTION = """\
 Loss and gradients through the Open Inference Protocol (KServe V2 / Triton), the same
@@ -271,10 +298,10 @@ def _v2_routes() -> APIRouter:
         }
     }
 
-    @router.post("/models/{model_name}/infer", response_model=InferResponse, responses=V2_ERRORS,
+    @router.post("/models/{model_name}/infer", response_model=InferResponse, responses=V2_INFER_ERRORS,
                  openapi_extra=infer_body, summary="Inference: loss and gradients", description=V2_INFER_DESCRIPTION)
     @router.post("/models/{model_name}/versions/{model_version}/infer", response_model=InferResponse,
-                 responses=V2_ERRORS, openapi_extra=infer_body, summary="Inference (versioned)",
+                 responses=V2_INFER_ERRORS, openapi_extra=infer_body, summary="Inference (versioned)",
                  description=V2_INFER_DESCRIPTION)
     async def post_v2_infer(request: Request, model_name: str, model_version: str | None = None) -> Response:
         unknown = _v2_unknown_model(model_name, model_version)
@@ -282,7 +309,8 @@ def _v2_routes() -> APIRouter:
             return unknown
         body = await request.body()
         header_length = request.headers.get(v2.HEADER_LENGTH)
-        return await _in_pool(request, lambda: _v2_answer(body, header_length))
+        settings = request.app.state.settings
+        return await _in_pool(request, lambda: _v2_answer(body, header_length, settings))
 
     return router
 
@@ -294,15 +322,19 @@ def _v2_unknown_model(name: str, version: str | None) -> Response | None:
     return _v2_error(404, f"unknown {what}: this server serves {v2.MODEL_NAME!r}, version {v2.MODEL_VERSION}", "model_name")
 
 
-def _v2_answer(body: bytes, header_length: str | None) -> Response:
+def _v2_answer(body: bytes, header_length: str | None, settings: Settings) -> Response:
     try:
         call = v2.parse_request(body, header_length)
+        H, C, lengths = v2.work_size(call)
+        guards.check_work(settings, H=H, C=C, lengths=lengths)
         with ops.engine_timer("v2_infer") as counts:
             results = v2.infer(call)
             counts["tokens"] = int(results["tokens"][0])
         content, headers = v2.encode_response(call, results)
     except (InputError, ComputeError) as exc:
         return _v2_error(400, exc.message, exc.field)
+    except guards.LimitError as exc:
+        return _v2_error(413, exc.message, exc.field)
     except pydantic.ValidationError as exc:
         err = _validation_error(exc.errors(include_url=False, include_context=True), prefix=())
         return _json({"error": err.body["detail"], **err.body}, 400)
@@ -313,18 +345,30 @@ def _v2_error(status: int, message: str, field: str) -> Response:
     return _json({"error": message, "detail": message, "errors": [{"field": field, "message": message, "type": "v2"}]}, status)
 
 
-async def _compute(request: Request, answer: Callable[[bytes], dict[str, Any]]) -> Response:
+async def _compute(request: Request, answer: Callable[[bytes, Settings], dict[str, Any]]) -> Response:
     """Read the JSON body, then parse, compute and serialise in the worker threads."""
     body = await _json_bytes(request)
-    content = await _in_pool(request, lambda: tensors.dumps(answer(body)))
+    settings = request.app.state.settings
+    content = await _in_pool(request, lambda: tensors.dumps(answer(body, settings)))
     return Response(content, media_type="application/json")
 
 
 async def _in_pool(request: Request, work: Callable[[], T]) -> T:
-    """Run ``work`` in the compute threads (off the event loop), at most BPTT_THREADS at once."""
+    """Run ``work`` in the compute threads (off the event loop), at most BPTT_THREADS at once;
+    past BPTT_MAX_QUEUE requests waiting, refuse with 503."""
     state = request.app.state
     if getattr(state, "limiter", None) is None:  # the lifespan did not run (an app used without it)
         state.limiter = anyio.CapacityLimiter(state.settings.threads)
+    waiting = state.limiter.statistics().tasks_waiting
+    if waiting >= state.settings.max_queue:
+        raise HttpError(
+            503,
+            f"the server is at capacity: {state.limiter.borrowed_tokens} requests computing and "
+            f"{waiting} waiting (settings BPTT_THREADS, BPTT_MAX_QUEUE); retry shortly",
+            field="",
+            type="busy",
+            headers={"Retry-After": "1"},
+        )
     return await anyio.to_thread.run_sync(work, limiter=state.limiter)
 
 
@@ -337,18 +381,22 @@ def _readiness(request: Request) -> Response | None:
     return _json({"detail": reason, "errors": [{"field": "", "message": reason, "type": "not_ready"}]}, 503)
 
 
-def _bptt_answer(body: bytes) -> dict[str, Any]:
+def _bptt_answer(body: bytes, settings: Settings) -> dict[str, Any]:
     request = _parse(BpttRequest, body)
     arrays = tensors.bptt_arrays(request)
+    H, C = arrays["U"].shape
+    guards.check_work(settings, H=H, C=C, lengths=[len(arrays["x"])])
     with ops.engine_timer("bptt") as counts:
         result = engine.bptt(**arrays)
         counts["tokens"] = result.tokens
     return _gradients_body(result, request.encoding)
 
 
-def _batch_answer(body: bytes) -> dict[str, Any]:
+def _batch_answer(body: bytes, settings: Settings) -> dict[str, Any]:
     request = _parse(BpttBatchRequest, body)
     arrays = tensors.batch_arrays(request)
+    H, C = arrays["U"].shape
+    guards.check_work(settings, H=H, C=C, lengths=[len(x) for x in arrays["xs"]])
     with ops.engine_timer("bptt_batch") as counts:
         result = engine.bptt_batch(**arrays)
         counts["tokens"] = result.tokens
@@ -398,7 +446,11 @@ def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HttpError)
     async def http_error(request: Request, exc: HttpError) -> Response:
-        return _json(exc.body, exc.status)
+        return _json(exc.body, exc.status, headers=exc.headers)
+
+    @app.exception_handler(guards.LimitError)
+    async def limit_error(request: Request, exc: guards.LimitError) -> Response:
+        return _json(_limit_body(request.url.path, exc), 413)
 
     @app.exception_handler(InputError)
     @app.exception_handler(ComputeError)
@@ -416,11 +468,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_exception(request: Request, exc: StarletteHTTPException) -> Response:
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        return _json(
-            {"detail": message, "errors": [{"field": "", "message": message, "type": "http"}]},
-            exc.status_code,
-            headers=getattr(exc, "headers", None),
-        )
+        body = {"detail": message, "errors": [{"field": "", "message": message, "type": "http"}]}
+        if request.url.path.startswith("/v2"):
+            body = {"error": message, **body}  # the protocol's error field
+        return _json(body, exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception) -> Response:
@@ -428,6 +479,16 @@ def _add_error_handlers(app: FastAPI) -> None:
         log.error("unhandled error, request id %s", request_id, exc_info=exc)
         message = f"internal server error; report request id {request_id}"
         return _json({"detail": message, "errors": [{"field": "", "message": message, "type": "internal"}]}, 500)
+
+
+def _limit_body(path: str, exc: guards.LimitError) -> dict[str, Any]:
+    body: dict[str, Any] = {"detail": exc.message, "errors": [{"field": exc.field, "message": exc.message, "type": "limit"}]}
+    return {"error": exc.message, **body} if path.startswith("/v2") else body
+
+
+async def _reject_early(scope: dict, send: Any, exc: guards.LimitError) -> None:
+    """The 413 for a Content-Length over the limit, sent before any of the body is read."""
+    await _json(_limit_body(scope["path"], exc), 413)(scope, None, send)
 
 
 def _validation_error(errors: list[dict[str, Any]], *, prefix: tuple) -> HttpError:
@@ -535,9 +596,30 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     _, defs = models_json_schema(
         [(m, "validation") for m in REQUEST_MODELS], ref_template="#/components/schemas/{model}"
     )
-    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    components = spec.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
     for name, schema in defs.get("$defs", {}).items():
         schemas.setdefault(name, schema)
+    # Optional API keys: every route but the probes and metrics accepts a bearer
+    # token, and needs one when the server has BPTT_API_KEY set.
+    components["securitySchemes"] = {
+        "bearerAuth": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "Required only when the server has BPTT_API_KEY set: Authorization: Bearer <key>.",
+        }
+    }
+    unauthorised = {
+        "description": "BPTT_API_KEY is set and the request has no key or a wrong one "
+        "(`WWW-Authenticate: Bearer`).",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+    }
+    for path, operations in spec["paths"].items():
+        if path in guards.OPEN_PATHS:
+            continue
+        for operation in operations.values():
+            operation["security"] = [{"bearerAuth": []}, {}]
+            operation["responses"].setdefault("401", unauthorised)
     app.openapi_schema = spec
     return spec
 

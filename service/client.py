@@ -121,6 +121,10 @@ def _json(response: httpx.Response) -> Any:
 
 
 _HEADERS = {"content-type": "application/json"}
+
+
+def _auth(api_key: str | None) -> dict[str, str]:
+    return {} if api_key is None else {"authorization": f"Bearer {api_key}"}
 Encoding = tensors.Encoding
 DTYPES = tensors.DTYPES
 
@@ -129,7 +133,8 @@ class Client:
     """Synchronous client. Use as a context manager, or call ``close()``.
 
     ``encoding`` is how arrays travel both ways ("base64", the default, or
-    "json" for nested lists); ``dtype`` the precision the service computes in.
+    "json" for nested lists); ``dtype`` the precision the service computes in;
+    ``api_key`` is sent as ``Authorization: Bearer <key>``.
     """
 
     def __init__(
@@ -138,11 +143,12 @@ class Client:
         *,
         encoding: Encoding = "base64",
         dtype: str = "float64",
+        api_key: str | None = None,
         timeout: float = 120.0,
         **httpx_options: Any,
     ) -> None:
         self._wire = _Wire(encoding, dtype)
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, **httpx_options)
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=_auth(api_key), **httpx_options)
 
     def bptt(self, U, V, W, x, y, *, bptt_truncate: int | None = None, s0=None) -> Gradients:
         """Loss and gradients of one sequence (``POST /bptt``); arrays as for ``engine.bptt``."""
@@ -177,11 +183,12 @@ class AsyncClient:
         *,
         encoding: Encoding = "base64",
         dtype: str = "float64",
+        api_key: str | None = None,
         timeout: float = 120.0,
         **httpx_options: Any,
     ) -> None:
         self._wire = _Wire(encoding, dtype)
-        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, **httpx_options)
+        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, headers=_auth(api_key), **httpx_options)
 
     async def bptt(self, U, V, W, x, y, *, bptt_truncate: int | None = None, s0=None) -> Gradients:
         """Loss and gradients of one sequence (``POST /bptt``); arrays as for ``engine.bptt``."""

@@ -170,6 +170,14 @@ def self_check() -> str | None:
 
     Run once at start-up: ``/readyz`` answers 200 only after it passed.
     """
+    try:
+        return _self_check()
+    except Exception as exc:  # not ready, and say why; the process stays up for the probes
+        logging.getLogger("service").exception("engine self-check raised")
+        return f"engine self-check raised {type(exc).__name__}: {exc}"
+
+
+def _self_check() -> str | None:
     rng = np.random.default_rng(0)
     H, C, T = 3, 4, 6
     U, V, W = rng.uniform(-1, 1, (H, C)), rng.uniform(-1, 1, (C, H)), rng.uniform(-1, 1, (H, H))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -45,7 +45,42 @@ class Settings(BaseSettings):
     # "json" writes each line as a JSON object for log collectors.
     log_format: Literal["text", "json"] = Field(default="text", description="Log line format.")
 
+    # -- limits: over one, a request gets 413 naming it ------------------------
+    # 128 MiB holds the tutorial's model (C = 8000, H = 100) as JSON lists (34 MB)
+    # with room; checked from Content-Length before reading, and while reading.
+    max_body_bytes: int = Field(default=128 << 20, ge=1024, description="Largest request body, bytes.")
+    # Tokens in one sequence; the backward pass is linear in T.
+    max_tokens: int = Field(default=10_000, ge=1, description="Largest T of one sequence.")
+    # C x H: 10 million is a 100,000-word vocabulary at H = 100 (80 MB a matrix).
+    max_weights: int = Field(default=10_000_000, ge=1, description="Largest C x H.")
+    # The (tokens x C) probability matrix, the largest array a request makes:
+    # 32 million float64 numbers are 256 MB.
+    max_probabilities: int = Field(default=32_000_000, ge=1, description="Largest tokens x C of one request.")
+    max_batch: int = Field(default=1024, ge=1, description="Most sequences in one batch.")
+    max_batch_tokens: int = Field(default=100_000, ge=1, description="Most tokens in one batch.")
+    # Requests waiting for a compute thread; past this, 503 with Retry-After.
+    max_queue: int = Field(default=64, ge=0, description="Most requests waiting to compute, per worker.")
+
+    # -- authentication ---------------------------------------------------------
+    # Unset: the service is open. Set: "key" or "key1,key2"; every route but
+    # /healthz, /readyz and /metrics needs "Authorization: Bearer <key>".
+    api_key: SecretStr | None = Field(default=None, description="API key(s), comma-separated.")
+
+    @property
+    def api_keys(self) -> list[str]:
+        """The configured keys (empty: no authentication)."""
+        if self.api_key is None:
+            return []
+        return [k.strip() for k in self.api_key.get_secret_value().split(",") if k.strip()]
+
     def to_env(self) -> dict[str, str]:
         """These settings as ``BPTT_*`` environment variables, for worker processes."""
         prefix = self.model_config["env_prefix"]
-        return {f"{prefix}{name.upper()}": str(value) for name, value in self.model_dump().items()}
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[f"{prefix}{name.upper()}"] = str(value)
+        return env

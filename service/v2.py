@@ -39,6 +39,7 @@ __all__ = [
     "model_metadata",
     "Call",
     "parse_request",
+    "work_size",
     "infer",
     "encode_response",
 ]
@@ -234,6 +235,18 @@ def _from_json(data: list, name: str, datatype: str, dtype: str, shape: list[int
         if bad:
             raise InputError(f"{name}.data holds {bad[0]}, out of {datatype}'s range", field=f"{name}.data")
     return a.astype(dtype).reshape(shape)
+
+
+def work_size(call: Call) -> tuple[int, int, list[int]]:
+    """(H, C, the sequences' lengths) of a request, for the service's limits."""
+    a = call.arrays
+    H, C = a["U"].shape if a["U"].ndim == 2 else (0, 0)
+    x = a["x"]
+    if "lengths" in a:
+        return H, C, [int(n) for n in a["lengths"].ravel()] or [0]
+    if x.ndim == 2:
+        return H, C, [x.shape[1]] * x.shape[0] or [0]
+    return H, C, [x.size]
 
 
 def infer(call: Call) -> dict[str, np.ndarray]:
