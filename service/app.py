@@ -15,13 +15,13 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import anyio
 import anyio.to_thread
 
 import pydantic
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
@@ -221,7 +221,22 @@ V2_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": V2ErrorResponse, "description": "A malformed request; `error` names the tensor."},
     404: {"model": V2ErrorResponse, "description": "No such model or version (this server serves `bptt`, version 1)."},
 }
-V2_INFER_ERRORS = V2_ERRORS | {
+V2_INFER_RESPONSES = V2_ERRORS | {
+    200: {
+        "description": "The outputs: JSON, or, when outputs are asked for in binary, a JSON header "
+        "of Inference-Header-Content-Length bytes followed by the outputs' raw bytes.",
+        "content": {
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+            }
+        },
+        "headers": {
+            "Inference-Header-Content-Length": {
+                "schema": {"type": "integer"},
+                "description": "Length of the JSON header, when binary outputs follow it.",
+            }
+        },
+    },
     413: {"model": V2ErrorResponse, "description": ERROR_RESPONSES[413]["description"]},
     503: ERROR_RESPONSES[503],
 }
@@ -268,22 +283,26 @@ def _v2_routes() -> APIRouter:
         return _readiness(request) or {"ready": True}
 
     @router.get("/models/{model_name}", response_model=ModelMetadata, responses=V2_ERRORS, summary="Model metadata")
+    async def get_v2_model(model_name: ModelName) -> Any:
+        """Every input and output with datatype and shape (-1: any size)."""
+        return _v2_unknown_model(model_name, None) or v2.model_metadata()
+
     @router.get("/models/{model_name}/versions/{model_version}", response_model=ModelMetadata,
                 responses=V2_ERRORS, summary="Model metadata (versioned)")
-    async def get_v2_model(model_name: str, model_version: str | None = None) -> Any:
-        """Every input and output with datatype and shape (-1: any size)."""
+    async def get_v2_model_version(model_name: ModelName, model_version: ModelVersion) -> Any:
+        """As `GET /v2/models/bptt`."""
         return _v2_unknown_model(model_name, model_version) or v2.model_metadata()
 
     @router.get("/models/{model_name}/ready", responses=V2_ERRORS, summary="Model readiness")
+    async def get_v2_model_ready(request: Request, model_name: ModelName) -> Any:
+        """200 when the model can compute."""
+        return _v2_model_ready(request, model_name, None)
+
     @router.get("/models/{model_name}/versions/{model_version}/ready", responses=V2_ERRORS,
                 summary="Model readiness (versioned)")
-    async def get_v2_model_ready(request: Request, model_name: str, model_version: str | None = None) -> Any:
-        """200 when the model can compute."""
-        return (
-            _v2_unknown_model(model_name, model_version)
-            or _readiness(request)
-            or {"name": v2.MODEL_NAME, "ready": True}
-        )
+    async def get_v2_model_version_ready(request: Request, model_name: ModelName, model_version: ModelVersion) -> Any:
+        """As `GET /v2/models/bptt/ready`."""
+        return _v2_model_ready(request, model_name, model_version)
 
     infer_body = {
         "requestBody": {
@@ -298,21 +317,38 @@ def _v2_routes() -> APIRouter:
         }
     }
 
-    @router.post("/models/{model_name}/infer", response_model=InferResponse, responses=V2_INFER_ERRORS,
+    @router.post("/models/{model_name}/infer", response_model=InferResponse, responses=V2_INFER_RESPONSES,
                  openapi_extra=infer_body, summary="Inference: loss and gradients", description=V2_INFER_DESCRIPTION)
+    async def post_v2_infer(request: Request, model_name: ModelName) -> Response:
+        return await _v2_infer(request, model_name, None)
+
     @router.post("/models/{model_name}/versions/{model_version}/infer", response_model=InferResponse,
-                 responses=V2_INFER_ERRORS, openapi_extra=infer_body, summary="Inference (versioned)",
+                 responses=V2_INFER_RESPONSES, openapi_extra=infer_body, summary="Inference (versioned)",
                  description=V2_INFER_DESCRIPTION)
-    async def post_v2_infer(request: Request, model_name: str, model_version: str | None = None) -> Response:
-        unknown = _v2_unknown_model(model_name, model_version)
-        if unknown is not None:
-            return unknown
-        body = await request.body()
-        header_length = request.headers.get(v2.HEADER_LENGTH)
-        settings = request.app.state.settings
-        return await _in_pool(request, lambda: _v2_answer(body, header_length, settings))
+    async def post_v2_version_infer(request: Request, model_name: ModelName, model_version: ModelVersion) -> Response:
+        return await _v2_infer(request, model_name, model_version)
 
     return router
+
+
+# The one model: other names are answered 404 (not refused as malformed), so the
+# spec lists the valid values without FastAPI enforcing them.
+ModelName = Annotated[str, Path(description="The model: `bptt`.", json_schema_extra={"enum": [v2.MODEL_NAME]})]
+ModelVersion = Annotated[str, Path(description="The version: `1`.", json_schema_extra={"enum": [v2.MODEL_VERSION]})]
+
+
+def _v2_model_ready(request: Request, name: str, version: str | None) -> Any:
+    return _v2_unknown_model(name, version) or _readiness(request) or {"name": v2.MODEL_NAME, "ready": True}
+
+
+async def _v2_infer(request: Request, name: str, version: str | None) -> Response:
+    unknown = _v2_unknown_model(name, version)
+    if unknown is not None:
+        return unknown
+    body = await request.body()
+    header_length = request.headers.get(v2.HEADER_LENGTH)
+    settings = request.app.state.settings
+    return await _in_pool(request, lambda: _v2_answer(body, header_length, settings))
 
 
 def _v2_unknown_model(name: str, version: str | None) -> Response | None:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
 
 __all__ = [
     "Number",
+    "Integer",
+    "Count",
     "TokenId",
     "Tensor",
     "MatrixIn",
@@ -38,8 +40,17 @@ __all__ = [
     "V2ErrorResponse",
 ]
 
+def _integral_float_to_int(value: Any) -> Any:
+    """3.0 -> 3, as JSON Schema counts it an integer; 1.5, "3" and true stay, to be refused."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-TokenId = Annotated[int, Field(strict=True, ge=0)]
+Integer = Annotated[int, Field(strict=True), BeforeValidator(_integral_float_to_int)]
+Count = Annotated[int, Field(strict=True, ge=0), BeforeValidator(_integral_float_to_int)]
+TokenId = Count
 
 _REQUEST = ConfigDict(strict=True, extra="forbid")
 
@@ -54,7 +65,7 @@ class Tensor(BaseModel):
     model_config = _REQUEST
 
     dtype: Literal["float32", "float64"] = Field(description="Element type of the bytes.")
-    shape: list[Annotated[int, Field(strict=True, ge=0)]] = Field(
+    shape: list[Count] = Field(
         description="Dimensions, e.g. [H, C] for U; the bytes hold product(shape) elements."
     )
     data: str = Field(
@@ -93,7 +104,7 @@ class _WeightsIn(BaseModel):
     )
     V: MatrixIn = Field(description="Output weights, C x H: logits o_t = V s_t.")
     W: MatrixIn = Field(description="Recurrent weights, H x H: s_t = tanh(U[:, x_t] + W s_{t-1}).")
-    bptt_truncate: Annotated[int, Field(strict=True, ge=0)] | None = Field(
+    bptt_truncate: Count | None = Field(
         default=None,
         description="null (default): exact, full BPTT. An integer K >= 0: the seed's truncated "
         "BPTT, where the error of output t flows back through steps t, t-1, ..., max(0, t-K) only.",
@@ -224,7 +235,7 @@ class InferInputTensor(BaseModel):
     model_config = _V2
 
     name: str = Field(description="U, V, W, x, y, and optionally s0, lengths.")
-    shape: list[Annotated[int, Field(strict=True, ge=0)]] = Field(description="Dimensions of the tensor.")
+    shape: list[Count] = Field(description="Dimensions of the tensor.")
     datatype: str = Field(description="FP64 or FP32 for U, V, W, s0; INT64 or INT32 for x, y, lengths.")
     parameters: dict[str, Any] | None = Field(
         default=None,

@@ -119,6 +119,8 @@ def parse_request(body: bytes, header_length: str | None) -> Call:
     request = InferRequest.model_validate_json(header)
     params = request.parameters or {}
     truncate = params.get("bptt_truncate")
+    if type(truncate) is float and truncate.is_integer():  # 4.0 is an integer in JSON
+        truncate = int(truncate)
     if truncate is not None and (type(truncate) is not int or truncate < 0):
         raise InputError(
             f"parameters.bptt_truncate must be an integer >= 0 or null, got {truncate!r}",

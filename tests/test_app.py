@@ -64,6 +64,16 @@ def test_post_bptt_accepts_ints_as_floats_and_negative_zero(client):
     assert r.json()["loss"] == g.loss
 
 
+def test_post_bptt_integral_floats_are_integers(client, problem):
+    """JSON Schema counts 2.0 an integer: token ids and bptt_truncate accept it."""
+    p = problem
+    body = p.body(bptt_truncate=2.0)
+    body["x"] = [float(v) for v in body["x"]]
+    r = post(client, body)
+    assert r.status_code == 200, r.text
+    assert r.json()["loss"] == engine.bptt(p.U, p.V, p.W, p.x, p.y, bptt_truncate=2).loss
+
+
 def test_post_bptt_without_content_type_is_read_as_json(client, problem):
     r = client.post("/bptt", content=orjson.dumps(problem.body()))
     assert r.status_code == 200

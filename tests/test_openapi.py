@@ -27,3 +27,33 @@ def test_openapi_describes_every_field_and_error():
     assert {"200", "400", "415", "422", "500"} <= set(responses)
     body = spec["paths"]["/bptt"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body == {"$ref": "#/components/schemas/BpttRequest"}
+
+
+def test_openapi_uses_json_schema_keywords_only():
+    """Regression (found by schemathesis): a constraint written as pydantic's "ge" instead of
+    JSON Schema's "minimum" let the fuzzer send bptt_truncate = -1291515 as valid data."""
+    leaked = []
+
+    def walk(node, where):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("ge", "gt", "le", "lt", "min_length", "max_length") and not where.endswith("properties"):
+                    leaked.append(f"{where}.{key}")
+                walk(value, f"{where}.{key}")
+        elif isinstance(node, list):
+            for i, item in enumerate(node):
+                walk(item, f"{where}[{i}]")
+
+    walk(create_app(Settings()).openapi(), "spec")
+    assert not leaked, leaked
+
+
+def test_openapi_documents_binary_infer_answers():
+    """Regression (found by schemathesis): binary V2 answers are application/octet-stream
+    with Inference-Header-Content-Length, and the spec must say so."""
+    spec = create_app(Settings()).openapi()
+    for path in ("/v2/models/{model_name}/infer", "/v2/models/{model_name}/versions/{model_version}/infer"):
+        ok = spec["paths"][path]["post"]["responses"]["200"]
+        assert {"application/json", "application/octet-stream"} <= set(ok["content"])
+        assert "Inference-Header-Content-Length" in ok["headers"]
+        assert spec["paths"][path]["post"]["parameters"][0]["schema"]["enum"] == ["bptt"]
