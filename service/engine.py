@@ -25,13 +25,13 @@ t, t-1, ..., max(0, t-K) and no further. docs/derivation.md derives every line.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .errors import ComputeError, InputError
 
-__all__ = ["Gradients", "BatchGradients", "check_inputs", "forward", "bptt", "bptt_batch"]
+__all__ = ["Gradients", "BatchGradients", "Trace", "check_inputs", "forward", "bptt", "bptt_batch", "trace"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,13 @@ class Gradients:
         ``s_{T-1}``, the hidden state after the last token.
     tokens : int
         T, the number of predicted tokens.
+    dLdb : (H,) ndarray or None
+        With the bias b (``z_t = U x_t + W s_{t-1} + b``); None without.
+    dLdc : (C,) ndarray or None
+        With the bias c (``o_t = softmax(V s_t + c)``); None without.
+    clipped : dict or None
+        With ``clip``: how many entries of each parameter's gradient were
+        clipped to [-clip, clip]; None without.
     """
 
     loss: float
@@ -61,6 +68,9 @@ class Gradients:
     dLds0: np.ndarray
     final_state: np.ndarray
     tokens: int
+    dLdb: np.ndarray | None = None
+    dLdc: np.ndarray | None = None
+    clipped: dict[str, int] | None = None
 
     @property
     def mean_loss(self) -> float:
@@ -86,6 +96,8 @@ class BatchGradients:
         Each sequence's gradient with respect to its initial state.
     final_state : (B, H) ndarray
         Each sequence's last hidden state.
+    dLdb, dLdc, clipped
+        As in ``Gradients``.
     """
 
     loss: float
@@ -96,6 +108,9 @@ class BatchGradients:
     dLdW: np.ndarray
     dLds0: np.ndarray
     final_state: np.ndarray
+    dLdb: np.ndarray | None = None
+    dLdc: np.ndarray | None = None
+    clipped: dict[str, int] | None = None
 
     @property
     def tokens(self) -> int:
@@ -208,6 +223,9 @@ def forward(
     W: np.ndarray,
     x: np.ndarray,
     s0: np.ndarray | None = None,
+    *,
+    b: np.ndarray | None = None,
+    c: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run the model over one sequence.
 
@@ -219,6 +237,10 @@ def forward(
     x : (T,) integer ndarray
     s0 : (H,) ndarray, optional
         Initial hidden state ``s_{-1}``; zeros when omitted.
+    b : (H,) ndarray, optional
+        Hidden bias: ``z_t = U x_t + W s_{t-1} + b``.
+    c : (C,) ndarray, optional
+        Output bias: ``o_t = softmax(V s_t + c)``.
 
     Returns
     -------
@@ -227,10 +249,10 @@ def forward(
     s : (T, H) ndarray
         ``s[t]`` is the hidden state after reading ``x[t]``.
     """
-    batch = _Batch.of(U, V, W, [x], None, None if s0 is None else [s0])
+    batch = _Batch.of(U, V, W, [x], None, None if s0 is None else [s0], b=b, c=c)
     with np.errstate(over="ignore", invalid="ignore"):
-        s = _hidden_states(batch.U, batch.W, batch.X, batch.S0)[:, 0]  # (T, H)
-        o = s @ batch.V.T  # (T, H) x (H, C) -> (T, C), logits
+        s = _hidden_states(batch)[:, 0]  # (T, H)
+        o = _logits(batch, s)  # (T, C)
         _softmax(o)
     return o, s
 
@@ -243,6 +265,10 @@ def bptt(
     y: np.ndarray,
     bptt_truncate: int | None = None,
     s0: np.ndarray | None = None,
+    *,
+    b: np.ndarray | None = None,
+    c: np.ndarray | None = None,
+    clip: float | None = None,
 ) -> Gradients:
     """Loss and backpropagation-through-time gradients of one sequence.
 
@@ -261,6 +287,12 @@ def bptt(
         the error of output t reaches steps t, ..., max(0, t - K) only.
     s0 : (H,) ndarray, optional
         Initial hidden state; zeros when omitted.
+    b, c : (H,) and (C,) ndarrays, optional
+        Biases, as in ``forward``; their gradients come back as dLdb, dLdc.
+    clip : float > 0, optional
+        Clip every entry of dLdU, dLdV, dLdW (dLdb, dLdc) to [-clip, clip]
+        after computing them (Pascanu et al. 2013 clip the norm; the
+        tutorial's successors clip entries); counted in ``clipped``.
 
     Returns
     -------
@@ -281,7 +313,7 @@ def bptt(
     oracle this function is checked against.
     """
     K = _check_truncate(bptt_truncate)
-    g = _bptt(_Batch.of(U, V, W, [x], [y], None if s0 is None else [s0]), K)
+    g = _bptt(_Batch.of(U, V, W, [x], [y], None if s0 is None else [s0], b=b, c=c), K, _check_clip(clip))
     return Gradients(
         loss=g.loss,
         dLdU=g.dLdU,
@@ -290,6 +322,9 @@ def bptt(
         dLds0=g.dLds0[0],
         final_state=g.final_state[0],
         tokens=int(g.lengths[0]),
+        dLdb=g.dLdb,
+        dLdc=g.dLdc,
+        clipped=g.clipped,
     )
 
 
@@ -301,6 +336,10 @@ def bptt_batch(
     ys: Sequence[np.ndarray],
     bptt_truncate: int | None = None,
     s0: Sequence[np.ndarray | None] | np.ndarray | None = None,
+    *,
+    b: np.ndarray | None = None,
+    c: np.ndarray | None = None,
+    clip: float | None = None,
 ) -> BatchGradients:
     """Losses and summed gradients of B sequences, which may differ in length.
 
@@ -317,13 +356,86 @@ def bptt_batch(
         As for ``bptt``, for every sequence.
     s0 : (B, H) ndarray, or B of (H,) ndarrays or None, optional
         Initial states; zeros where omitted.
+    b, c, clip : as for ``bptt``
 
     Returns
     -------
     BatchGradients
     """
     K = _check_truncate(bptt_truncate)
-    return _bptt(_Batch.of(U, V, W, xs, ys, s0, batched=True), K)
+    return _bptt(_Batch.of(U, V, W, xs, ys, s0, b=b, c=c, batched=True), K, _check_clip(clip))
+
+
+@dataclass(frozen=True)
+class Trace:
+    """The seed's deltas for one sequence: what BPTT passes back, step by step.
+
+    Attributes
+    ----------
+    delta_o : (T, C) ndarray
+        The seed's ``delta_o``: ``o_t - onehot(y_t)``, dE_t/d(V s_t).
+    deltas : list of T ndarrays
+        ``deltas[t]`` is (L_t, H): row j is the seed's ``delta_t`` for output t
+        at step t - j, that is dE_t/dz_{t-j}, for j = 0 .. min(t, K).
+    norms : (T, L) ndarray
+        ``norms[t, j]`` = ||deltas[t][j]||; NaN where output t does not reach
+        back j steps (j > t, or j > K). L = min(T, K + 1).
+    """
+
+    delta_o: np.ndarray
+    deltas: list[np.ndarray]
+    norms: np.ndarray
+
+    def lag_summary(self) -> list[dict[str, float | int]]:
+        """Per lag j: how many outputs reach back j steps, and the mean and
+        largest ||dE_t/dz_{t-j}||: the vanishing (or exploding) curve."""
+        out = []
+        for j in range(self.norms.shape[1]):
+            col = self.norms[:, j]
+            col = col[~np.isnan(col)]
+            out.append({"lag": j, "outputs": len(col), "mean_norm": float(col.mean()), "max_norm": float(col.max())})
+        return out
+
+
+def trace(
+    U: np.ndarray,
+    V: np.ndarray,
+    W: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    bptt_truncate: int | None = None,
+    s0: np.ndarray | None = None,
+    *,
+    b: np.ndarray | None = None,
+    c: np.ndarray | None = None,
+) -> Trace:
+    """The seed's ``delta_o`` and every ``delta_t`` of its loop, for one sequence.
+
+    Costs O(T L H) memory (L = min(T, K + 1) lags): meant for learning on
+    small problems, beside ``bptt``. Arguments as for ``bptt``.
+    """
+    K = _check_truncate(bptt_truncate)
+    batch = _Batch.of(U, V, W, [x], [y], None if s0 is None else [s0], b=b, c=c)
+    with np.errstate(over="ignore", invalid="ignore"):
+        S = _hidden_states(batch)[:, 0]  # (T, H)
+        delta_o = _logits(batch, S)  # (T, C)
+        y = batch.Y[:, 0]
+        _softmax(delta_o, y)
+        delta_o[np.arange(len(y)), y] -= 1.0
+        dtanh = 1.0 - S * S  # (T, H)
+        T, H = S.shape
+        L = T if K is None else min(T, K + 1)
+        # Lag j holds dE_{k+j}/dz_k in row k, as in _backward_truncated.
+        lag = (delta_o @ batch.V) * dtanh  # (T, H), j = 0
+        by_lag = [lag]
+        for j in range(1, L):
+            lag = (lag[1:] @ batch.W) * dtanh[: T - j]  # (T-j, H)
+            by_lag.append(lag)
+    deltas = [np.stack([by_lag[j][t - j] for j in range(min(t + 1, L))]) for t in range(T)]
+    norms = np.full((T, L), np.nan)
+    for j, rows in enumerate(by_lag):
+        norms[j:, j] = np.linalg.norm(rows, axis=1)
+    return Trace(delta_o=delta_o, deltas=deltas, norms=norms)
 
 
 @dataclass(frozen=True)
@@ -337,13 +449,17 @@ class _Batch:
     Y: np.ndarray | None  # (T, B) target ids
     S0: np.ndarray  # (B, H)
     lengths: np.ndarray  # (B,)
+    b: np.ndarray | None  # (H,)
+    c: np.ndarray | None  # (C,)
 
     @classmethod
-    def of(cls, U, V, W, xs, ys, s0s, *, batched: bool = False) -> _Batch:
+    def of(cls, U, V, W, xs, ys, s0s, *, b=None, c=None, batched: bool = False) -> _Batch:
         """Check and pad; messages name ``sequences[b].x`` when ``batched``, else ``x``."""
         dtype = np.float32 if np.asarray(U).dtype == np.float32 else np.float64
         U, V, W = (np.asarray(a, dtype=dtype) for a in (U, V, W))
         H, C = check_weights(U, V, W)
+        b_hidden = _bias(b, "b", H, "H", dtype)
+        c_output = _bias(c, "c", C, "C", dtype)
         B = len(xs)
         if B == 0:
             raise InputError("sequences must hold at least one sequence, got none", field="sequences")
@@ -372,12 +488,38 @@ class _Batch:
                 X[: lengths[b], b] = xs[b]
                 if Y is not None:
                     Y[: lengths[b], b] = ys[b]
-        return cls(U=U, V=V, W=W, X=X, Y=Y, S0=S0, lengths=lengths)
+        return cls(U=U, V=V, W=W, X=X, Y=Y, S0=S0, lengths=lengths, b=b_hidden, c=c_output)
 
 
-def _bptt(batch: _Batch, K: int | None) -> BatchGradients:
+def _bias(value, name: str, n: int, letter: str, dtype: type) -> np.ndarray | None:
+    if value is None:
+        return None
+    value = np.asarray(value, dtype=dtype)
+    if value.shape != (n,):
+        raise InputError(f"{name} must have {letter} = {n} numbers, got {_dims(value)}", field=name)
+    return value
+
+
+def _check_clip(clip: float | None) -> float | None:
+    if clip is None:
+        return None
+    if isinstance(clip, bool) or not np.isfinite(clip) or clip <= 0:
+        raise InputError(f"clip must be a number > 0 or None, got {clip!r}", field="clip")
+    return float(clip)
+
+
+def _bptt(batch: _Batch, K: int | None, clip: float | None = None) -> BatchGradients:
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported by _check_finite
-        return _bptt_unchecked(batch, K)
+        g = _bptt_unchecked(batch, K)
+    if clip is None:
+        return g
+    clipped = {}
+    for name in ("dLdU", "dLdV", "dLdW", "dLdb", "dLdc"):
+        grad = getattr(g, name)
+        if grad is not None:
+            clipped[name] = int(np.count_nonzero(np.abs(grad) > clip))
+            np.clip(grad, -clip, clip, out=grad)
+    return replace(g, clipped=clipped)
 
 
 def _bptt_unchecked(batch: _Batch, K: int | None) -> BatchGradients:
@@ -385,7 +527,7 @@ def _bptt_unchecked(batch: _Batch, K: int | None) -> BatchGradients:
     T, B = X.shape
     H, C = U.shape
 
-    S = _hidden_states(U, W, X, S0)  # (T, B, H)
+    S = _hidden_states(batch)  # (T, B, H)
 
     # The N real tokens, as rows (t, b) in time-major order; padding is skipped.
     padded = lengths.min() < T
@@ -395,7 +537,7 @@ def _bptt_unchecked(batch: _Batch, K: int | None) -> BatchGradients:
 
     # Output layer, all tokens at once.  delta_o = o - onehot(y) is dL/d(V s_t),
     # the seed's delta_o (softmax + cross-entropy).
-    delta_o = s_rows @ V.T  # (N, H) x (H, C) -> (N, C), logits
+    delta_o = _logits(batch, s_rows)  # (N, C)
     token_loss = _softmax(delta_o, y_rows)  # (N,); delta_o now holds o
     delta_o[np.arange(len(y_rows)), y_rows] -= 1.0
     dLdV = delta_o.T @ s_rows  # (C, N) x (N, H) -> (C, H), sum_t outer(delta_o[t], s_t)
@@ -430,8 +572,13 @@ def _bptt_unchecked(batch: _Batch, K: int | None) -> BatchGradients:
     loss = float(losses.sum())
     final_state = S[lengths - 1, np.arange(B)]  # (B, H)
 
+    dLdb = None if batch.b is None else dz_rows.sum(axis=0)  # (H,), sum_k dz_k
+    dLdc = None if batch.c is None else delta_o.sum(axis=0)  # (C,), sum_t delta_o[t]
+
     _check_finite(U, V, W, loss=loss, dz=dz_rows, dLdW=dLdW, dLdU=dLdU[:, x_rows], dLds0=dLds0)
     return BatchGradients(
+        dLdb=dLdb,
+        dLdc=dLdc,
         loss=loss,
         losses=losses,
         lengths=lengths,
@@ -443,14 +590,17 @@ def _bptt_unchecked(batch: _Batch, K: int | None) -> BatchGradients:
     )
 
 
-def _hidden_states(U: np.ndarray, W: np.ndarray, X: np.ndarray, S0: np.ndarray) -> np.ndarray:
-    """S[t] = tanh(U[:, X[t]] + W S[t-1]) for every sequence, one loop over time.
+def _hidden_states(batch: _Batch) -> np.ndarray:
+    """S[t] = tanh(U[:, X[t]] + W S[t-1] (+ b)) for every sequence, one loop over time.
 
     Returns (T, B, H). Rows past a sequence's end are computed (from padding
     id 0) and never used.
     """
-    S = U.T[X]  # (T, B, H): U[:, x_t] in S[t], overwritten in place by s_t
-    WT = np.ascontiguousarray(W.T)
+    S = batch.U.T[batch.X]  # (T, B, H): U[:, x_t] in S[t], overwritten in place by s_t
+    if batch.b is not None:
+        S += batch.b
+    WT = np.ascontiguousarray(batch.W.T)
+    S0 = batch.S0
     dot, add, tanh = np.dot, np.add, np.tanh  # local names: this loop is the hot path
     buf = np.empty_like(S0)
     h = S0
@@ -460,6 +610,14 @@ def _hidden_states(U: np.ndarray, W: np.ndarray, X: np.ndarray, S0: np.ndarray) 
         tanh(st, out=st)  # s_t
         h = st
     return S
+
+
+def _logits(batch: _Batch, s_rows: np.ndarray) -> np.ndarray:
+    """V s_t (+ c) for rows of states: (N, H) x (H, C) -> (N, C)."""
+    a = s_rows @ batch.V.T
+    if batch.c is not None:
+        a += batch.c
+    return a
 
 
 def _softmax(a: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:

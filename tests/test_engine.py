@@ -230,3 +230,85 @@ def test_bptt_batch_names_the_bad_sequence(rng):
         engine.bptt_batch(p.U, p.V, p.W, [p.x], [p.y[:-1]])
     with pytest.raises(InputError, match="at least one sequence"):
         engine.bptt_batch(p.U, p.V, p.W, [], [])
+
+
+@settings(max_examples=100, deadline=None)
+@given(p=problems, K=st.one_of(st.none(), st.integers(0, 6)), biases=st.booleans())
+def test_bptt_with_biases_matches_seed_loop(p, K, biases):
+    rng = np.random.default_rng(len(p.x))
+    b = rng.uniform(-1, 1, p.U.shape[0])
+    c = rng.uniform(-1, 1, p.V.shape[0]) if biases else None
+    g = engine.bptt(p.U, p.V, p.W, p.x, p.y, bptt_truncate=K, s0=p.s0, b=b, c=c)
+    ref = seed.bptt(p.U, p.V, p.W, p.x, p.y, len(p.y) if K is None else K, s0=p.s0, b=b, c=c)
+    for got, want in zip((g.dLdU, g.dLdV, g.dLdW, g.dLdb), ref):
+        assert_close(got, want)
+    if biases:
+        assert_close(g.dLdc, ref[4])
+    else:
+        assert g.dLdc is None
+    assert g.loss == pytest.approx(seed.calculate_total_loss(p.U, p.V, p.W, p.x, p.y, p.s0, b, c), rel=RTOL)
+
+
+def test_bptt_biases_match_central_differences(rng):
+    p = make_problem(rng, H=4, C=5, T=8, scale=2.0, s0=True)
+    b, c = rng.uniform(-1, 1, 4), rng.uniform(-1, 1, 5)
+    g = engine.bptt(p.U, p.V, p.W, p.x, p.y, s0=p.s0, b=b, c=c)
+
+    def loss() -> float:
+        return seed.calculate_total_loss(p.U, p.V, p.W, p.x, p.y, p.s0, b, c)
+
+    assert_close(g.dLdb, numerical_gradient(loss, b), rtol=1e-7)
+    assert_close(g.dLdc, numerical_gradient(loss, c), rtol=1e-7)
+    assert_close(g.dLdW, numerical_gradient(loss, p.W), rtol=1e-7)
+
+
+def test_bptt_batch_with_biases_equals_sum_of_singles(rng):
+    p = make_problem(rng, H=3, C=6, T=1)
+    b, c = rng.uniform(-1, 1, 3), rng.uniform(-1, 1, 6)
+    xs = [rng.integers(0, 6, T) for T in (2, 7, 4)]
+    ys = [rng.integers(0, 6, T) for T in (2, 7, 4)]
+    g = engine.bptt_batch(p.U, p.V, p.W, xs, ys, b=b, c=c)
+    singles = [engine.bptt(p.U, p.V, p.W, x, y, b=b, c=c) for x, y in zip(xs, ys)]
+    assert_close(g.dLdb, sum(s.dLdb for s in singles))
+    assert_close(g.dLdc, sum(s.dLdc for s in singles))
+
+
+def test_bptt_bias_shapes_are_checked(rng):
+    p = make_problem(rng, H=3, C=6, T=4)
+    with pytest.raises(InputError, match=r"b must have H = 3 numbers, got 4"):
+        engine.bptt(p.U, p.V, p.W, p.x, p.y, b=np.zeros(4))
+    with pytest.raises(InputError, match=r"c must have C = 6 numbers, got 3"):
+        engine.bptt(p.U, p.V, p.W, p.x, p.y, c=np.zeros(3))
+
+
+def test_bptt_clip_clips_and_counts(rng):
+    p = make_problem(rng, H=5, C=6, T=12, scale=3.0)
+    full = engine.bptt(p.U, p.V, p.W, p.x, p.y)
+    clip = float(np.median(np.abs(full.dLdW)))
+    g = engine.bptt(p.U, p.V, p.W, p.x, p.y, clip=clip)
+    np.testing.assert_array_equal(g.dLdW, np.clip(full.dLdW, -clip, clip))
+    assert g.clipped["dLdW"] == np.count_nonzero(np.abs(full.dLdW) > clip) > 0
+    assert set(g.clipped) == {"dLdU", "dLdV", "dLdW"}
+    assert engine.bptt(p.U, p.V, p.W, p.x, p.y).clipped is None
+    with pytest.raises(InputError, match="clip must be a number > 0"):
+        engine.bptt(p.U, p.V, p.W, p.x, p.y, clip=0)
+
+
+@pytest.mark.parametrize("K", [None, 0, 3])
+def test_trace_matches_the_seed_loops_deltas(rng, K):
+    p = make_problem(rng, H=4, C=7, T=9, scale=2.0, s0=True)
+    b = rng.uniform(-1, 1, 4)
+    record = []
+    seed.bptt(p.U, p.V, p.W, p.x, p.y, 9 if K is None else K, s0=p.s0, b=b, record=record)
+    tr = engine.trace(p.U, p.V, p.W, p.x, p.y, bptt_truncate=K, s0=p.s0, b=b)
+    assert len(record) == sum(len(d) for d in tr.deltas)
+    for t, step, delta in record:
+        assert_close(tr.deltas[t][t - step], delta)
+        assert tr.norms[t, t - step] == pytest.approx(np.linalg.norm(delta), rel=1e-12)
+    o, _ = seed.forward_propagation(p.U, p.V, p.W, p.x, p.s0, b)
+    o[np.arange(9), p.y] -= 1
+    assert_close(tr.delta_o, o)
+    summary = tr.lag_summary()
+    assert summary[0]["outputs"] == 9
+    assert len(summary) == (9 if K is None else K + 1)
+    assert summary[-1]["outputs"] == 9 - len(summary) + 1
