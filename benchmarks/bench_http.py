@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> str:
                 g = client.bptt(U, V, W, x, y)
                 assert np.array_equal(g.dLdU, local.dLdU), "the service must answer exactly"
                 times[encoding] = median_time(lambda: client.bptt(U, V, W, x, y), repeat=repeat)
-                body = client._wire.bptt_body(U, V, W, x, y, None, None)
+                body = client._wire.bptt_body(U, V, W, x, y)
                 answer = client._http.post("/bptt", content=body, headers={"content-type": "application/json"})
                 sizes[encoding] = (len(body), len(answer.content))
 

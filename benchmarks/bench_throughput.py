@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> str:
         return ""
     C, H, T = 65, 32, 25
     U, V, W, x, y = problem(C, H, T)
-    body = _Wire(args.encoding, "float64").bptt_body(U, V, W, x, y, None, None)
+    body = _Wire(args.encoding, "float64").bptt_body(U, V, W, x, y)
     results = {}
     with tempfile.TemporaryDirectory() as tmp, serve("service.app:app") as url:
         with Client(url) as client:  # the answer is right before it is fast

@@ -21,6 +21,7 @@ import anyio
 import anyio.to_thread
 
 import pydantic
+import numpy as np
 from fastapi import APIRouter, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -422,10 +423,18 @@ def _bptt_answer(body: bytes, settings: Settings) -> dict[str, Any]:
     arrays = tensors.bptt_arrays(request)
     H, C = arrays["U"].shape
     guards.check_work(settings, H=H, C=C, lengths=[len(arrays["x"])])
+    if request.trace:
+        guards.check_trace(settings, H=H, T=len(arrays["x"]), K=request.bptt_truncate)
     with ops.engine_timer("bptt") as counts:
         result = engine.bptt(**arrays)
         counts["tokens"] = result.tokens
-    return _gradients_body(result, request.encoding)
+    answer = _gradients_body(result, request.encoding)
+    if request.trace:
+        arrays.pop("clip")
+        trace = engine.trace(**arrays)
+        keep = trace.delta_o.size <= settings.max_trace_delta_o
+        answer["trace"] = _trace_body(trace, request.encoding, keep_delta_o=keep)
+    return answer
 
 
 def _batch_answer(body: bytes, settings: Settings) -> dict[str, Any]:
@@ -461,14 +470,24 @@ def _parse(model: type[pydantic.BaseModel], body: bytes) -> Any:
 
 
 def _gradients_body(g: engine.Gradients | engine.BatchGradients, encoding: tensors.Encoding) -> dict[str, Any]:
+    def wire(a: np.ndarray | None) -> Any:
+        return None if a is None else tensors.to_wire(a, encoding)
+
     return {
         "loss": g.loss,
         "mean_loss": g.mean_loss,
         "tokens": g.tokens,
-        **{
-            name: tensors.to_wire(getattr(g, name), encoding)
-            for name in ("dLdU", "dLdV", "dLdW", "dLds0", "final_state")
-        },
+        **{name: wire(getattr(g, name)) for name in ("dLdU", "dLdV", "dLdW", "dLds0", "final_state", "dLdb", "dLdc")},
+        "clipped": g.clipped,
+    }
+
+
+def _trace_body(trace: engine.Trace, encoding: tensors.Encoding, *, keep_delta_o: bool) -> dict[str, Any]:
+    return {
+        "delta_o": tensors.to_wire(trace.delta_o, encoding) if keep_delta_o else None,
+        "deltas": [tensors.to_wire(d, encoding) for d in trace.deltas],
+        "delta_norms": [row[~np.isnan(row)] for row in trace.norms],
+        "lag_summary": trace.lag_summary(),
     }
 
 

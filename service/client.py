@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 
 from . import tensors
-from .engine import BatchGradients, Gradients
+from .engine import BatchGradients, Gradients, Trace
 from .errors import BpttError
 
 __all__ = ["Client", "AsyncClient", "ServerError"]
@@ -53,36 +53,40 @@ class _Wire:
         wire = np.float32 if self.dtype == "float32" else np.float64
         return tensors.to_wire(a.astype(wire, copy=False), self.encoding)
 
-    def _common(self, U, V, W, bptt_truncate: int | None) -> dict[str, Any]:
-        return {
+    def _common(self, U, V, W, options: dict[str, Any]) -> dict[str, Any]:
+        body = {
             "U": self._array(U),
             "V": self._array(V),
             "W": self._array(W),
-            "bptt_truncate": bptt_truncate,
             "encoding": self.encoding,
             "dtype": self.dtype,
+            "bptt_truncate": options.get("bptt_truncate"),
         }
+        for name in ("b", "c"):
+            if options.get(name) is not None:
+                body[name] = self._array(options[name])
+        if options.get("clip") is not None:
+            body["clip"] = float(options["clip"])
+        return body
 
-    def bptt_body(self, U, V, W, x, y, bptt_truncate: int | None, s0) -> bytes:
-        body = self._common(U, V, W, bptt_truncate) | _sequence(x, y, s0, self._array)
+    def bptt_body(self, U, V, W, x, y, s0=None, *, trace: bool = False, **options: Any) -> bytes:
+        body = self._common(U, V, W, options) | _sequence(x, y, s0, self._array)
+        if trace:
+            body["trace"] = True
         return tensors.dumps(body)
 
-    def batch_body(self, U, V, W, xs, ys, bptt_truncate: int | None, s0s) -> bytes:
+    def batch_body(self, U, V, W, xs, ys, s0s=None, **options: Any) -> bytes:
         if len(xs) != len(ys):
             raise ValueError(f"need one y per x: {len(xs)} x, got {len(ys)} y")
         s0s = [None] * len(xs) if s0s is None else s0s
-        body = self._common(U, V, W, bptt_truncate)
+        body = self._common(U, V, W, options)
         body["sequences"] = [_sequence(x, y, s0, self._array) for x, y, s0 in zip(xs, ys, s0s)]
         return tensors.dumps(body)
 
     @staticmethod
     def gradients(response: httpx.Response) -> Gradients:
         data = _json(response)
-        return Gradients(
-            loss=float(data["loss"]),
-            tokens=int(data["tokens"]),
-            **{name: _array(data[name], name) for name in ("dLdU", "dLdV", "dLdW", "dLds0", "final_state")},
-        )
+        return Gradients(loss=float(data["loss"]), tokens=int(data["tokens"]), **_arrays(data))
 
     @staticmethod
     def batch_gradients(response: httpx.Response, xs) -> BatchGradients:
@@ -91,8 +95,28 @@ class _Wire:
             loss=float(data["loss"]),
             losses=np.array(data["losses"], dtype=np.float64),
             lengths=np.array([len(x) for x in xs]),
-            **{name: _array(data[name], name) for name in ("dLdU", "dLdV", "dLdW", "dLds0", "final_state")},
+            **_arrays(data),
         )
+
+    @staticmethod
+    def trace(response: httpx.Response) -> Trace:
+        data = _json(response)["trace"]
+        deltas = [_array(d, "deltas") for d in data["deltas"]]
+        lags = max(len(d) for d in deltas)
+        norms = np.full((len(deltas), lags), np.nan)
+        for t, row in enumerate(data["delta_norms"]):
+            norms[t, : len(row)] = row
+        delta_o = None if data["delta_o"] is None else _array(data["delta_o"], "delta_o")
+        return Trace(delta_o=delta_o, deltas=deltas, norms=norms)
+
+
+def _arrays(data: dict[str, Any]) -> dict[str, Any]:
+    """The answer's arrays (optional ones None when absent) and ``clipped``."""
+    out: dict[str, Any] = {name: _array(data[name], name) for name in ("dLdU", "dLdV", "dLdW", "dLds0", "final_state")}
+    for name in ("dLdb", "dLdc"):
+        out[name] = None if data.get(name) is None else _array(data[name], name)
+    out["clipped"] = data.get("clipped")
+    return out
 
 
 def _sequence(x, y, s0, encode) -> dict[str, Any]:
@@ -150,15 +174,23 @@ class Client:
         self._wire = _Wire(encoding, dtype)
         self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=_auth(api_key), **httpx_options)
 
-    def bptt(self, U, V, W, x, y, *, bptt_truncate: int | None = None, s0=None) -> Gradients:
-        """Loss and gradients of one sequence (``POST /bptt``); arrays as for ``engine.bptt``."""
-        body = self._wire.bptt_body(U, V, W, x, y, bptt_truncate, s0)
+    def bptt(self, U, V, W, x, y, *, s0=None, **options: Any) -> Gradients:
+        """Loss and gradients of one sequence (``POST /bptt``).
+
+        Arrays and options (``bptt_truncate``, ``b``, ``c``, ``clip``) as for ``engine.bptt``.
+        """
+        body = self._wire.bptt_body(U, V, W, x, y, s0, **options)
         return self._wire.gradients(self._http.post("/bptt", content=body, headers=_HEADERS))
 
-    def bptt_batch(self, U, V, W, xs, ys, *, bptt_truncate: int | None = None, s0=None) -> BatchGradients:
+    def bptt_batch(self, U, V, W, xs, ys, *, s0=None, **options: Any) -> BatchGradients:
         """Losses and summed gradients of several sequences (``POST /bptt/batch``)."""
-        body = self._wire.batch_body(U, V, W, xs, ys, bptt_truncate, s0)
+        body = self._wire.batch_body(U, V, W, xs, ys, s0, **options)
         return self._wire.batch_gradients(self._http.post("/bptt/batch", content=body, headers=_HEADERS), xs)
+
+    def trace(self, U, V, W, x, y, *, s0=None, **options: Any) -> Trace:
+        """The seed's deltas for one sequence (``POST /bptt`` with ``trace``), as ``engine.trace`` returns them."""
+        body = self._wire.bptt_body(U, V, W, x, y, s0, trace=True, **options)
+        return self._wire.trace(self._http.post("/bptt", content=body, headers=_HEADERS))
 
     def health(self) -> bool:
         """True when ``GET /healthz`` answers 200."""
@@ -190,15 +222,20 @@ class AsyncClient:
         self._wire = _Wire(encoding, dtype)
         self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, headers=_auth(api_key), **httpx_options)
 
-    async def bptt(self, U, V, W, x, y, *, bptt_truncate: int | None = None, s0=None) -> Gradients:
-        """Loss and gradients of one sequence (``POST /bptt``); arrays as for ``engine.bptt``."""
-        body = self._wire.bptt_body(U, V, W, x, y, bptt_truncate, s0)
+    async def bptt(self, U, V, W, x, y, *, s0=None, **options: Any) -> Gradients:
+        """Loss and gradients of one sequence (``POST /bptt``); as ``Client.bptt``."""
+        body = self._wire.bptt_body(U, V, W, x, y, s0, **options)
         return self._wire.gradients(await self._http.post("/bptt", content=body, headers=_HEADERS))
 
-    async def bptt_batch(self, U, V, W, xs, ys, *, bptt_truncate: int | None = None, s0=None) -> BatchGradients:
+    async def bptt_batch(self, U, V, W, xs, ys, *, s0=None, **options: Any) -> BatchGradients:
         """Losses and summed gradients of several sequences (``POST /bptt/batch``)."""
-        body = self._wire.batch_body(U, V, W, xs, ys, bptt_truncate, s0)
+        body = self._wire.batch_body(U, V, W, xs, ys, s0, **options)
         return self._wire.batch_gradients(await self._http.post("/bptt/batch", content=body, headers=_HEADERS), xs)
+
+    async def trace(self, U, V, W, x, y, *, s0=None, **options: Any) -> Trace:
+        """The seed's deltas for one sequence; as ``Client.trace``."""
+        body = self._wire.bptt_body(U, V, W, x, y, s0, trace=True, **options)
+        return self._wire.trace(await self._http.post("/bptt", content=body, headers=_HEADERS))
 
     async def health(self) -> bool:
         """True when ``GET /healthz`` answers 200."""

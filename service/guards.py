@@ -20,7 +20,7 @@ from typing import Any
 from .errors import BpttError
 from .settings import Settings
 
-__all__ = ["LimitError", "BodyTooLarge", "check_work", "BodyLimit", "BearerAuth", "OPEN_PATHS"]
+__all__ = ["LimitError", "BodyTooLarge", "check_work", "check_trace", "BodyLimit", "BearerAuth", "OPEN_PATHS"]
 
 # Reachable without a key: probes and the metrics scraper.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -76,6 +76,19 @@ def check_work(settings: Settings, *, H: int, C: int, lengths: Sequence[int]) ->
             settings.max_probabilities,
             "max_probabilities",
             "x" if B == 1 else "sequences",
+        )
+
+
+def check_trace(settings: Settings, *, H: int, T: int, K: int | None) -> None:
+    """A trace holds T x L x H numbers (L = lags kept); refuse it over BPTT_MAX_TRACE_VALUES."""
+    lags = T if K is None else min(T, K + 1)
+    values = T * lags * H
+    if values > settings.max_trace_values:
+        raise LimitError(
+            f"the trace (T x lags x H = {T:,} x {lags:,} x {H:,}) is {values:,} numbers, over the limit "
+            f"of {settings.max_trace_values:,} (setting BPTT_MAX_TRACE_VALUES); shorten the sequence "
+            "or set bptt_truncate",
+            field="trace",
         )
 
 

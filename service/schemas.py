@@ -22,6 +22,8 @@ __all__ = [
     "VectorIn",
     "BpttRequest",
     "BpttResponse",
+    "LagSummary",
+    "TraceOut",
     "SequenceIn",
     "BpttBatchRequest",
     "BpttBatchResponse",
@@ -119,6 +121,20 @@ class _WeightsIn(BaseModel):
         description="Precision of the computation and of the returned arrays. Inputs are "
         "converted to it; a value beyond float32's range is refused, not rounded to infinity.",
     )
+    b: VectorIn | None = Field(
+        default=None,
+        description="Optional hidden bias, H numbers: s_t = tanh(U[:, x_t] + W s_{t-1} + b). "
+        "Given, the answer has dLdb.",
+    )
+    c: VectorIn | None = Field(
+        default=None,
+        description="Optional output bias, C numbers: o_t = softmax(V s_t + c). Given, the answer has dLdc.",
+    )
+    clip: Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)] | None = Field(
+        default=None,
+        description="Optional: clip every entry of dLdU, dLdV, dLdW (and dLdb, dLdc) to [-clip, clip]; "
+        "the answer's `clipped` counts the entries clipped.",
+    )
 
 
 _X = Field(min_length=1, description="Input token ids, T of them, each in [0, C).")
@@ -150,6 +166,12 @@ class BpttRequest(_WeightsIn):
     x: list[TokenId] = _X
     y: list[TokenId] = _Y
     s0: VectorIn | None = _S0
+    trace: bool = Field(
+        default=False,
+        description="Also return the seed's deltas (`trace` in the answer): delta_o, each output's "
+        "delta_t at every step it reaches back to, and the per-lag norms. For small problems: "
+        "limited by BPTT_MAX_TRACE_VALUES.",
+    )
 
 
 class _GradientsOut(BaseModel):
@@ -159,6 +181,38 @@ class _GradientsOut(BaseModel):
     dLdU: MatrixOut = Field(description="dL/dU, H x C, the shape of U.")
     dLdV: MatrixOut = Field(description="dL/dV, C x H, the shape of V.")
     dLdW: MatrixOut = Field(description="dL/dW, H x H, the shape of W.")
+    dLdb: VectorOut | None = Field(default=None, description="dL/db, H numbers, when b was given; else null.")
+    dLdc: VectorOut | None = Field(default=None, description="dL/dc, C numbers, when c was given; else null.")
+    clipped: dict[str, int] | None = Field(
+        default=None,
+        description="With `clip`: for each gradient, how many entries were clipped (0: none). Else null.",
+    )
+
+
+class LagSummary(BaseModel):
+    """The error passed back j steps, over all outputs that reach that far."""
+
+    lag: int = Field(description="j: how many steps back from its output.")
+    outputs: int = Field(description="How many outputs reach back j steps.")
+    mean_norm: float = Field(description="Mean of ||dE_t/dz_{t-j}|| over those outputs.")
+    max_norm: float = Field(description="Largest ||dE_t/dz_{t-j}||.")
+
+
+class TraceOut(BaseModel):
+    """What BPTT passes back, step by step: the seed's delta_o and delta_t (docs/derivation.md, section 4)."""
+
+    delta_o: MatrixOut | None = Field(
+        description="T x C: o_t - onehot(y_t), the seed's delta_o; null when T x C is over "
+        "BPTT_MAX_TRACE_DELTA_O."
+    )
+    deltas: list[MatrixOut] = Field(
+        description="One matrix per output t, row j = dE_t/dz_{t-j} (the seed's delta_t at step "
+        "t - j), for j = 0 .. min(t, bptt_truncate)."
+    )
+    delta_norms: list[list[float]] = Field(description="||row j of deltas[t]||, per output t.")
+    lag_summary: list[LagSummary] = Field(
+        description="Per lag: mean and largest delta norm, the vanishing (or exploding) gradient curve."
+    )
 
 
 class BpttResponse(_GradientsOut):
@@ -169,6 +223,7 @@ class BpttResponse(_GradientsOut):
         description="s_{T-1}, the hidden state after the last input token, H numbers: "
         "pass it as s0 of the next chunk of a long text."
     )
+    trace: TraceOut | None = Field(default=None, description="The deltas, when the request asked for `trace`.")
 
 
 class SequenceIn(BaseModel):

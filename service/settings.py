@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     max_probabilities: int = Field(default=32_000_000, ge=1, description="Largest tokens x C of one request.")
     max_batch: int = Field(default=1024, ge=1, description="Most sequences in one batch.")
     max_batch_tokens: int = Field(default=100_000, ge=1, description="Most tokens in one batch.")
+    # "trace": true returns T x lags x H delta values (O(T^2 H) without truncation).
+    max_trace_values: int = Field(default=1_000_000, ge=1, description="Most delta values in one trace.")
+    # The trace's delta_o is T x C; above this it is left out (null), the rest kept.
+    max_trace_delta_o: int = Field(default=100_000, ge=0, description="Largest T x C delta_o in a trace.")
     # Requests waiting for a compute thread; past this, 503 with Retry-After.
     max_queue: int = Field(default=64, ge=0, description="Most requests waiting to compute, per worker.")
 

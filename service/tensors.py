@@ -137,8 +137,9 @@ def bptt_arrays(request: BpttRequest) -> dict[str, Any]:
         **_weights(request, dtype),
         "x": tokens(request.x, "x"),
         "y": tokens(request.y, "y"),
-        "s0": None if request.s0 is None else array(request.s0, "s0", ndim=1, dtype=dtype),
+        "s0": _optional_vector(request.s0, "s0", dtype),
         "bptt_truncate": request.bptt_truncate,
+        "clip": request.clip,
     }
 
 
@@ -150,16 +151,20 @@ def batch_arrays(request: BpttBatchRequest) -> dict[str, Any]:
         **_weights(request, dtype),
         "xs": [tokens(s.x, f"sequences[{b}].x") for b, s in enumerate(seqs)],
         "ys": [tokens(s.y, f"sequences[{b}].y") for b, s in enumerate(seqs)],
-        "s0": [
-            None if s.s0 is None else array(s.s0, f"sequences[{b}].s0", ndim=1, dtype=dtype)
-            for b, s in enumerate(seqs)
-        ],
+        "s0": [_optional_vector(s.s0, f"sequences[{b}].s0", dtype) for b, s in enumerate(seqs)],
         "bptt_truncate": request.bptt_truncate,
+        "clip": request.clip,
     }
 
 
-def _weights(request: BpttRequest | BpttBatchRequest, dtype: type) -> dict[str, np.ndarray]:
-    return {name: array(getattr(request, name), name, ndim=2, dtype=dtype) for name in ("U", "V", "W")}
+def _weights(request: BpttRequest | BpttBatchRequest, dtype: type) -> dict[str, Any]:
+    """U, V, W, and the biases b, c when given."""
+    weights: dict[str, Any] = {name: array(getattr(request, name), name, ndim=2, dtype=dtype) for name in "UVW"}
+    return weights | {name: _optional_vector(getattr(request, name), name, dtype) for name in "bc"}
+
+
+def _optional_vector(value: list | Tensor | None, field: str, dtype: type) -> np.ndarray | None:
+    return None if value is None else array(value, field, ndim=1, dtype=dtype)
 
 
 def to_wire(a: np.ndarray, encoding: Encoding) -> np.ndarray | dict[str, Any]:

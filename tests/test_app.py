@@ -307,3 +307,57 @@ def test_post_bptt_batch_bad_sequence_is_named(client, rng):
     body["sequences"] = [{"x": [0], "y": [1], "s0": [1.0]}]
     r = client.post("/bptt/batch", content=orjson.dumps(body))
     assert r.json()["detail"] == "sequences[0].s0 must have H = 3 numbers, got 1"
+
+
+def test_post_bptt_biases_clip_trace_over_http(client, rng):
+    p = make_problem(rng, H=4, C=6, T=5)
+    b, c = rng.uniform(-1, 1, 4), rng.uniform(-1, 1, 6)
+    r = post(client, p.body(b=b.tolist(), c=b64(c), clip=0.1, trace=True, bptt_truncate=1))
+    assert r.status_code == 200, r.text
+    data = BpttResponse.model_validate(r.json())
+    g = engine.bptt(p.U, p.V, p.W, p.x, p.y, b=b, c=c, clip=0.1, bptt_truncate=1)
+    np.testing.assert_array_equal(data.dLdb, g.dLdb)
+    np.testing.assert_array_equal(data.dLdc, g.dLdc)
+    assert data.clipped == g.clipped
+    tr = data.trace
+    assert len(tr.deltas) == 5 and [len(d) for d in tr.deltas] == [1, 2, 2, 2, 2]
+    assert [s.outputs for s in tr.lag_summary] == [5, 4]
+    np.testing.assert_array_equal(np.array(tr.delta_o), engine.trace(p.U, p.V, p.W, p.x, p.y, b=b, c=c, bptt_truncate=1).delta_o)
+
+
+def test_post_bptt_without_options_answers_nulls(client, problem):
+    data = post(client, problem.body()).json()
+    assert data["dLdb"] is None and data["dLdc"] is None and data["clipped"] is None
+    assert "trace" not in data
+
+
+def test_post_bptt_trace_limits(rng):
+    p = make_problem(rng, H=4, C=50, T=30)
+    with TestClient(create_app(Settings(max_trace_values=1000, max_trace_delta_o=100))) as c:
+        r = post(c, p.body(trace=True))
+        assert r.status_code == 413
+        assert r.json()["detail"] == (
+            "the trace (T x lags x H = 30 x 30 x 4) is 3,600 numbers, over the limit of 1,000 "
+            "(setting BPTT_MAX_TRACE_VALUES); shorten the sequence or set bptt_truncate"
+        )
+        r = post(c, p.body(trace=True, bptt_truncate=3))  # 30 x 4 x 4 = 480 values
+        assert r.status_code == 200
+        assert r.json()["trace"]["delta_o"] is None  # 30 x 50 > 100: left out, the rest kept
+        assert len(r.json()["trace"]["deltas"]) == 30
+
+
+@pytest.mark.parametrize(
+    ("extra", "field", "words"),
+    [
+        ({"b": [0.0] * 3}, "b", "b must have H = 4 numbers, got 3"),
+        ({"c": [0.0] * 5}, "c", "c must have C = 6 numbers, got 5"),
+        ({"clip": 0}, "clip", "clip: Input should be greater than 0"),
+        ({"clip": "1"}, "clip", 'clip must be a number, got a string "1"'),
+        ({"trace": "yes"}, "trace", "trace"),
+    ],
+)
+def test_post_bptt_bad_options_are_named(client, problem, extra, field, words):
+    r = post(client, problem.body(**extra))
+    assert r.status_code == 422, r.text
+    assert words in r.json()["detail"]
+    assert field in [e["field"] for e in r.json()["errors"]]

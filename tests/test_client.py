@@ -112,3 +112,20 @@ def test_client_batch_equals_local_batch(live_server, rng):
 def test_client_rejects_unknown_options():
     with pytest.raises(ValueError, match="encoding must be 'json' or 'base64', got 'hex'"):
         Client(encoding="hex")
+
+
+def test_client_biases_clip_and_trace(live_server, rng):
+    p = make_problem(rng, H=4, C=6, T=7, s0=True)
+    b, c = rng.uniform(-1, 1, 4), rng.uniform(-1, 1, 6)
+    with Client(live_server.url) as client:
+        g = client.bptt(p.U, p.V, p.W, p.x, p.y, s0=p.s0, b=b, c=c, clip=0.05, bptt_truncate=2)
+        tr = client.trace(p.U, p.V, p.W, p.x, p.y, s0=p.s0, b=b, c=c, bptt_truncate=2)
+    local = engine.bptt(p.U, p.V, p.W, p.x, p.y, s0=p.s0, b=b, c=c, clip=0.05, bptt_truncate=2)
+    for name in ("dLdU", "dLdV", "dLdW", "dLdb", "dLdc"):
+        np.testing.assert_array_equal(getattr(g, name), getattr(local, name))
+    assert g.clipped == local.clipped
+    want = engine.trace(p.U, p.V, p.W, p.x, p.y, s0=p.s0, b=b, c=c, bptt_truncate=2)
+    np.testing.assert_array_equal(tr.delta_o, want.delta_o)
+    for got, exp in zip(tr.deltas, want.deltas):
+        np.testing.assert_array_equal(got, exp)
+    np.testing.assert_array_equal(tr.norms, want.norms)

@@ -41,13 +41,13 @@ def valid_requests(rng) -> list[tuple[str, bytes, dict, object]]:
         K = None if i % 3 else int(rng.integers(0, 5))
         expected = engine.bptt(p.U, p.V, p.W, p.x, p.y, bptt_truncate=K).dLdW
         encoding = "base64" if i % 2 else "json"
-        body = _Wire(encoding, "float64").bptt_body(p.U, p.V, p.W, p.x, p.y, K, None)
+        body = _Wire(encoding, "float64").bptt_body(p.U, p.V, p.W, p.x, p.y, bptt_truncate=K)
         out.append(("/bptt", body, {"content-type": "application/json"}, expected))
         if i % 4 == 0:
             xs = [p.x, p.y, p.x[: max(1, len(p.x) // 2)]]
             ys = [p.y, p.x, p.y[: max(1, len(p.y) // 2)]]
             expected = engine.bptt_batch(p.U, p.V, p.W, xs, ys, bptt_truncate=K).dLdW
-            body = _Wire(encoding, "float64").batch_body(p.U, p.V, p.W, xs, ys, K, None)
+            body = _Wire(encoding, "float64").batch_body(p.U, p.V, p.W, xs, ys, bptt_truncate=K)
             out.append(("/bptt/batch", body, {"content-type": "application/json"}, expected))
     return out
 
