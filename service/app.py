@@ -30,7 +30,7 @@ from fastapi_offline import FastAPIOffline
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import __version__, engine, guards, ops, runtime, tensors, v2
+from . import __version__, checks, engine, guards, ops, runtime, tensors, v2
 from .errors import ComputeError, InputError
 from .schemas import (
     TENSOR_TAGS,
@@ -38,7 +38,11 @@ from .schemas import (
     BpttBatchResponse,
     BpttRequest,
     BpttResponse,
+    CompareRequest,
+    CompareResponse,
     ErrorResponse,
+    GradientCheckRequest,
+    GradientCheckResponse,
     HealthResponse,
     InferRequest,
     InferResponse,
@@ -68,7 +72,7 @@ loop of Denny Britz's `RNNNumpy.bptt`. Every error answer has the body
 """
 
 # Request bodies the routes parse themselves, listed so the spec describes them.
-REQUEST_MODELS = (BpttRequest, BpttBatchRequest, InferRequest)
+REQUEST_MODELS = (BpttRequest, BpttBatchRequest, GradientCheckRequest, CompareRequest, InferRequest)
 MAX_ERRORS = 20
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -184,6 +188,32 @@ def _routes() -> APIRouter:
         """The weights once and B sequences of any lengths, computed together: the losses,
         and the gradients of their sum (equal to the sum of `POST /bptt` over the sequences)."""
         return await _compute(request, _batch_answer)
+
+    @router.post(
+        "/gradient-check",
+        response_model=GradientCheckResponse,
+        responses=ERROR_RESPONSES,
+        openapi_extra=_json_body(GradientCheckRequest),
+        summary="Check the engine's gradients against central differences",
+        tags=["learning"],
+    )
+    async def post_gradient_check(request: Request) -> Response:
+        """Compare BPTT's gradients with (f(p + h) - f(p - h)) / 2h on a sample of entries of each
+        parameter, and report the largest relative error with a formula that cannot pass 0/0."""
+        return await _compute(request, _check_answer)
+
+    @router.post(
+        "/bptt/compare",
+        response_model=CompareResponse,
+        responses=ERROR_RESPONSES,
+        openapi_extra=_json_body(CompareRequest),
+        summary="Compare your own BPTT gradients with the engine's",
+        tags=["learning"],
+    )
+    async def post_bptt_compare(request: Request) -> Response:
+        """Submit your dLdU, dLdV, dLdW with the inputs: the answer gives the errors, the worst
+        entries, and which classic mistake your gradients match, when one does."""
+        return await _compute(request, _compare_answer)
 
     @router.get("/healthz", response_model=HealthResponse, summary="Liveness", tags=["operations"])
     async def get_healthz() -> dict[str, str]:
@@ -446,6 +476,47 @@ def _batch_answer(body: bytes, settings: Settings) -> dict[str, Any]:
         result = engine.bptt_batch(**arrays)
         counts["tokens"] = result.tokens
     return {**_gradients_body(result, request.encoding), "losses": result.losses}
+
+
+def _check_answer(body: bytes, settings: Settings) -> dict[str, Any]:
+    request = _parse(GradientCheckRequest, body)
+    arrays = tensors.check_arrays(request)
+    H, C = arrays["U"].shape
+    T = len(arrays["x"])
+    guards.check_work(settings, H=H, C=C, lengths=[T])
+    sizes = [a.size for k, a in arrays.items() if k in ("U", "V", "W", "b", "c", "s0") and a is not None]
+    evaluations = 2 * sum(min(n, request.samples) for n in sizes)
+    guards.check_flops(settings, evaluations * T * H * (H + C), "this gradient check")
+    with ops.engine_timer("gradient_check"):
+        report = checks.gradient_check(
+            arrays, h=request.h, tolerance=request.tolerance, samples=request.samples, seed=request.seed
+        )
+    note = None
+    if request.bptt_truncate is not None:
+        note = (
+            f"bptt_truncate = {request.bptt_truncate}: the truncated gradients of U and W are not the "
+            "derivatives of the loss, so they are expected to fail where outputs reach back further "
+            "than K steps (docs/derivation.md, section 6)."
+        )
+    return {
+        "passed": all(r["passed"] for r in report.values()),
+        "h": request.h,
+        "tolerance": request.tolerance,
+        "parameters": report,
+        "note": note,
+    }
+
+
+def _compare_answer(body: bytes, settings: Settings) -> dict[str, Any]:
+    request = _parse(CompareRequest, body)
+    arrays, submitted = tensors.compare_arrays(request)
+    H, C = arrays["U"].shape
+    T = len(arrays["x"])
+    guards.check_work(settings, H=H, C=C, lengths=[T])
+    lags = T if request.bptt_truncate is None else min(T, request.bptt_truncate + 2)
+    guards.check_flops(settings, 8 * T * H * (C + lags * H), "this comparison (the tutorial's loop, 8 times)")
+    with ops.engine_timer("compare"):
+        return checks.compare(arrays, submitted, tolerance=request.tolerance)
 
 
 async def _json_bytes(request: Request) -> bytes:

@@ -31,7 +31,17 @@ import numpy as np
 
 from .errors import ComputeError, InputError
 
-__all__ = ["Gradients", "BatchGradients", "Trace", "check_inputs", "forward", "bptt", "bptt_batch", "trace"]
+__all__ = [
+    "Gradients",
+    "BatchGradients",
+    "Trace",
+    "check_inputs",
+    "forward",
+    "loss",
+    "bptt",
+    "bptt_batch",
+    "trace",
+]
 
 
 @dataclass(frozen=True)
@@ -255,6 +265,24 @@ def forward(
         o = _logits(batch, s)  # (T, C)
         _softmax(o)
     return o, s
+
+
+def loss(
+    U: np.ndarray,
+    V: np.ndarray,
+    W: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    s0: np.ndarray | None = None,
+    *,
+    b: np.ndarray | None = None,
+    c: np.ndarray | None = None,
+) -> float:
+    """The summed loss ``sum_t -ln o_t[y_t]`` alone (a forward pass; for numerical derivatives)."""
+    batch = _Batch.of(U, V, W, [x], [y], None if s0 is None else [s0], b=b, c=c)
+    with np.errstate(over="ignore", invalid="ignore"):
+        S = _hidden_states(batch)[:, 0]
+        return float(_softmax(_logits(batch, S), batch.Y[:, 0]).sum())
 
 
 def bptt(
@@ -517,8 +545,9 @@ def _bptt(batch: _Batch, K: int | None, clip: float | None = None) -> BatchGradi
     for name in ("dLdU", "dLdV", "dLdW", "dLdb", "dLdc"):
         grad = getattr(g, name)
         if grad is not None:
-            clipped[name] = int(np.count_nonzero(np.abs(grad) > clip))
-            np.clip(grad, -clip, clip, out=grad)
+            bound = min(clip, float(np.finfo(grad.dtype).max))  # a float32 gradient cannot exceed its max
+            clipped[name] = int(np.count_nonzero(np.abs(grad) > bound))
+            np.clip(grad, -bound, bound, out=grad)
     return replace(g, clipped=clipped)
 
 

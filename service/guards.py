@@ -20,7 +20,7 @@ from typing import Any
 from .errors import BpttError
 from .settings import Settings
 
-__all__ = ["LimitError", "BodyTooLarge", "check_work", "check_trace", "BodyLimit", "BearerAuth", "OPEN_PATHS"]
+__all__ = ["LimitError", "BodyTooLarge", "check_work", "check_trace", "check_flops", "BodyLimit", "BearerAuth", "OPEN_PATHS"]
 
 # Reachable without a key: probes and the metrics scraper.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -89,6 +89,17 @@ def check_trace(settings: Settings, *, H: int, T: int, K: int | None) -> None:
             f"of {settings.max_trace_values:,} (setting BPTT_MAX_TRACE_VALUES); shorten the sequence "
             "or set bptt_truncate",
             field="trace",
+        )
+
+
+def check_flops(settings: Settings, flops: float, what: str) -> None:
+    """Refuse a check whose estimated arithmetic is over BPTT_MAX_CHECK_FLOPS."""
+    if flops > settings.max_check_flops:
+        raise LimitError(
+            f"{what} would take about {flops:.3g} floating-point operations, over the limit of "
+            f"{settings.max_check_flops:.3g} (setting BPTT_MAX_CHECK_FLOPS); use a smaller model, "
+            "shorter sequence or fewer samples",
+            field="body",
         )
 
 

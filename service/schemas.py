@@ -27,6 +27,10 @@ __all__ = [
     "SequenceIn",
     "BpttBatchRequest",
     "BpttBatchResponse",
+    "GradientCheckRequest",
+    "GradientCheckResponse",
+    "CompareRequest",
+    "CompareResponse",
     "ErrorItem",
     "ErrorResponse",
     "HealthResponse",
@@ -95,22 +99,38 @@ MatrixOut = Union[list[list[float]], Tensor]
 VectorOut = Union[list[float], Tensor]
 
 
+_U = Field(
+    description="Input weights, H x C (H rows of C numbers, or a tensor of shape [H, C]): "
+    "column c is added to the pre-activation when token c is read."
+)
+_V = Field(description="Output weights, C x H: logits o_t = V s_t.")
+_W = Field(description="Recurrent weights, H x H: s_t = tanh(U[:, x_t] + W s_{t-1}).")
+_TRUNCATE = Field(
+    default=None,
+    description="null (default): exact, full BPTT. An integer K >= 0: the seed's truncated "
+    "BPTT, where the error of output t flows back through steps t, t-1, ..., max(0, t-K) only.",
+)
+_B = Field(
+    default=None,
+    description="Optional hidden bias, H numbers: s_t = tanh(U[:, x_t] + W s_{t-1} + b). "
+    "Given, the answer has dLdb.",
+)
+_C = Field(
+    default=None,
+    description="Optional output bias, C numbers: o_t = softmax(V s_t + c). Given, the answer has dLdc.",
+)
+Positive = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)]
+
+
 class _WeightsIn(BaseModel):
     """The fields every gradient request has: the weights and how to compute."""
 
     model_config = _REQUEST
 
-    U: MatrixIn = Field(
-        description="Input weights, H x C (H rows of C numbers, or a tensor of shape [H, C]): "
-        "column c is added to the pre-activation when token c is read."
-    )
-    V: MatrixIn = Field(description="Output weights, C x H: logits o_t = V s_t.")
-    W: MatrixIn = Field(description="Recurrent weights, H x H: s_t = tanh(U[:, x_t] + W s_{t-1}).")
-    bptt_truncate: Count | None = Field(
-        default=None,
-        description="null (default): exact, full BPTT. An integer K >= 0: the seed's truncated "
-        "BPTT, where the error of output t flows back through steps t, t-1, ..., max(0, t-K) only.",
-    )
+    U: MatrixIn = _U
+    V: MatrixIn = _V
+    W: MatrixIn = _W
+    bptt_truncate: Count | None = _TRUNCATE
     encoding: Literal["json", "base64"] = Field(
         default="json",
         description='How the arrays of the answer are written: "json" as nested lists of numbers, '
@@ -121,16 +141,9 @@ class _WeightsIn(BaseModel):
         description="Precision of the computation and of the returned arrays. Inputs are "
         "converted to it; a value beyond float32's range is refused, not rounded to infinity.",
     )
-    b: VectorIn | None = Field(
-        default=None,
-        description="Optional hidden bias, H numbers: s_t = tanh(U[:, x_t] + W s_{t-1} + b). "
-        "Given, the answer has dLdb.",
-    )
-    c: VectorIn | None = Field(
-        default=None,
-        description="Optional output bias, C numbers: o_t = softmax(V s_t + c). Given, the answer has dLdc.",
-    )
-    clip: Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)] | None = Field(
+    b: VectorIn | None = _B
+    c: VectorIn | None = _C
+    clip: Positive | None = Field(
         default=None,
         description="Optional: clip every entry of dLdU, dLdV, dLdW (and dLdb, dLdc) to [-clip, clip]; "
         "the answer's `clipped` counts the entries clipped.",
@@ -277,6 +290,131 @@ class HealthResponse(BaseModel):
     """Liveness."""
 
     status: str = Field(description='"ok" while the process serves requests.')
+
+
+# -- checking gradients ---------------------------------------------------------
+
+
+class GradientCheckRequest(BaseModel):
+    """The engine's gradients against central differences: the input of ``POST /gradient-check``."""
+
+    model_config = _REQUEST
+
+    U: MatrixIn = _U
+    V: MatrixIn = _V
+    W: MatrixIn = _W
+    b: VectorIn | None = _B
+    c: VectorIn | None = _C
+    x: list[TokenId] = _X
+    y: list[TokenId] = _Y
+    s0: VectorIn | None = _S0
+    bptt_truncate: Count | None = Field(
+        default=None,
+        description="null (default) checks the exact gradient. With K, the truncated gradients are "
+        "checked against the derivatives of the loss, and differ: see how much.",
+    )
+    h: Annotated[Positive, Field(le=1.0)] = Field(
+        default=1e-5, description="Step of the central differences (f(p+h) - f(p-h)) / 2h, at most 1."
+    )
+    tolerance: Positive = Field(default=1e-6, description="Largest relative error that passes.")
+    samples: Annotated[int, Field(strict=True, ge=1, le=1000), BeforeValidator(_integral_float_to_int)] = Field(
+        default=50, description="Entries checked per parameter (all of a smaller one), drawn at random."
+    )
+    seed: Annotated[int, Field(strict=True, ge=0, le=2**32 - 1), BeforeValidator(_integral_float_to_int)] = Field(
+        default=0, description="Seed of the random draw of entries."
+    )
+
+
+class CheckedEntry(BaseModel):
+    """The entry with the largest relative error."""
+
+    index: list[int] = Field(description="Its index in the parameter.")
+    analytic: float = Field(description="The engine's gradient (BPTT).")
+    numeric: float | None = Field(description="The central difference; null if it is not finite.")
+
+
+class ParameterCheck(BaseModel):
+    """The check of one parameter."""
+
+    checked: int = Field(description="Entries checked.")
+    entries: int = Field(description="Entries of the parameter.")
+    max_relative_error: float | None = Field(
+        description="Largest |a - n| / max(|a|, |n|, 1e-8): 0 when equal, never NaN (unlike "
+        "|a - n| / (|a| + |n|) at 0/0); null (and failed) when a central difference is not finite."
+    )
+    max_absolute_error: float | None = Field(description="Largest |a - n|; null when not finite.")
+    passed: bool = Field(description="max_relative_error <= tolerance.")
+    worst: CheckedEntry
+
+
+class GradientCheckResponse(BaseModel):
+    """The answer of ``POST /gradient-check``."""
+
+    passed: bool = Field(description="Every parameter passed.")
+    h: float
+    tolerance: float
+    parameters: dict[str, ParameterCheck] = Field(description="U, V, W, and b, c, s0 when given.")
+    note: str | None = Field(default=None, description="What to expect, when bptt_truncate was given.")
+
+
+class CompareRequest(BaseModel):
+    """A learner's own gradients and the inputs they came from: the input of ``POST /bptt/compare``."""
+
+    model_config = _REQUEST
+
+    U: MatrixIn = _U
+    V: MatrixIn = _V
+    W: MatrixIn = _W
+    x: list[TokenId] = _X
+    y: list[TokenId] = _Y
+    s0: VectorIn | None = _S0
+    bptt_truncate: Count | None = _TRUNCATE
+    dLdU: MatrixIn = Field(description="Your dL/dU, H x C.")
+    dLdV: MatrixIn = Field(description="Your dL/dV, C x H.")
+    dLdW: MatrixIn = Field(description="Your dL/dW, H x H.")
+    tolerance: Positive = Field(
+        default=1e-6, description="Largest error that passes, relative to the largest entry of the expected gradient."
+    )
+
+
+class WorstEntry(BaseModel):
+    """One of the entries furthest from the expected gradient."""
+
+    index: list[int]
+    submitted: float
+    expected: float
+    abs_error: float
+
+
+class ParameterComparison(BaseModel):
+    """Your gradient of one parameter against the engine's."""
+
+    max_absolute_error: float
+    max_relative_error: float = Field(description="max |yours - expected| / max |expected|.")
+    passed: bool
+    worst: list[WorstEntry] = Field(description="The five entries furthest off.")
+
+
+class Diagnosis(BaseModel):
+    """A classic mistake your gradients match."""
+
+    mistake: str = Field(
+        description="mean_instead_of_sum, tanh_derivative_wrong_step, missing_t0_term, "
+        "output_error_double_counted, truncation_off_by_one_short, truncation_off_by_one_long, "
+        "truncated_instead_of_full."
+    )
+    explanation: str = Field(description="What the mistake is and how to fix it.")
+
+
+class CompareResponse(BaseModel):
+    """The answer of ``POST /bptt/compare``."""
+
+    passed: bool
+    tolerance: float
+    parameters: dict[str, ParameterComparison] = Field(description="dLdU, dLdV, dLdW.")
+    diagnosis: list[Diagnosis] = Field(
+        description="The classic mistakes your gradients match (empty when they pass, or when none fits)."
+    )
 
 
 # -- Open Inference Protocol (KServe V2) ---------------------------------------

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     max_trace_values: int = Field(default=1_000_000, ge=1, description="Most delta values in one trace.")
     # The trace's delta_o is T x C; above this it is left out (null), the rest kept.
     max_trace_delta_o: int = Field(default=100_000, ge=0, description="Largest T x C delta_o in a trace.")
+    # /gradient-check and /bptt/compare redo the forward pass (or the tutorial's
+    # loop) many times; 2e9 operations are a few seconds here.
+    max_check_flops: float = Field(default=2e9, gt=0, description="Largest estimated work of one check.")
     # Requests waiting for a compute thread; past this, 503 with Retry-After.
     max_queue: int = Field(default=64, ge=0, description="Most requests waiting to compute, per worker.")
 

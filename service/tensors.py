@@ -19,7 +19,7 @@ import orjson
 import pybase64
 
 from .errors import InputError
-from .schemas import BpttBatchRequest, BpttRequest, Tensor
+from .schemas import BpttBatchRequest, BpttRequest, CompareRequest, GradientCheckRequest, Tensor
 
 __all__ = [
     "DTYPES",
@@ -32,6 +32,8 @@ __all__ = [
     "dumps",
     "bptt_arrays",
     "batch_arrays",
+    "check_arrays",
+    "compare_arrays",
 ]
 
 DTYPES: dict[str, type[np.floating]] = {"float64": np.float64, "float32": np.float32}
@@ -157,7 +159,40 @@ def batch_arrays(request: BpttBatchRequest) -> dict[str, Any]:
     }
 
 
-def _weights(request: BpttRequest | BpttBatchRequest, dtype: type) -> dict[str, Any]:
+def check_arrays(request: GradientCheckRequest) -> dict[str, Any]:
+    """``engine.bptt``'s keyword arguments (float64) for a gradient check."""
+    return {
+        **_weights(request, np.float64),
+        "x": tokens(request.x, "x"),
+        "y": tokens(request.y, "y"),
+        "s0": _optional_vector(request.s0, "s0", np.float64),
+        "bptt_truncate": request.bptt_truncate,
+    }
+
+
+def compare_arrays(request: CompareRequest) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(``engine.bptt``'s keyword arguments, the submitted gradients), shapes checked against U, V, W."""
+    arrays = {name: array(getattr(request, name), name, ndim=2) for name in "UVW"}
+    arrays |= {
+        "x": tokens(request.x, "x"),
+        "y": tokens(request.y, "y"),
+        "s0": _optional_vector(request.s0, "s0", np.float64),
+        "bptt_truncate": request.bptt_truncate,
+    }
+    submitted = {}
+    for name in "UVW":
+        grad = array(getattr(request, f"dLd{name}"), f"dLd{name}", ndim=2)
+        want = arrays[name].shape
+        if grad.shape != want:
+            raise InputError(
+                f"dLd{name} must have the shape of {name}, {want[0]} x {want[1]}, got {grad.shape[0]} x {grad.shape[1]}",
+                field=f"dLd{name}",
+            )
+        submitted[f"dLd{name}"] = grad
+    return arrays, submitted
+
+
+def _weights(request: BpttRequest | BpttBatchRequest | GradientCheckRequest, dtype: type) -> dict[str, Any]:
     """U, V, W, and the biases b, c when given."""
     weights: dict[str, Any] = {name: array(getattr(request, name), name, ndim=2, dtype=dtype) for name in "UVW"}
     return weights | {name: _optional_vector(getattr(request, name), name, dtype) for name in "bc"}

@@ -85,10 +85,15 @@ def agree(case: schemathesis.Case) -> None:
         return
     if not isinstance(body, dict):
         return
-    if path in ("/bptt", "/bptt/batch"):
+    if path in ("/bptt", "/bptt/batch", "/gradient-check", "/bptt/compare"):
         H, C, pool, weights = _weights(body)
         body.update(weights)
-        if path == "/bptt":
+        for name, n in (("b", H), ("c", C)):
+            if body.get(name) is not None:
+                body[name] = [next(pool) for _ in range(n)]
+        if path == "/bptt/compare":
+            body.update({f"dLd{k}": _matrix(pool, len(w), len(w[0])) for k, w in weights.items()})
+        if path != "/bptt/batch":
             body.update(_sequence(body, C, H, pool))
         else:
             seqs = body.get("sequences") or [{}]
