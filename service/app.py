@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import pathlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, TypeVar
@@ -25,7 +26,8 @@ import numpy as np
 from fastapi import APIRouter, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
+from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -67,9 +69,13 @@ Loss and backpropagation-through-time (BPTT) gradients of a vanilla RNN language
 
 U is H x C, V is C x H, W is H x H; x and y are T token ids in [0, C).
 Gradients are exact (full BPTT) unless `bptt_truncate` asks for the truncated
-loop of Denny Britz's `RNNNumpy.bptt`. Every error answer has the body
+loop of Denny Britz's `RNNNumpy.bptt`. The derivation of every gradient, and what
+the tutorial's `delta_t` is, is in `docs/derivation.md` of the repository; the page
+`GET /explain` draws `delta_t` for a model of your choice. Every error answer has the body
 `{"detail": "...", "errors": [{"field", "message", "type"}]}`.
 """
+
+STATIC = pathlib.Path(__file__).parent / "static"
 
 # Request bodies the routes parse themselves, listed so the spec describes them.
 REQUEST_MODELS = (BpttRequest, BpttBatchRequest, GradientCheckRequest, CompareRequest, InferRequest)
@@ -138,6 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.api_keys:
         app.add_middleware(guards.BearerAuth, keys=settings.api_keys)
     app.add_middleware(ops.RequestObserver)  # outermost: it also counts and logs 401s
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(_routes())
     app.include_router(_v2_routes())
     _add_error_handlers(app)
@@ -214,6 +221,18 @@ def _routes() -> APIRouter:
         """Submit your dLdU, dLdV, dLdW with the inputs: the answer gives the errors, the worst
         entries, and which classic mistake your gradients match, when one does."""
         return await _compute(request, _compare_answer)
+
+    @router.get(
+        "/explain",
+        response_class=FileResponse,
+        summary="A page that draws delta_t",
+        tags=["learning"],
+        responses={200: {"content": {"text/html": {}}, "description": "The page (HTML, with its script and style under /static)."}},
+    )
+    async def get_explain() -> FileResponse:
+        """Pick sizes and a seed (or paste weights): the page shows the loss, a heatmap of the delta
+        norms over (output t, step k) and the per-lag curve, from `POST /bptt` with `trace`."""
+        return FileResponse(STATIC / "explain.html", media_type="text/html")
 
     @router.get("/healthz", response_model=HealthResponse, summary="Liveness", tags=["operations"])
     async def get_healthz() -> dict[str, str]:
