@@ -1,0 +1,305 @@
+"""Train the tutorial's RNN language model through bptt-service.
+
+The job of Denny Britz's tutorial (RNNNumpy + SGD), with every gradient
+computed by the service: words of the Book of Genesis (public domain, shipped
+in examples/data), a vocabulary cap with an unknown token, sentence start and
+end tokens, x = sentence[:-1] and y = sentence[1:], the tutorial's
+initialisation and its schedule (evaluate every N epochs, halve the learning
+rate when the loss rises). Batches of sentences go to POST /bptt/batch.
+
+    python examples/train.py --quick                # about a minute, starts its own server
+    python examples/train.py --url http://127.0.0.1:8000 --epochs 20
+
+It ends with a loss-curve PNG, a few sentences sampled from the model, and a
+line with the loss before and after training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import math
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from service import engine
+from service.client import Client
+
+HERE = Path(__file__).resolve().parent
+UNKNOWN, START, END = "UNKNOWN_TOKEN", "SENTENCE_START", "SENTENCE_END"
+
+Gradients = Callable[..., engine.BatchGradients]  # (U, V, W, xs, ys, bptt_truncate=) -> BatchGradients
+
+
+# -- data ---------------------------------------------------------------------------
+
+
+@dataclass
+class Corpus:
+    """Sentences as token ids, and the vocabulary (ids 0..C-1)."""
+
+    words: list[str]
+    xs: list[np.ndarray]
+    ys: list[np.ndarray]
+
+    @property
+    def C(self) -> int:
+        return len(self.words)
+
+
+def load_corpus(path: Path, *, vocabulary: int, max_sentences: int | None = None, max_words: int = 40) -> Corpus:
+    """One sentence a line ('#' lines skipped), lower-cased words and punctuation.
+
+    The ``vocabulary - 3`` commonest words keep their own id; the others become
+    UNKNOWN_TOKEN. Sentences longer than ``max_words`` are left out.
+    """
+    sentences = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        words = re.findall(r"[a-z']+|[.,;:!?]", line.lower())
+        if 2 <= len(words) <= max_words:
+            sentences.append(words)
+        if max_sentences and len(sentences) >= max_sentences:
+            break
+    counts = collections.Counter(w for s in sentences for w in s)
+    words = [w for w, _ in counts.most_common(vocabulary - 3)] + [UNKNOWN, START, END]
+    index = {w: i for i, w in enumerate(words)}
+    xs, ys = [], []
+    for s in sentences:
+        ids = np.array([index[START]] + [index.get(w, index[UNKNOWN]) for w in s] + [index[END]])
+        xs.append(ids[:-1])
+        ys.append(ids[1:])
+    return Corpus(words=words, xs=xs, ys=ys)
+
+
+# -- the model and the tutorial's SGD schedule ----------------------------------
+
+
+@dataclass
+class Model:
+    """The tutorial's RNNNumpy weights: U (H, C), V (C, H), W (H, H)."""
+
+    U: np.ndarray
+    V: np.ndarray
+    W: np.ndarray
+
+    @classmethod
+    def initial(cls, C: int, H: int, seed: int) -> Model:
+        """The tutorial's initialisation: uniform in +-1/sqrt(n) for n incoming connections."""
+        rng = np.random.default_rng(seed)
+        return cls(
+            U=rng.uniform(-np.sqrt(1.0 / C), np.sqrt(1.0 / C), (H, C)),
+            V=rng.uniform(-np.sqrt(1.0 / H), np.sqrt(1.0 / H), (C, H)),
+            W=rng.uniform(-np.sqrt(1.0 / H), np.sqrt(1.0 / H), (H, H)),
+        )
+
+    def sample(self, corpus: Corpus, rng: np.random.Generator, max_words: int = 25) -> str:
+        """A sentence drawn word by word from the model's distribution (the tutorial's generate_sentence)."""
+        index = {w: i for i, w in enumerate(corpus.words)}
+        ids = [index[START]]
+        while len(ids) <= max_words:
+            o, _ = engine.forward(self.U, self.V, self.W, np.array(ids))
+            p = o[-1].copy()
+            p[index[UNKNOWN]] = 0.0  # as the tutorial does: never print the unknown token
+            nxt = int(rng.choice(len(p), p=p / p.sum()))
+            if nxt == index[END]:
+                break
+            ids.append(nxt)
+        text = " ".join(corpus.words[i] for i in ids[1:])
+        return re.sub(r" ([.,;:!?])", r"\1", text)
+
+
+@dataclass
+class History:
+    """Mean loss per token at each evaluation, and what the schedule did."""
+
+    evaluations: list[tuple[int, float]] = field(default_factory=list)  # (epoch, loss)
+    learning_rates: list[float] = field(default_factory=list)
+
+
+def mean_loss(gradients: Gradients, model: Model, corpus: Corpus, batch: int) -> float:
+    """Loss per token over the corpus (the tutorial's calculate_loss), from the service's losses."""
+    total, tokens = 0.0, 0
+    for xs, ys in batches(corpus, batch, rng=None):
+        g = gradients(model.U, model.V, model.W, xs, ys)
+        total += g.loss
+        tokens += g.tokens
+    return total / tokens
+
+
+def batches(corpus: Corpus, size: int, rng: np.random.Generator | None) -> Iterator[tuple[list, list]]:
+    order = np.arange(len(corpus.xs)) if rng is None else rng.permutation(len(corpus.xs))
+    for i in range(0, len(order), size):
+        pick = order[i : i + size]
+        yield [corpus.xs[j] for j in pick], [corpus.ys[j] for j in pick]
+
+
+def train(
+    gradients: Gradients,
+    model: Model,
+    corpus: Corpus,
+    *,
+    epochs: int,
+    batch: int,
+    learning_rate: float,
+    evaluate_every: int = 1,
+    bptt_truncate: int | None = 4,
+    seed: int = 0,
+    progress: bool = False,
+) -> History:
+    """SGD on the summed gradients of each batch, with the tutorial's schedule.
+
+    Each batch's update is ``p -= learning_rate * dL/dp / B``: L is summed over
+    the batch's B sentences, so dL/dp / B is the mean of the per-sentence
+    gradients, each of the size the tutorial steps with (it takes one step per
+    sentence, of the sentence's summed loss).
+    Every ``evaluate_every`` epochs the mean loss is measured, and the learning
+    rate halves when it rose since the last evaluation.
+    """
+    rng = np.random.default_rng(seed)
+    history = History()
+    history.evaluations.append((0, mean_loss(gradients, model, corpus, batch)))
+    bar = _progress(total=epochs * len(corpus.xs), enabled=progress)
+    start, seen = time.monotonic(), 0
+    for epoch in range(1, epochs + 1):
+        for xs, ys in batches(corpus, batch, rng):
+            g = gradients(model.U, model.V, model.W, xs, ys, bptt_truncate=bptt_truncate)
+            step = learning_rate / len(xs)
+            model.U -= step * g.dLdU
+            model.V -= step * g.dLdV
+            model.W -= step * g.dLdW
+            seen += len(xs)
+            bar.update(len(xs))
+            bar.set_postfix(loss=f"{g.mean_loss:.3f}", seq_s=f"{seen / (time.monotonic() - start):.0f}", lr=learning_rate)
+        if epoch % evaluate_every == 0:
+            loss = mean_loss(gradients, model, corpus, batch)
+            if loss > history.evaluations[-1][1]:
+                learning_rate *= 0.5
+                bar.write(f"epoch {epoch}: loss {loss:.4f} rose; learning rate halved to {learning_rate:g}")
+            else:
+                bar.write(f"epoch {epoch}: loss {loss:.4f} per token")
+            history.evaluations.append((epoch, loss))
+        history.learning_rates.append(learning_rate)
+    bar.close()
+    return history
+
+
+def _progress(total: int, enabled: bool):
+    if enabled:
+        from tqdm import tqdm
+
+        return tqdm(total=total, unit="seq", mininterval=1.0)
+
+    class Quiet:
+        def update(self, n: int) -> None: ...
+        def set_postfix(self, **kw: object) -> None: ...
+        def write(self, text: str) -> None: ...
+        def close(self) -> None: ...
+
+    return Quiet()
+
+
+# -- running -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def service_at(url: str | None) -> Iterator[str]:
+    """The given URL, or a service started on a free loopback port for the duration."""
+    if url:
+        yield url
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), "--log-level", "warning"],
+                            env={**os.environ, "BPTT_LOG_LEVEL": "warning"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with Client(url) as client:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if client.health():
+                        break
+                except Exception:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise RuntimeError("the service did not start") from None
+                    time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def plot(history: History, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs, losses = zip(*history.evaluations)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, losses, "o-")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss per token (nats)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help="a running service; by default one is started on a free loopback port")
+    parser.add_argument("--api-key", help="if the service asks for one")
+    parser.add_argument("--text", type=Path, default=HERE / "data" / "genesis.txt")
+    parser.add_argument("--vocabulary", type=int, default=2000, help="C, unknown and sentence tokens included")
+    parser.add_argument("--hidden", type=int, default=64, help="H")
+    parser.add_argument("--sentences", type=int, default=None, help="use only the first N sentences")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=16, help="sentences per /bptt/batch request")
+    parser.add_argument("--learning-rate", type=float, default=0.05,
+                        help="step on the mean per-sentence gradient (the tutorial's 0.005 is for single sentences)")
+    parser.add_argument("--evaluate-every", type=int, default=1, help="epochs between evaluations")
+    parser.add_argument("--bptt-truncate", type=int, default=4, help="the tutorial's 4; -1 for full BPTT")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--plot", type=Path, default=Path("loss.png"))
+    parser.add_argument("--quick", action="store_true", help="a small run of about a minute")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.vocabulary, args.hidden, args.sentences, args.epochs = 1000, 48, 1000, 12
+    truncate = None if args.bptt_truncate < 0 else args.bptt_truncate
+
+    corpus = load_corpus(args.text, vocabulary=args.vocabulary, max_sentences=args.sentences)
+    tokens = sum(len(x) for x in corpus.xs)
+    print(f"{len(corpus.xs)} sentences, {tokens} tokens, C = {corpus.C} words, H = {args.hidden}")
+    model = Model.initial(corpus.C, args.hidden, args.seed)
+    with service_at(args.url) as url, Client(url, api_key=args.api_key) as client:
+        history = train(
+            client.bptt_batch, model, corpus,
+            epochs=args.epochs, batch=args.batch, learning_rate=args.learning_rate,
+            evaluate_every=args.evaluate_every, bptt_truncate=truncate, seed=args.seed, progress=True,
+        )
+    before, after = history.evaluations[0][1], history.evaluations[-1][1]
+    plot(history, args.plot, f"{args.text.stem}: C = {corpus.C}, H = {args.hidden}")
+    print(f"wrote {args.plot}")
+    rng = np.random.default_rng(args.seed)
+    for _ in range(5):
+        print("  ", model.sample(corpus, rng))
+    print(f"loss per token: before {before:.4f} (ln C = {math.log(corpus.C):.4f}), after {after:.4f}, "
+          f"{args.epochs} epochs through the service")
+
+
+if __name__ == "__main__":
+    main()
