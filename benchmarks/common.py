@@ -68,7 +68,8 @@ def serve(app: str, *, env: dict[str, str] | None = None, workers: int = 1, heal
     cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
            "--log-level", "warning", "--workers", str(workers), "--no-access-log",
            "--app-dir", str(ROOT / "benchmarks")]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})})
+    # The service's own access log would print a line per request between the tables.
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "BPTT_LOG_LEVEL": "warning", **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30

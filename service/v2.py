@@ -304,17 +304,16 @@ def _sequences(x: np.ndarray, y: np.ndarray, s0: np.ndarray | None, lengths: np.
     return xs, ys, None if s0 is None else list(s0)
 
 
-def encode_response(call: Call, results: dict[str, np.ndarray]) -> tuple[bytes, dict[str, str]]:
+def encode_response(call: Call, results: dict[str, np.ndarray]) -> tuple[bytes | memoryview, dict[str, str]]:
     """The response body and its headers: JSON, or a JSON header and raw bytes."""
     outputs = []
-    chunks = []
+    binary: list[np.ndarray] = []
     for name in call.outputs:
         a = np.ascontiguousarray(results[name])
         out: dict[str, Any] = {"name": name, "datatype": _NUMPY_TO_V2[a.dtype], "shape": list(a.shape)}
         if call.binary[name]:
-            raw = a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
-            out["parameters"] = {"binary_data_size": len(raw)}
-            chunks.append(raw)
+            out["parameters"] = {"binary_data_size": a.nbytes}
+            binary.append(a)
         else:
             out["data"] = a.ravel()
         outputs.append(out)
@@ -322,9 +321,14 @@ def encode_response(call: Call, results: dict[str, np.ndarray]) -> tuple[bytes, 
     if call.request_id is not None:
         response["id"] = call.request_id
     header = tensors.dumps(response)
-    if not chunks:
+    if not binary:
         return header, {"content-type": "application/json"}
-    return b"".join([header, *chunks]), {
-        "content-type": "application/octet-stream",
-        HEADER_LENGTH: str(len(header)),
-    }
+    # One buffer, each array's bytes copied into it once (little-endian).
+    body = bytearray(len(header) + sum(a.nbytes for a in binary))
+    body[: len(header)] = header
+    offset = len(header)
+    for a in binary:
+        view = np.frombuffer(body, dtype=a.dtype.newbyteorder("<"), count=a.size, offset=offset)
+        view[:] = a.ravel()
+        offset += a.nbytes
+    return memoryview(body), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
