@@ -153,6 +153,9 @@ def test_container_serves_correct_gradients_and_stops_cleanly(image, rng):
         for name in ("dLdU", "dLdV", "dLdW"):
             np.testing.assert_array_equal(np.array(r.json()[name]), getattr(g, name))
         assert r.json()["loss"] == g.loss
+        page = httpx.get(f"{url}/explain", timeout=10)  # package data (the page's files) made it in
+        assert page.status_code == 200 and "delta_t" in page.text
+        assert httpx.get(f"{url}/static/explain.js", timeout=10).status_code == 200
         # The image's own HEALTHCHECK command succeeds against the running service.
         check = container.exec(*_inspect(image)["Healthcheck"]["Test"][1:])
         assert check.returncode == 0, check.stdout + check.stderr
