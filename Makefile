@@ -25,6 +25,7 @@ run: $(VENV)/.run
 	$(BIN)/python -m service --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.test
+	$(BIN)/python -m ruff check service tests examples benchmarks
 	$(BIN)/python -m pytest
 
 $(VENV)/.bench: pyproject.toml | $(BIN)/python

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-
 from common import median_time, problem, seed, table
 from peers import check_same, jax_bptt, torch_bptt
 

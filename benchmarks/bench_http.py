@@ -11,7 +11,6 @@ import argparse
 import httpx
 import numpy as np
 import orjson
-
 from common import median_time, problem, serve, table
 from peers import torch_bptt
 

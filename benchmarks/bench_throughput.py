@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from common import problem, serve, table
 
 from service import engine

@@ -20,9 +20,8 @@ from typing import Annotated, Any, TypeVar
 
 import anyio
 import anyio.to_thread
-
-import pydantic
 import numpy as np
+import pydantic
 from fastapi import APIRouter, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi

@@ -7,16 +7,16 @@ import json
 import numpy as np
 import orjson
 import pytest
-from fastapi.testclient import TestClient
-
 import seed
 from conftest import make_problem
+from fastapi.testclient import TestClient
+from test_engine import assert_close
+
 from service import engine
 from service import tensors as service_tensors
 from service.app import create_app
 from service.schemas import BpttBatchResponse, BpttResponse, ErrorResponse
 from service.settings import Settings
-from test_engine import assert_close
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import orjson
 import pytest
-from fastapi.testclient import TestClient
-
 import seed
 from conftest import make_problem
+from fastapi.testclient import TestClient
+
 from service import checks
 from service.app import create_app
 from service.schemas import CompareResponse, GradientCheckResponse

@@ -6,12 +6,12 @@ import asyncio
 
 import numpy as np
 import pytest
-
 import seed
 from conftest import make_problem
+from test_engine import assert_close
+
 from service import engine
 from service.client import AsyncClient, Client, ServerError
-from test_engine import assert_close
 
 
 @pytest.mark.parametrize("K", [None, 3])

@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-
 from conftest import free_port, make_problem
+
 from service import engine
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import seed
+from conftest import make_problem
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import seed
-from conftest import make_problem
 from service import engine
 from service.errors import ComputeError, InputError
 

@@ -12,9 +12,9 @@ import httpx
 import numpy as np
 import orjson
 import pytest
+from conftest import LiveServer, make_problem
 from fastapi.testclient import TestClient
 
-from conftest import LiveServer, make_problem
 from service import engine
 from service.app import create_app
 from service.client import Client, ServerError

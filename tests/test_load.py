@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import orjson
-
 from conftest import LiveServer, make_problem
+
 from service import engine, tensors
 from service.client import _Wire
 

@@ -12,9 +12,9 @@ import time
 import httpx
 import numpy as np
 import pytest
+from conftest import LiveServer, make_problem
 from fastapi.testclient import TestClient
 
-from conftest import LiveServer, make_problem
 from service import ops
 from service.app import create_app
 from service.settings import Settings

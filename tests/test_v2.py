@@ -9,10 +9,10 @@ import numpy as np
 import orjson
 import pytest
 import tritonclient.http as triton
+from conftest import make_problem
 from fastapi.testclient import TestClient
 from tritonclient.utils import InferenceServerException
 
-from conftest import make_problem
 from service import engine, v2
 from service.app import create_app
 from service.settings import Settings
