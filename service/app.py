@@ -153,7 +153,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    app.state.limiter = anyio.CapacityLimiter(app.state.settings.threads)
     problem = await anyio.to_thread.run_sync(ops.self_check)
     app.state.ready = problem is None
     app.state.not_ready_reason = problem
@@ -442,7 +441,7 @@ async def _in_pool(request: Request, work: Callable[[], T]) -> T:
     """Run ``work`` in the compute threads (off the event loop), at most BPTT_THREADS at once;
     past BPTT_MAX_QUEUE requests waiting, refuse with 503."""
     state = request.app.state
-    if getattr(state, "limiter", None) is None:  # the lifespan did not run (an app used without it)
+    if getattr(state, "limiter", None) is None:  # made on first use: it needs the running event loop
         state.limiter = anyio.CapacityLimiter(state.settings.threads)
     waiting = state.limiter.statistics().tasks_waiting
     if waiting >= state.settings.max_queue:
