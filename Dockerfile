@@ -18,7 +18,7 @@ RUN python3 -m venv /opt/venv
 # changes. A stub package stands in for the source so pip can resolve them.
 COPY pyproject.toml README.md ./
 RUN mkdir service && echo '__version__ = "0"' > service/__init__.py \
-    && pip install . && pip uninstall --yes bptt-service \
+    && pip install ".[server]" && pip uninstall --yes bptt-service \
     && rm -rf service build ./*.egg-info
 
 COPY service ./service

@@ -34,15 +34,17 @@ def main(argv: list[str] | None = None) -> str:
     tune_malloc()
 
     def singles_local():
-        return [engine.bptt(U, V, W, x, y) for x, y in zip(xs, ys)]
+        return [engine.bptt(U, V, W, x, y) for x, y in zip(xs, ys, strict=False)]
 
     t_local_single = median_time(singles_local, repeat=repeat)
     t_local_batch = median_time(lambda: engine.bptt_batch(U, V, W, xs, ys), repeat=repeat)
-    with serve("service.app:app") as url, Client(url) as client:
+    with serve("service.app:create_app") as url, Client(url) as client:
         g = client.bptt_batch(U, V, W, xs, ys)
         total = sum(s.dLdW for s in singles_local())
         assert np.allclose(g.dLdW, total, rtol=1e-12, atol=1e-15), "batch must equal the sum of singles"
-        t_http_single = median_time(lambda: [client.bptt(U, V, W, x, y) for x, y in zip(xs, ys)], repeat=repeat, warmup=1)
+        t_http_single = median_time(
+            lambda: [client.bptt(U, V, W, x, y) for x, y in zip(xs, ys, strict=False)], repeat=repeat, warmup=1
+        )
         t_http_batch = median_time(lambda: client.bptt_batch(U, V, W, xs, ys), repeat=repeat)
     rows = [
         ["HTTP, 64 single /bptt calls", tokens / t_http_single, 1.0],

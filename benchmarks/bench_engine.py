@@ -61,8 +61,16 @@ def main(argv: list[str] | None = None) -> str:
             rows.append(row)
     text = table(
         f"Engine, C = {C}, H = {H}, float64 (medians; ratios > 1 mean the engine is faster)",
-        ["T", "K", "engine ms", "floor ms", "engine / floor", "seed loop / engine",
-         "PyTorch (full) / engine", "JAX (full) / engine"],
+        [
+            "T",
+            "K",
+            "engine ms",
+            "floor ms",
+            "engine / floor",
+            "seed loop / engine",
+            "PyTorch (full) / engine",
+            "JAX (full) / engine",
+        ],
         rows,
     )
     for note in sorted(set(notes)):

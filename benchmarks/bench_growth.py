@@ -55,13 +55,23 @@ def main(argv: list[str] | None = None) -> str:
         base_p, base_t = points[0][0], points[0][1]
         out = []
         for p, t, mem, tj in points:
-            out.append([p, t * 1e3, (t / base_t) / (p / base_p), mem,
-                        f"{tj * 1e3:.3g}" if tj else "n/a", f"{t / tj:.2f}" if tj else "n/a"])
+            out.append(
+                [
+                    p,
+                    t * 1e3,
+                    (t / base_t) / (p / base_p),
+                    mem,
+                    f"{tj * 1e3:.3g}" if tj else "n/a",
+                    f"{t / tj:.2f}" if tj else "n/a",
+                ]
+            )
         return out
 
     header = ["{}", "engine ms", "time growth / size growth", "peak MB", "JAX ms", "engine / JAX"]
     text = table("Growth in T (C = 65, H = 100, full BPTT)", [header[0].format("T"), *header[1:]], rows(by_T, "T"))
-    text += "\n" + table("Growth in C (H = 100, T = 50, full BPTT)", [header[0].format("C"), *header[1:]], rows(by_C, "C"))
+    text += "\n" + table(
+        "Growth in C (H = 100, T = 50, full BPTT)", [header[0].format("C"), *header[1:]], rows(by_C, "C")
+    )
     tj = by_T[-1][3]
     if tj:
         print(f"T = 1000, C = 65, H = 100: engine / JAX = {by_T[-1][1] / tj:.2f} (target <= 2)")

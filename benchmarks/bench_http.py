@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> str:
     times: dict[str, float] = {}
     sizes: dict[str, tuple[int, int]] = {}
 
-    with serve("service.app:app") as url:
+    with serve("service.app:create_app") as url:
         for encoding in ("json", "base64"):
             with Client(url, encoding=encoding) as client:
                 g = client.bptt(U, V, W, x, y)
@@ -45,18 +45,29 @@ def main(argv: list[str] | None = None) -> str:
 
         # The Open Inference Protocol with binary tensors both ways, over plain httpx.
         with httpx.Client(base_url=url, timeout=120) as http:
+
             def v2_binary():
                 header, data = _v2_request(U, V, W, x, y)
-                r = http.post("/v2/models/bptt/infer", content=header + data,  # bytes + bytearray: one more copy
-                              headers={"Inference-Header-Content-Length": str(len(header))})
+                r = http.post(
+                    "/v2/models/bptt/infer",
+                    content=header + data,  # bytes + bytearray: one more copy
+                    headers={"Inference-Header-Content-Length": str(len(header))},
+                )
                 return _v2_outputs(r)
 
             assert np.array_equal(v2_binary()["dLdU"], local.dLdU)
             times["v2"] = median_time(v2_binary, repeat=repeat)
             header, data = _v2_request(U, V, W, x, y)
-            sizes["v2"] = (len(header) + len(data), len(http.post(
-                "/v2/models/bptt/infer", content=header + data,
-                headers={"Inference-Header-Content-Length": str(len(header))}).content))
+            sizes["v2"] = (
+                len(header) + len(data),
+                len(
+                    http.post(
+                        "/v2/models/bptt/infer",
+                        content=header + data,
+                        headers={"Inference-Header-Content-Length": str(len(header))},
+                    ).content
+                ),
+            )
 
     up, down = sizes["base64"]
     with serve("servers:echo") as url, httpx.Client(base_url=url, timeout=120) as http:
@@ -68,6 +79,7 @@ def main(argv: list[str] | None = None) -> str:
         times["floor"] = median_time(echo, repeat=repeat)
 
     with serve("servers:plain") as url, httpx.Client(base_url=url, timeout=300) as http:
+
         def plain():
             body = orjson.dumps({"U": U, "V": V, "W": W, "x": x, "y": y}, option=orjson.OPT_SERIALIZE_NUMPY)
             data = orjson.loads(http.post("/bptt", content=body, headers={"content-type": "application/json"}).content)
@@ -88,11 +100,31 @@ def main(argv: list[str] | None = None) -> str:
         times["torch"] = median_time(torch_fn, repeat=repeat)
 
     rows = [
-        ["plain implementation (lists in, FastAPI JSON out, seed loop)", times["plain"] * 1e3, times["plain"] / times["json"], ""],
-        ["this service, JSON", times["json"] * 1e3, 1.0, f"{sizes['json'][0] / 1e6:.1f} MB up, {sizes['json'][1] / 1e6:.1f} MB down"],
-        ["this service, base64", times["base64"] * 1e3, times["base64"] / times["json"], f"{up / 1e6:.1f} MB up, {down / 1e6:.1f} MB down"],
+        [
+            "plain implementation (lists in, FastAPI JSON out, seed loop)",
+            times["plain"] * 1e3,
+            times["plain"] / times["json"],
+            "",
+        ],
+        [
+            "this service, JSON",
+            times["json"] * 1e3,
+            1.0,
+            f"{sizes['json'][0] / 1e6:.1f} MB up, {sizes['json'][1] / 1e6:.1f} MB down",
+        ],
+        [
+            "this service, base64",
+            times["base64"] * 1e3,
+            times["base64"] / times["json"],
+            f"{up / 1e6:.1f} MB up, {down / 1e6:.1f} MB down",
+        ],
         ["transport floor (echo the base64 sizes)", times["floor"] * 1e3, times["floor"] / times["json"], ""],
-        ["Open Inference Protocol, binary tensors", times["v2"] * 1e3, times["v2"] / times["json"], f"{v2_up / 1e6:.1f} MB up, {v2_down / 1e6:.1f} MB down"],
+        [
+            "Open Inference Protocol, binary tensors",
+            times["v2"] * 1e3,
+            times["v2"] / times["json"],
+            f"{v2_up / 1e6:.1f} MB up, {v2_down / 1e6:.1f} MB down",
+        ],
         ["transport floor (echo the binary sizes)", times["v2 floor"] * 1e3, times["v2 floor"] / times["json"], ""],
         ["engine alone (in process)", t_engine * 1e3, t_engine / times["json"], ""],
     ]
@@ -121,8 +153,15 @@ def main(argv: list[str] | None = None) -> str:
 def _v2_request(U, V, W, x, y) -> tuple[bytes, bytes]:
     """A V2 infer request with every input and output in binary."""
     arrays = {"U": U, "V": V, "W": W, "x": np.asarray(x, np.int64), "y": np.asarray(y, np.int64)}
-    inputs = [{"name": n, "datatype": "FP64" if a.dtype.kind == "f" else "INT64", "shape": list(a.shape),
-               "parameters": {"binary_data_size": a.nbytes}} for n, a in arrays.items()]
+    inputs = [
+        {
+            "name": n,
+            "datatype": "FP64" if a.dtype.kind == "f" else "INT64",
+            "shape": list(a.shape),
+            "parameters": {"binary_data_size": a.nbytes},
+        }
+        for n, a in arrays.items()
+    ]
     header = orjson.dumps({"inputs": inputs, "parameters": {"binary_data_output": True}})
     data = bytearray(sum(a.nbytes for a in arrays.values()))  # one copy of each array
     offset = 0

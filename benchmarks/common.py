@@ -9,15 +9,12 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +22,9 @@ sys.path.insert(0, str(ROOT / "tests"))  # the seed's loop, tests/seed.py
 
 import seed  # noqa: E402
 
-__all__ = ["seed", "median_time", "problem", "serve", "table", "machine", "ROOT"]
+from service.local import LocalServer  # noqa: E402
+
+__all__ = ["ROOT", "machine", "median_time", "problem", "seed", "serve", "table"]
 
 
 def median_time(fn: Callable[[], object], *, repeat: int = 15, warmup: int = 2, budget: float = 30.0) -> float:
@@ -52,43 +51,28 @@ def problem(C: int, H: int, T: int, *, seed_: int = 0):
     return U, V, W, rng.integers(0, C, T), rng.integers(0, C, T)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def serve(app: str, *, env: dict[str, str] | None = None, workers: int = 1, health: str = "/healthz") -> Iterator[str]:
-    """Run ``uvicorn app`` on a free loopback port; yield its base URL.
+    """Run ``uvicorn app`` on a free loopback port (service.local.LocalServer); yield its base URL.
 
-    ``app`` is "service.app:app", or "servers:<name>" for benchmarks/servers.py.
+    ``app`` is "service.app:create_app" (a factory), or "servers:<name>" for benchmarks/servers.py.
     """
-    port = free_port()
-    cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
-           "--log-level", "warning", "--workers", str(workers), "--no-access-log",
-           "--app-dir", str(ROOT / "benchmarks")]
+
+    def command(port: int) -> list[str]:
+        return [
+            sys.executable, "-m", "uvicorn", app, *(["--factory"] if app.endswith("create_app") else []),
+            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+            "--workers", str(workers), "--no-access-log", "--app-dir", str(ROOT / "benchmarks"),
+        ]  # fmt: skip
+
     # The service's own access log would print a line per request between the tables.
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "BPTT_LOG_LEVEL": "warning", **(env or {})})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(url + health, timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"{app} did not start") from None
-                time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with LocalServer(command=command, env=env, health=health, output=None, cwd=str(ROOT)) as server:
+        yield server.url
 
 
 def table(title: str, header: list[str], rows: list[list[object]]) -> str:
     """A GitHub-flavoured markdown table, printed and returned."""
+
     def cell(v: object) -> str:
         return f"{v:.3g}" if isinstance(v, float) else str(v)
 
@@ -107,5 +91,7 @@ def machine() -> str:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"numpy {np.__version__}, {platform.system()} {platform.release()}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"numpy {np.__version__}, {platform.system()} {platform.release()}"
+    )

@@ -29,8 +29,9 @@ def main() -> None:
     parts = []
     for script in BENCHMARKS:
         extra = (["--seconds", "5"] if script == "bench_throughput.py" else ["--quick"]) if args.quick else []
-        out = subprocess.run([sys.executable, script, *extra], cwd=ROOT / "benchmarks",
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, script, *extra], cwd=ROOT / "benchmarks", capture_output=True, text=True, check=True
+        ).stdout
         print(out, flush=True)
         parts.append(out)
     results = ROOT / "bench-results"

@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import seed  # noqa: E402  (the tutorial's loop, tests/seed.py)
+import seed
 
 plain = FastAPI()
 echo = FastAPI()

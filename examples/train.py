@@ -7,11 +7,12 @@ end tokens, x = sentence[:-1] and y = sentence[1:], the tutorial's
 initialisation and its schedule (evaluate every N epochs, halve the learning
 rate when the loss rises). Batches of sentences go to POST /bptt/batch.
 
-    python examples/train.py --quick                # about a minute, starts its own server
+    python examples/train.py --quick                # about 45 s on two cores, starts its own server
     python examples/train.py --url http://127.0.0.1:8000 --epochs 20
 
-It ends with a loss-curve PNG, a few sentences sampled from the model, and a
-line with the loss before and after training.
+It ends with a loss-curve PNG (examples/output/loss.png unless --plot says
+otherwise), a few sentences sampled from the model, and a line with the loss
+before and after training.
 """
 
 from __future__ import annotations
@@ -20,11 +21,7 @@ import argparse
 import collections
 import contextlib
 import math
-import os
 import re
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +31,7 @@ import numpy as np
 
 from service import engine
 from service.client import Client
+from service.local import LocalServer
 
 HERE = Path(__file__).resolve().parent
 UNKNOWN, START, END = "UNKNOWN_TOKEN", "SENTENCE_START", "SENTENCE_END"
@@ -181,7 +179,9 @@ def train(
             model.W -= step * g.dLdW
             seen += len(xs)
             bar.update(len(xs))
-            bar.set_postfix(loss=f"{g.mean_loss:.3f}", seq_s=f"{seen / (time.monotonic() - start):.0f}", lr=learning_rate)
+            bar.set_postfix(
+                loss=f"{g.mean_loss:.3f}", seq_s=f"{seen / (time.monotonic() - start):.0f}", lr=learning_rate
+            )
         if epoch % evaluate_every == 0:
             loss = mean_loss(gradients, model, corpus, batch)
             if loss > history.evaluations[-1][1]:
@@ -219,27 +219,8 @@ def service_at(url: str | None) -> Iterator[str]:
     if url:
         yield url
         return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), "--log-level", "warning"],
-                            env={**os.environ, "BPTT_LOG_LEVEL": "warning"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        with Client(url) as client:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if client.health():
-                        break
-                except Exception:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise RuntimeError("the service did not start") from None
-                    time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with LocalServer(args=["--log-level", "warning"], output=None) as server:
+        yield server.url
 
 
 def plot(history: History, path: Path, title: str) -> None:
@@ -248,7 +229,7 @@ def plot(history: History, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs, losses = zip(*history.evaluations)
+    epochs, losses = zip(*history.evaluations, strict=False)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(epochs, losses, "o-")
     ax.set_xlabel("epoch")
@@ -259,27 +240,54 @@ def plot(history: History, path: Path, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and every option's default."""
+
+
+def truncation(text: str) -> int | None:
+    """--bptt-truncate: an integer K >= 0, or "full" (None: full BPTT, null over HTTP)."""
+    if text == "full":
+        return None
+    try:
+        K = int(text)
+    except ValueError:
+        K = -1
+    if K < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0 or 'full', got {text!r}")
+    return K
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_Help)
     parser.add_argument("--url", help="a running service; by default one is started on a free loopback port")
     parser.add_argument("--api-key", help="if the service asks for one")
-    parser.add_argument("--text", type=Path, default=HERE / "data" / "genesis.txt")
+    parser.add_argument(
+        "--text", type=Path, default=HERE / "data" / "genesis.txt", help="the training text, one sentence a line"
+    )
     parser.add_argument("--vocabulary", type=int, default=2000, help="C, unknown and sentence tokens included")
     parser.add_argument("--hidden", type=int, default=64, help="H")
     parser.add_argument("--sentences", type=int, default=None, help="use only the first N sentences")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=10, help="passes over the sentences")
     parser.add_argument("--batch", type=int, default=16, help="sentences per /bptt/batch request")
-    parser.add_argument("--learning-rate", type=float, default=0.05,
-                        help="step on the mean per-sentence gradient (the tutorial's 0.005 is for single sentences)")
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=0.05,
+        help="step on the mean per-sentence gradient (the tutorial's 0.005 is for single sentences)",
+    )
     parser.add_argument("--evaluate-every", type=int, default=1, help="epochs between evaluations")
-    parser.add_argument("--bptt-truncate", type=int, default=4, help="the tutorial's 4; -1 for full BPTT")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--plot", type=Path, default=Path("loss.png"))
-    parser.add_argument("--quick", action="store_true", help="a small run of about a minute")
+    parser.add_argument(
+        "--bptt-truncate", type=truncation, default=4, help="K, the tutorial's truncation, or 'full' for full BPTT"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights, the order and the samples")
+    parser.add_argument("--plot", type=Path, default=HERE / "output" / "loss.png", help="where the loss curve goes")
+    parser.add_argument(
+        "--quick", action="store_true", help="C = 1000, H = 48, 1000 sentences, 12 epochs: about 45 s on two cores"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.vocabulary, args.hidden, args.sentences, args.epochs = 1000, 48, 1000, 12
-    truncate = None if args.bptt_truncate < 0 else args.bptt_truncate
+    truncate = args.bptt_truncate
 
     corpus = load_corpus(args.text, vocabulary=args.vocabulary, max_sentences=args.sentences)
     tokens = sum(len(x) for x in corpus.xs)
@@ -287,18 +295,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     model = Model.initial(corpus.C, args.hidden, args.seed)
     with service_at(args.url) as url, Client(url, api_key=args.api_key) as client:
         history = train(
-            client.bptt_batch, model, corpus,
-            epochs=args.epochs, batch=args.batch, learning_rate=args.learning_rate,
-            evaluate_every=args.evaluate_every, bptt_truncate=truncate, seed=args.seed, progress=True,
+            client.bptt_batch,
+            model,
+            corpus,
+            epochs=args.epochs,
+            batch=args.batch,
+            learning_rate=args.learning_rate,
+            evaluate_every=args.evaluate_every,
+            bptt_truncate=truncate,
+            seed=args.seed,
+            progress=True,
         )
     before, after = history.evaluations[0][1], history.evaluations[-1][1]
+    args.plot.parent.mkdir(parents=True, exist_ok=True)
     plot(history, args.plot, f"{args.text.stem}: C = {corpus.C}, H = {args.hidden}")
     print(f"wrote {args.plot}")
     rng = np.random.default_rng(args.seed)
     for _ in range(5):
         print("  ", model.sample(corpus, rng))
-    print(f"loss per token: before {before:.4f} (ln C = {math.log(corpus.C):.4f}), after {after:.4f}, "
-          f"{args.epochs} epochs through the service")
+    print(
+        f"loss per token: before {before:.4f} (ln C = {math.log(corpus.C):.4f}), after {after:.4f}, "
+        f"{args.epochs} epochs through the service"
+    )
 
 
 if __name__ == "__main__":

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .engine import BatchGradients, Gradients, bptt, bptt_batch, check_inputs, forward  # noqa: E402
-from .errors import BpttError, ComputeError, InputError  # noqa: E402
+from .engine import BatchGradients, Gradients, bptt, bptt_batch, check_inputs, forward
+from .errors import BpttError, ComputeError, InputError
 
 __all__ = [
-    "__version__",
-    "Gradients",
     "BatchGradients",
+    "BpttError",
+    "ComputeError",
+    "Gradients",
+    "InputError",
+    "__version__",
     "bptt",
     "bptt_batch",
     "check_inputs",
     "forward",
-    "BpttError",
-    "ComputeError",
-    "InputError",
 ]

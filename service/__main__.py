@@ -1,34 +1,72 @@
 """``python -m service``: start the HTTP server with uvicorn.
 
-Options and ``BPTT_*`` environment variables are the fields of
-``service.settings.Settings``; ``python -m service --help`` lists them.
+Options are the fields of ``service.settings.Settings``; each is also an
+environment variable with the ``BPTT_`` prefix, and an option given on the
+command line wins over the environment. ``python -m service --help`` lists them.
 """
 
 from __future__ import annotations
 
+import argparse
+import errno
 import os
 import signal
+import socket
 import sys
+import typing
+from typing import Any
 
 import pydantic
 import uvicorn
-from pydantic_settings import CliApp
 
-from .settings import Settings
+from . import __version__
+from .settings import ENV_PREFIX, Settings
+
+__all__ = ["main", "parser"]
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line, one option per setting, with its environment variable and default."""
+    p = argparse.ArgumentParser(
+        prog="python -m service",
+        description="Serve the bptt service (loss and BPTT gradients of an RNN) over HTTP. Every option is also "
+        f"an environment variable with the {ENV_PREFIX} prefix (--max-tokens: {ENV_PREFIX}MAX_TOKENS); an option "
+        "given here wins over the environment.",
+    )
+    p.add_argument("--version", action="version", version=f"bptt-service {__version__}")
+    for name, field in Settings.model_fields.items():
+        option = "--" + name.replace("_", "-")
+        env = f"{ENV_PREFIX}{name.upper()}"
+        shown = "unset" if field.default is None else field.default
+        help_text = f"{field.description} [{env}; default: {shown}]".replace("%", "%%")
+        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
+        if field.annotation is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(field.annotation) is typing.Literal:
+            kwargs["choices"] = typing.get_args(field.annotation)
+        else:
+            kwargs["metavar"] = "KEYS" if name == "api_key" else name.split("_")[-1].upper()
+        p.add_argument(option, **kwargs)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the settings, then serve until SIGINT or SIGTERM."""
+    given = vars(parser().parse_args(sys.argv[1:] if argv is None else argv))
     try:
-        settings = CliApp.run(Settings, cli_args=sys.argv[1:] if argv is None else argv)
+        settings = Settings(**given)
     except pydantic.ValidationError as exc:
         for e in exc.errors(include_url=False):
             name = ".".join(str(p) for p in e["loc"])
             print(
-                f"invalid setting {name} (--{name.replace('_', '-')} or BPTT_{name.upper()}): "
+                f"invalid setting {name} (--{name.replace('_', '-')} or {ENV_PREFIX}{name.upper()}): "
                 f"{e['msg']}, got {e['input']!r}",
                 file=sys.stderr,
             )
+        return 2
+    taken = _port_taken(settings.host, settings.port)
+    if taken:
+        print(taken, file=sys.stderr)
         return 2
     # The app (in each worker process) reads its settings from the environment.
     os.environ.update(settings.to_env())
@@ -37,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     # a no-op, so a stop asked for by an orchestrator ends with status 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     uvicorn.run(
-        "service.app:app",
+        "service.app:create_app",
+        factory=True,
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
@@ -46,6 +85,25 @@ def main(argv: list[str] | None = None) -> int:
         server_header=False,  # no "server: uvicorn" in answers
     )
     return 0
+
+
+def _port_taken(host: str, port: int) -> str | None:
+    """A message saying how to choose another port when ``host:port`` is in use, else None."""
+    if port == 0:
+        return None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                return None  # uvicorn reports other problems itself
+            return (
+                f"port {port} on {host} is already in use (another `make run`?): choose another with "
+                f"--port {port + 1}, {ENV_PREFIX}PORT={port + 1}, or `make run PORT={port + 1}`"
+            )
+    return None
 
 
 if __name__ == "__main__":

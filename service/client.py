@@ -1,4 +1,4 @@
-"""An httpx client that speaks numpy: arrays in, ``Gradients`` out.
+"""An httpx client that speaks numpy: arrays in, results with arrays out.
 
     from service.client import Client
 
@@ -7,40 +7,101 @@
         g.loss, g.dLdU, g.dLdV, g.dLdW          # float, (H, C), (C, H), (H, H)
 
 ``AsyncClient`` has the same methods, awaited. An error answer raises
-``ServerError`` carrying the service's message.
+``ServerError`` carrying the service's message. The client refuses, with the
+server's own message, what it could not send faithfully (token ids that are not
+integers); every option is a named keyword, so a misspelt one is a TypeError.
+
+This module imports no server code: ``pip install bptt-service`` (without the
+``server`` extra) is enough to use it. Request bodies and answers are built by
+``Wire``, free of I/O; ``Client`` and ``AsyncClient`` only send them.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import httpx
 import numpy as np
-import orjson
 
-from . import tensors
-from .engine import BatchGradients, Gradients, Trace
-from .errors import BpttError
+from .codec import DTYPES, Array, Encoding, dumps, from_wire, loads, to_wire, token_ids
+from .errors import ServerError
 
-__all__ = ["Client", "AsyncClient", "ServerError"]
+__all__ = ["AsyncClient", "BatchResult", "BpttResult", "Client", "ServerError", "TraceResult", "Wire"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+Dtype = Literal["float64", "float32"]
 
 
-class ServerError(BpttError):
-    """The service answered with an error status; ``detail`` is its message."""
+@dataclass(frozen=True, kw_only=True)
+class BpttResult:
+    """The answer of ``POST /bptt``: the loss of one sequence and its gradients.
 
-    def __init__(self, status: int, detail: str, errors: list[dict[str, Any]] | None = None) -> None:
-        super().__init__(f"{status}: {detail}")
-        self.status = status
-        self.detail = detail
-        self.errors = errors or []
+    Attributes
+    ----------
+    loss, mean_loss : float
+        Summed cross-entropy, and per token.
+    tokens : int
+        T.
+    dLdU : (H, C) ndarray
+    dLdV : (C, H) ndarray
+    dLdW : (H, H) ndarray
+    dLds0, final_state : (H,) ndarrays
+    dLdb : (H,) ndarray or None
+        Only when the request had the bias ``b``.
+    dLdc : (C,) ndarray or None
+        Only when the request had the bias ``c``.
+    clipped : dict or None
+        Only with ``clip``: entries clipped per gradient.
+    """
+
+    loss: float
+    mean_loss: float
+    tokens: int
+    dLdU: Array
+    dLdV: Array
+    dLdW: Array
+    dLds0: Array
+    final_state: Array
+    dLdb: Array | None = None
+    dLdc: Array | None = None
+    clipped: dict[str, int] | None = None
 
 
-class _Wire:
-    """Request bodies and answers of both clients: arrays out, arrays back."""
+@dataclass(frozen=True, kw_only=True)
+class BatchResult(BpttResult):
+    """The answer of ``POST /bptt/batch``: as ``BpttResult``, summed over B sequences.
 
-    def __init__(self, encoding: Encoding, dtype: str) -> None:
+    ``losses`` (B,) holds each sequence's loss; ``dLds0`` and ``final_state`` are (B, H).
+    """
+
+    losses: Array
+
+
+@dataclass(frozen=True)
+class TraceResult:
+    """The tutorial's deltas for one sequence (``POST /bptt`` with ``trace``).
+
+    Attributes
+    ----------
+    delta_o : (T, C) ndarray or None
+        None when the server left it out (T x C over its BPTT_MAX_TRACE_DELTA_O).
+    deltas : list of T ndarrays
+        ``deltas[t]`` is (L_t, H): row j is dE_t/dz_{t-j}.
+    norms : (T, L) ndarray
+        ``norms[t, j]`` = ||deltas[t][j]||, NaN where output t does not reach back j steps.
+    """
+
+    delta_o: Array | None
+    deltas: list[Array]
+    norms: Array
+
+
+class Wire:
+    """Request bodies and answers of both clients, without I/O: arrays out, arrays back."""
+
+    def __init__(self, encoding: Encoding, dtype: Dtype) -> None:
         if encoding not in ("json", "base64"):
             raise ValueError(f"encoding must be 'json' or 'base64', got {encoding!r}")
         if dtype not in DTYPES:
@@ -48,100 +109,127 @@ class _Wire:
         self.encoding = encoding
         self.dtype = dtype
 
-    def _array(self, a: Any) -> Any:
-        a = np.asarray(a)
-        wire = np.float32 if self.dtype == "float32" else np.float64
-        return tensors.to_wire(a.astype(wire, copy=False), self.encoding)
+    def array(self, a: Any) -> Any:
+        """An array as the wire carries it, in the client's dtype."""
+        return to_wire(np.asarray(a, dtype=DTYPES[self.dtype]), self.encoding)
 
-    def _common(self, U, V, W, options: dict[str, Any]) -> dict[str, Any]:
-        body = {
-            "U": self._array(U),
-            "V": self._array(V),
-            "W": self._array(W),
+    def _common(
+        self, U: Any, V: Any, W: Any, *, bptt_truncate: int | None, b: Any, c: Any, clip: float | None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "U": self.array(U),
+            "V": self.array(V),
+            "W": self.array(W),
             "encoding": self.encoding,
             "dtype": self.dtype,
-            "bptt_truncate": options.get("bptt_truncate"),
+            "bptt_truncate": bptt_truncate,
         }
-        for name in ("b", "c"):
-            if options.get(name) is not None:
-                body[name] = self._array(options[name])
-        if options.get("clip") is not None:
-            body["clip"] = float(options["clip"])
+        for name, value in (("b", b), ("c", c)):
+            if value is not None:
+                body[name] = self.array(value)
+        if clip is not None:
+            body["clip"] = float(clip)
         return body
 
-    def bptt_body(self, U, V, W, x, y, s0=None, *, trace: bool = False, **options: Any) -> bytes:
-        body = self._common(U, V, W, options) | _sequence(x, y, s0, self._array)
+    def _sequence(self, x: Any, y: Any, s0: Any, where: str = "") -> dict[str, Any]:
+        seq: dict[str, Any] = {"x": token_ids(x, f"{where}x"), "y": token_ids(y, f"{where}y")}
+        if s0 is not None:
+            seq["s0"] = self.array(s0)
+        return seq
+
+    def bptt_body(
+        self,
+        U: Any,
+        V: Any,
+        W: Any,
+        x: Any,
+        y: Any,
+        *,
+        s0: Any = None,
+        bptt_truncate: int | None = None,
+        b: Any = None,
+        c: Any = None,
+        clip: float | None = None,
+        trace: bool = False,
+    ) -> bytes:
+        """The body of ``POST /bptt``."""
+        body = self._common(U, V, W, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip) | self._sequence(x, y, s0)
         if trace:
             body["trace"] = True
-        return tensors.dumps(body)
+        return dumps(body)
 
-    def batch_body(self, U, V, W, xs, ys, s0s=None, **options: Any) -> bytes:
+    def batch_body(
+        self,
+        U: Any,
+        V: Any,
+        W: Any,
+        xs: Sequence[Any],
+        ys: Sequence[Any],
+        *,
+        s0: Sequence[Any] | None = None,
+        bptt_truncate: int | None = None,
+        b: Any = None,
+        c: Any = None,
+        clip: float | None = None,
+    ) -> bytes:
+        """The body of ``POST /bptt/batch``."""
         if len(xs) != len(ys):
             raise ValueError(f"need one y per x: {len(xs)} x, got {len(ys)} y")
-        s0s = [None] * len(xs) if s0s is None else s0s
-        body = self._common(U, V, W, options)
-        body["sequences"] = [_sequence(x, y, s0, self._array) for x, y, s0 in zip(xs, ys, s0s)]
-        return tensors.dumps(body)
+        s0s = [None] * len(xs) if s0 is None else list(s0)
+        body = self._common(U, V, W, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip)
+        body["sequences"] = [
+            self._sequence(x, y, s, f"sequences[{i}].") for i, (x, y, s) in enumerate(zip(xs, ys, s0s, strict=True))
+        ]
+        return dumps(body)
 
     @staticmethod
-    def gradients(response: httpx.Response) -> Gradients:
-        data = _json(response)
-        return Gradients(loss=float(data["loss"]), tokens=int(data["tokens"]), **_arrays(data))
+    def result(response: httpx.Response) -> BpttResult:
+        """The ``BpttResult`` of an answer of ``POST /bptt``, or ``ServerError``."""
+        data = decode(response)
+        return BpttResult(**_scalars(data), **_arrays(data))
 
     @staticmethod
-    def batch_gradients(response: httpx.Response, xs) -> BatchGradients:
-        data = _json(response)
-        return BatchGradients(
-            loss=float(data["loss"]),
-            losses=np.array(data["losses"], dtype=np.float64),
-            lengths=np.array([len(x) for x in xs]),
-            **_arrays(data),
-        )
+    def batch_result(response: httpx.Response) -> BatchResult:
+        """The ``BatchResult`` of an answer of ``POST /bptt/batch``, or ``ServerError``."""
+        data = decode(response)
+        return BatchResult(**_scalars(data), **_arrays(data), losses=np.array(data["losses"], dtype=np.float64))
 
     @staticmethod
-    def trace(response: httpx.Response) -> Trace:
-        data = _json(response)["trace"]
-        deltas = [_array(d, "deltas") for d in data["deltas"]]
+    def trace(response: httpx.Response) -> TraceResult:
+        """The ``TraceResult`` of an answer of ``POST /bptt`` with ``trace``, or ``ServerError``."""
+        data = decode(response)["trace"]
+        deltas = [from_wire(d, "deltas") for d in data["deltas"]]
         lags = max(len(d) for d in deltas)
         norms = np.full((len(deltas), lags), np.nan)
         for t, row in enumerate(data["delta_norms"]):
             norms[t, : len(row)] = row
-        delta_o = None if data["delta_o"] is None else _array(data["delta_o"], "delta_o")
-        return Trace(delta_o=delta_o, deltas=deltas, norms=norms)
+        delta_o = None if data["delta_o"] is None else from_wire(data["delta_o"], "delta_o")
+        return TraceResult(delta_o=delta_o, deltas=deltas, norms=norms)
+
+
+def _scalars(data: dict[str, Any]) -> dict[str, Any]:
+    return {"loss": float(data["loss"]), "mean_loss": float(data["mean_loss"]), "tokens": int(data["tokens"])}
 
 
 def _arrays(data: dict[str, Any]) -> dict[str, Any]:
-    """The answer's arrays (optional ones None when absent) and ``clipped``."""
-    out: dict[str, Any] = {name: _array(data[name], name) for name in ("dLdU", "dLdV", "dLdW", "dLds0", "final_state")}
+    """The answer's arrays (the optional ones None when absent) and ``clipped``."""
+    out: dict[str, Any] = {n: from_wire(data[n], n) for n in ("dLdU", "dLdV", "dLdW", "dLds0", "final_state")}
     for name in ("dLdb", "dLdc"):
-        out[name] = None if data.get(name) is None else _array(data[name], name)
+        out[name] = None if data.get(name) is None else from_wire(data[name], name)
     out["clipped"] = data.get("clipped")
     return out
 
 
-def _sequence(x, y, s0, encode) -> dict[str, Any]:
-    seq: dict[str, Any] = {"x": np.asarray(x, dtype=np.int64), "y": np.asarray(y, dtype=np.int64)}
-    if s0 is not None:
-        seq["s0"] = encode(s0)
-    return seq
-
-
-def _array(value: Any, name: str) -> np.ndarray:
-    """An answer's array, from nested lists or a base64 tensor object."""
-    if isinstance(value, dict):
-        return tensors.from_base64(value["dtype"], value["shape"], value["data"], name)
-    return np.array(value, dtype=np.float64)
-
-
-def _json(response: httpx.Response) -> Any:
-    """The decoded body of a success, or ServerError with the service's message."""
+def decode(response: httpx.Response) -> Any:
+    """The decoded body of a success, or ``ServerError`` with the service's message."""
     if response.is_success:
-        return orjson.loads(response.content)
+        return loads(response.content)
     try:
-        err = orjson.loads(response.content)
-        raise ServerError(response.status_code, err["detail"], err.get("errors"))
-    except (orjson.JSONDecodeError, KeyError, TypeError):
+        err = loads(response.content)
+        detail, errors = err["detail"], err.get("errors")
+    except (ValueError, KeyError, TypeError):
         raise ServerError(response.status_code, response.text[:500] or response.reason_phrase) from None
+    raise ServerError(response.status_code, detail, errors)
 
 
 _HEADERS = {"content-type": "application/json"}
@@ -149,8 +237,6 @@ _HEADERS = {"content-type": "application/json"}
 
 def _auth(api_key: str | None) -> dict[str, str]:
     return {} if api_key is None else {"authorization": f"Bearer {api_key}"}
-Encoding = tensors.Encoding
-DTYPES = tensors.DTYPES
 
 
 class Client:
@@ -158,7 +244,7 @@ class Client:
 
     ``encoding`` is how arrays travel both ways ("base64", the default, or
     "json" for nested lists); ``dtype`` the precision the service computes in;
-    ``api_key`` is sent as ``Authorization: Bearer <key>``.
+    ``api_key`` is sent as ``Authorization: Bearer <key>``; ``timeout`` in seconds.
     """
 
     def __init__(
@@ -166,31 +252,71 @@ class Client:
         base_url: str = DEFAULT_URL,
         *,
         encoding: Encoding = "base64",
-        dtype: str = "float64",
+        dtype: Dtype = "float64",
         api_key: str | None = None,
         timeout: float = 120.0,
-        **httpx_options: Any,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self._wire = _Wire(encoding, dtype)
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=_auth(api_key), **httpx_options)
+        self.wire = Wire(encoding, dtype)
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=_auth(api_key), transport=transport)
 
-    def bptt(self, U, V, W, x, y, *, s0=None, **options: Any) -> Gradients:
+    def bptt(
+        self,
+        U: Any,
+        V: Any,
+        W: Any,
+        x: Any,
+        y: Any,
+        *,
+        s0: Any = None,
+        bptt_truncate: int | None = None,
+        b: Any = None,
+        c: Any = None,
+        clip: float | None = None,
+    ) -> BpttResult:
         """Loss and gradients of one sequence (``POST /bptt``).
 
-        Arrays and options (``bptt_truncate``, ``b``, ``c``, ``clip``) as for ``engine.bptt``.
+        U (H, C), V (C, H), W (H, H); x, y (T,) integer token ids; s0 (H,);
+        biases b (H,), c (C,); ``bptt_truncate`` None (full BPTT) or K >= 0;
+        ``clip`` > 0 clips every gradient entry.
         """
-        body = self._wire.bptt_body(U, V, W, x, y, s0, **options)
-        return self._wire.gradients(self._http.post("/bptt", content=body, headers=_HEADERS))
+        body = self.wire.bptt_body(U, V, W, x, y, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip)
+        return Wire.result(self._http.post("/bptt", content=body, headers=_HEADERS))
 
-    def bptt_batch(self, U, V, W, xs, ys, *, s0=None, **options: Any) -> BatchGradients:
-        """Losses and summed gradients of several sequences (``POST /bptt/batch``)."""
-        body = self._wire.batch_body(U, V, W, xs, ys, s0, **options)
-        return self._wire.batch_gradients(self._http.post("/bptt/batch", content=body, headers=_HEADERS), xs)
+    def bptt_batch(
+        self,
+        U: Any,
+        V: Any,
+        W: Any,
+        xs: Sequence[Any],
+        ys: Sequence[Any],
+        *,
+        s0: Sequence[Any] | None = None,
+        bptt_truncate: int | None = None,
+        b: Any = None,
+        c: Any = None,
+        clip: float | None = None,
+    ) -> BatchResult:
+        """Losses and summed gradients of several sequences (``POST /bptt/batch``); options as ``bptt``."""
+        body = self.wire.batch_body(U, V, W, xs, ys, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip)
+        return Wire.batch_result(self._http.post("/bptt/batch", content=body, headers=_HEADERS))
 
-    def trace(self, U, V, W, x, y, *, s0=None, **options: Any) -> Trace:
-        """The seed's deltas for one sequence (``POST /bptt`` with ``trace``), as ``engine.trace`` returns them."""
-        body = self._wire.bptt_body(U, V, W, x, y, s0, trace=True, **options)
-        return self._wire.trace(self._http.post("/bptt", content=body, headers=_HEADERS))
+    def trace(
+        self,
+        U: Any,
+        V: Any,
+        W: Any,
+        x: Any,
+        y: Any,
+        *,
+        s0: Any = None,
+        bptt_truncate: int | None = None,
+        b: Any = None,
+        c: Any = None,
+    ) -> TraceResult:
+        """The tutorial's deltas for one sequence (``POST /bptt`` with ``trace``)."""
+        body = self.wire.bptt_body(U, V, W, x, y, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c, trace=True)
+        return Wire.trace(self._http.post("/bptt", content=body, headers=_HEADERS))
 
     def health(self) -> bool:
         """True when ``GET /healthz`` answers 200."""
@@ -214,28 +340,66 @@ class AsyncClient:
         base_url: str = DEFAULT_URL,
         *,
         encoding: Encoding = "base64",
-        dtype: str = "float64",
+        dtype: Dtype = "float64",
         api_key: str | None = None,
         timeout: float = 120.0,
-        **httpx_options: Any,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self._wire = _Wire(encoding, dtype)
-        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, headers=_auth(api_key), **httpx_options)
+        self.wire = Wire(encoding, dtype)
+        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, headers=_auth(api_key), transport=transport)
 
-    async def bptt(self, U, V, W, x, y, *, s0=None, **options: Any) -> Gradients:
+    async def bptt(
+        self,
+        U: Any,
+        V: Any,
+        W: Any,
+        x: Any,
+        y: Any,
+        *,
+        s0: Any = None,
+        bptt_truncate: int | None = None,
+        b: Any = None,
+        c: Any = None,
+        clip: float | None = None,
+    ) -> BpttResult:
         """Loss and gradients of one sequence (``POST /bptt``); as ``Client.bptt``."""
-        body = self._wire.bptt_body(U, V, W, x, y, s0, **options)
-        return self._wire.gradients(await self._http.post("/bptt", content=body, headers=_HEADERS))
+        body = self.wire.bptt_body(U, V, W, x, y, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip)
+        return Wire.result(await self._http.post("/bptt", content=body, headers=_HEADERS))
 
-    async def bptt_batch(self, U, V, W, xs, ys, *, s0=None, **options: Any) -> BatchGradients:
+    async def bptt_batch(
+        self,
+        U: Any,
+        V: Any,
+        W: Any,
+        xs: Sequence[Any],
+        ys: Sequence[Any],
+        *,
+        s0: Sequence[Any] | None = None,
+        bptt_truncate: int | None = None,
+        b: Any = None,
+        c: Any = None,
+        clip: float | None = None,
+    ) -> BatchResult:
         """Losses and summed gradients of several sequences (``POST /bptt/batch``)."""
-        body = self._wire.batch_body(U, V, W, xs, ys, s0, **options)
-        return self._wire.batch_gradients(await self._http.post("/bptt/batch", content=body, headers=_HEADERS), xs)
+        body = self.wire.batch_body(U, V, W, xs, ys, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip)
+        return Wire.batch_result(await self._http.post("/bptt/batch", content=body, headers=_HEADERS))
 
-    async def trace(self, U, V, W, x, y, *, s0=None, **options: Any) -> Trace:
-        """The seed's deltas for one sequence; as ``Client.trace``."""
-        body = self._wire.bptt_body(U, V, W, x, y, s0, trace=True, **options)
-        return self._wire.trace(await self._http.post("/bptt", content=body, headers=_HEADERS))
+    async def trace(
+        self,
+        U: Any,
+        V: Any,
+        W: Any,
+        x: Any,
+        y: Any,
+        *,
+        s0: Any = None,
+        bptt_truncate: int | None = None,
+        b: Any = None,
+        c: Any = None,
+    ) -> TraceResult:
+        """The tutorial's deltas for one sequence; as ``Client.trace``."""
+        body = self.wire.bptt_body(U, V, W, x, y, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c, trace=True)
+        return Wire.trace(await self._http.post("/bptt", content=body, headers=_HEADERS))
 
     async def health(self) -> bool:
         """True when ``GET /healthz`` answers 200."""

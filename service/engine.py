@@ -32,14 +32,14 @@ import numpy as np
 from .errors import ComputeError, InputError
 
 __all__ = [
-    "Gradients",
     "BatchGradients",
+    "Gradients",
     "Trace",
+    "bptt",
+    "bptt_batch",
     "check_inputs",
     "forward",
     "loss",
-    "bptt",
-    "bptt_batch",
     "trace",
 ]
 
@@ -187,10 +187,18 @@ def check_weights(U: np.ndarray, V: np.ndarray, W: np.ndarray) -> tuple[int, int
     H, C = U.shape
     if H == 0 or C == 0:
         raise InputError(f"U must be H x C with H >= 1 and C >= 1, got {H} x {C}", field="U")
+    if V.shape != (C, H) and H != C:
+        # Shapes that fit a transposition: say which matrix looks transposed.
+        if V.shape == U.shape and W.shape == (C, C):  # U sent as C x H
+            raise InputError(
+                f"is U transposed? U must be H x C = {C} x {H} (V is C x H = {H} x {C}, W is H x H = {C} x {C}), "
+                f"got {H} x {C}",
+                field="U",
+            )
+        if V.shape == (H, C) and W.shape == (H, H):  # V sent as H x C
+            raise InputError(f"is V transposed? V must be C x H = {C} x {H}, got {H} x {C}", field="V")
     if V.shape != (C, H):
-        raise InputError(
-            f"V must be C x H = {C} x {H} (U is H x C = {H} x {C}), got {_dims(V)}", field="V"
-        )
+        raise InputError(f"V must be C x H = {C} x {H} (U is H x C = {H} x {C}), got {_dims(V)}", field="V")
     if W.shape != (H, H):
         raise InputError(f"W must be H x H = {H} x {H}, got {_dims(W)}", field="W")
     return H, C
@@ -451,7 +459,7 @@ def trace(
         _softmax(delta_o, y)
         delta_o[np.arange(len(y)), y] -= 1.0
         dtanh = 1.0 - S * S  # (T, H)
-        T, H = S.shape
+        T = len(S)
         L = T if K is None else min(T, K + 1)
         # Lag j holds dE_{k+j}/dz_k in row k, as in _backward_truncated.
         lag = (delta_o @ batch.V) * dtanh  # (T, H), j = 0
@@ -579,10 +587,7 @@ def _bptt_unchecked(batch: _Batch, K: int | None) -> BatchGradients:
         dLds = dLds_rows.reshape(T, B, H)
 
     dtanh = 1.0 - S * S  # (T, B, H), tanh'(z_t) = 1 - tanh(z_t)**2
-    if K is None or K >= T - 1:
-        dz = _backward_full(W, dLds, dtanh)
-    else:
-        dz = _backward_truncated(W, dLds, dtanh, K)
+    dz = _backward_full(W, dLds, dtanh) if K is None or K >= T - 1 else _backward_truncated(W, dLds, dtanh, K)
     # dz[k, b] = dL/dz_k of sequence b, summed over the outputs that reach step k;
     # zero past the sequence's end, where dLds is zero and nothing flows back.
 
@@ -604,7 +609,10 @@ def _bptt_unchecked(batch: _Batch, K: int | None) -> BatchGradients:
     dLdb = None if batch.b is None else dz_rows.sum(axis=0)  # (H,), sum_k dz_k
     dLdc = None if batch.c is None else delta_o.sum(axis=0)  # (C,), sum_t delta_o[t]
 
-    _check_finite(U, V, W, loss=loss, dz=dz_rows, dLdW=dLdW, dLdU=dLdU[:, x_rows], dLds0=dLds0)
+    _check_finite(
+        U, V, W, **{"the loss": loss, "the gradient flowing back through time": dz_rows, "dLdW": dLdW, "dLdU": dLdU[:, x_rows]},
+        dLds0=dLds0,
+    )
     return BatchGradients(
         dLdb=dLdb,
         dLdc=dLdc,
@@ -708,20 +716,26 @@ def _sum_into_columns(dz: np.ndarray, x: np.ndarray, C: int) -> np.ndarray:
     return dLdU
 
 
-def _check_finite(U: np.ndarray, V: np.ndarray, W: np.ndarray, **parts) -> None:
+def _check_finite(U: np.ndarray, V: np.ndarray, W: np.ndarray, **parts: np.ndarray | float) -> None:
     """Raise ComputeError if the computation overflowed.
 
     Checking the small parts is enough: a finite loss means every row of the
     logits was finite (a NaN or infinite logit makes its row's log-softmax NaN),
     so |delta_o| <= 1, |s| <= 1 and |dLdV| <= N; dLdU is nonzero only in the
-    columns x, passed here.
+    columns x, passed here. ``parts`` are named as the user knows them ("the
+    loss", "dLdW"); the message names the weight to scale and fits the dtype.
     """
     for name, value in parts.items():
         if not np.isfinite(value).all():
-            largest = max(float(np.abs(a).max()) for a in (U, V, W))
+            sizes = {n: float(np.abs(a).max()) for n, a in (("U", U), ("V", V), ("W", W))}
+            largest = max(sizes, key=lambda n: sizes[n])
+            advice = (
+                f"scale {largest} down, or compute in float64 (\"dtype\": \"float64\")"
+                if U.dtype == np.float32
+                else f"scale {largest} down"
+            )
             raise ComputeError(
-                f"{name} is not finite: the computation overflowed in {U.dtype} "
-                f"(largest weight magnitude {largest:.3g}); scale the weights down "
-                "or compute in float64",
-                field=name,
+                f"the computation overflowed in {U.dtype}: {name} is not finite (the largest weight is "
+                f"{largest}, magnitude {sizes[largest]:.3g}); {advice}",
+                field=largest,
             )

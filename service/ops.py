@@ -40,12 +40,12 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 from . import checks
 
 __all__ = [
+    "CONTENT_TYPE_LATEST",
     "RequestObserver",
     "configure_logging",
     "engine_timer",
     "metrics_payload",
     "self_check",
-    "CONTENT_TYPE_LATEST",
 ]
 
 access_log = logging.getLogger("service.access")

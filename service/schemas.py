@@ -8,43 +8,35 @@ other (U, V, W, s0, x, y) are checked afterwards by ``engine.check_inputs``.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
 
 __all__ = [
-    "Number",
-    "Integer",
-    "Count",
-    "TokenId",
-    "Tensor",
-    "MatrixIn",
-    "VectorIn",
-    "BpttRequest",
-    "BpttResponse",
-    "LagSummary",
-    "TraceOut",
-    "SequenceIn",
+    "TENSOR_TAGS",
     "BpttBatchRequest",
     "BpttBatchResponse",
-    "GradientCheckRequest",
-    "GradientCheckResponse",
+    "BpttRequest",
+    "BpttResponse",
     "CompareRequest",
     "CompareResponse",
+    "Count",
     "ErrorItem",
     "ErrorResponse",
+    "GradientCheckRequest",
+    "GradientCheckResponse",
     "HealthResponse",
-    "TENSOR_TAGS",
-    "InferInputTensor",
-    "InferRequestedOutput",
-    "InferRequest",
-    "InferOutputTensor",
-    "InferResponse",
-    "TensorMetadata",
-    "ModelMetadata",
-    "ServerMetadata",
-    "V2ErrorResponse",
+    "IndexResponse",
+    "LagSummary",
+    "MatrixIn",
+    "Number",
+    "SequenceIn",
+    "Tensor",
+    "TokenId",
+    "TraceOut",
+    "VectorIn",
 ]
+
 
 def _integral_float_to_int(value: Any) -> Any:
     """3.0 -> 3, as JSON Schema counts it an integer; 1.5, "3" and true stay, to be refused."""
@@ -54,7 +46,6 @@ def _integral_float_to_int(value: Any) -> Any:
 
 
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-Integer = Annotated[int, Field(strict=True), BeforeValidator(_integral_float_to_int)]
 Count = Annotated[int, Field(strict=True, ge=0), BeforeValidator(_integral_float_to_int)]
 TokenId = Count
 
@@ -71,12 +62,8 @@ class Tensor(BaseModel):
     model_config = _REQUEST
 
     dtype: Literal["float32", "float64"] = Field(description="Element type of the bytes.")
-    shape: list[Count] = Field(
-        description="Dimensions, e.g. [H, C] for U; the bytes hold product(shape) elements."
-    )
-    data: str = Field(
-        description="Standard base64 (RFC 4648, with padding) of the little-endian, row-major bytes."
-    )
+    shape: list[Count] = Field(description="Dimensions, e.g. [H, C] for U; the bytes hold product(shape) elements.")
+    data: str = Field(description="Standard base64 (RFC 4648, with padding) of the little-endian, row-major bytes.")
 
 
 def _matrix_or_tensor(value: Any) -> str:
@@ -87,16 +74,19 @@ def _matrix_or_tensor(value: Any) -> str:
 # locations (("U", "lists", 3, 5)) and are dropped from the field names we report.
 TENSOR_TAGS = ("lists", "tensor")
 
+# Nested lists with at least one row of at least one number: what JSON Schema can say
+# of a matrix (rows of equal length, and shapes that agree, are checked after parsing).
+Row = Annotated[list[Number], Field(min_length=1)]
 MatrixIn = Annotated[
-    Union[Annotated[list[list[Number]], Tag("lists")], Annotated[Tensor, Tag("tensor")]],
+    Annotated[list[Row], Field(min_length=1), Tag("lists")] | Annotated[Tensor, Tag("tensor")],
     Discriminator(_matrix_or_tensor),
 ]
 VectorIn = Annotated[
-    Union[Annotated[list[Number], Tag("lists")], Annotated[Tensor, Tag("tensor")]],
+    Annotated[list[Number], Field(min_length=1), Tag("lists")] | Annotated[Tensor, Tag("tensor")],
     Discriminator(_matrix_or_tensor),
 ]
-MatrixOut = Union[list[list[float]], Tensor]
-VectorOut = Union[list[float], Tensor]
+MatrixOut = list[list[float]] | Tensor
+VectorOut = list[float] | Tensor
 
 
 _U = Field(
@@ -112,8 +102,7 @@ _TRUNCATE = Field(
 )
 _B = Field(
     default=None,
-    description="Optional hidden bias, H numbers: s_t = tanh(U[:, x_t] + W s_{t-1} + b). "
-    "Given, the answer has dLdb.",
+    description="Optional hidden bias, H numbers: s_t = tanh(U[:, x_t] + W s_{t-1} + b). Given, the answer has dLdb.",
 )
 _C = Field(
     default=None,
@@ -215,8 +204,7 @@ class TraceOut(BaseModel):
     """What BPTT passes back, step by step: the seed's delta_o and delta_t (docs/derivation.md, section 4)."""
 
     delta_o: MatrixOut | None = Field(
-        description="T x C: o_t - onehot(y_t), the seed's delta_o; null when T x C is over "
-        "BPTT_MAX_TRACE_DELTA_O."
+        description="T x C: o_t - onehot(y_t), the seed's delta_o; null when T x C is over BPTT_MAX_TRACE_DELTA_O."
     )
     deltas: list[MatrixOut] = Field(
         description="One matrix per output t, row j = dE_t/dz_{t-j} (the seed's delta_t at step "
@@ -252,9 +240,7 @@ class SequenceIn(BaseModel):
 class BpttBatchRequest(_WeightsIn):
     """Weights once, and several sequences: the input of ``POST /bptt/batch``."""
 
-    sequences: list[SequenceIn] = Field(
-        min_length=1, description="B sequences; their lengths may differ."
-    )
+    sequences: list[SequenceIn] = Field(min_length=1, description="B sequences; their lengths may differ.")
 
 
 class BpttBatchResponse(_GradientsOut):
@@ -287,9 +273,20 @@ class ErrorResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    """Liveness."""
+    """Liveness and readiness."""
 
-    status: str = Field(description='"ok" while the process serves requests.')
+    status: str = Field(description='"ok" (liveness) or "ready" (readiness).')
+    version: str = Field(description="The service's version.")
+
+
+class IndexResponse(BaseModel):
+    """``GET /``: where to go next."""
+
+    service: str
+    version: str
+    docs: str = Field(description="The interactive API reference.")
+    explain: str = Field(description="The page that draws delta_t, for learners.")
+    openapi: str = Field(description="The OpenAPI spec.")
 
 
 # -- checking gradients ---------------------------------------------------------
@@ -415,110 +412,3 @@ class CompareResponse(BaseModel):
     diagnosis: list[Diagnosis] = Field(
         description="The classic mistakes your gradients match (empty when they pass, or when none fits)."
     )
-
-
-# -- Open Inference Protocol (KServe V2) ---------------------------------------
-
-_V2 = ConfigDict(extra="allow")  # the protocol lets clients add fields and parameters
-
-
-class InferInputTensor(BaseModel):
-    """One input tensor of a V2 inference request."""
-
-    model_config = _V2
-
-    name: str = Field(description="U, V, W, x, y, and optionally s0, lengths.")
-    shape: list[Count] = Field(description="Dimensions of the tensor.")
-    datatype: str = Field(description="FP64 or FP32 for U, V, W, s0; INT64 or INT32 for x, y, lengths.")
-    parameters: dict[str, Any] | None = Field(
-        default=None,
-        description='{"binary_data_size": n}: the tensor is n raw bytes after the JSON header '
-        "(binary tensor data extension) instead of `data`.",
-    )
-    data: list[Any] | None = Field(
-        default=None, description="The elements in row-major order, flat or nested; omitted for binary inputs."
-    )
-
-
-class InferRequestedOutput(BaseModel):
-    """An output the client asks for."""
-
-    model_config = _V2
-
-    name: str = Field(description="loss, mean_loss, tokens, dLdU, dLdV, dLdW, dLds0, final_state, losses.")
-    parameters: dict[str, Any] | None = Field(
-        default=None, description='{"binary_data": true}: return this output as raw bytes after the JSON header.'
-    )
-
-
-class InferRequest(BaseModel):
-    """A V2 inference request (the JSON header, when binary tensor data follows)."""
-
-    model_config = _V2
-
-    id: str | None = Field(default=None, description="Echoed in the response.")
-    parameters: dict[str, Any] | None = Field(
-        default=None,
-        description='"bptt_truncate": K (an integer >= 0; absent or null for full BPTT); '
-        '"binary_data_output": true to return every output as raw bytes.',
-    )
-    inputs: list[InferInputTensor] = Field(min_length=1)
-    outputs: list[InferRequestedOutput] | None = Field(
-        default=None, description="Which outputs to return; all of them when omitted."
-    )
-
-
-class InferOutputTensor(BaseModel):
-    """One output tensor of a V2 inference response."""
-
-    name: str
-    shape: list[int]
-    datatype: str
-    parameters: dict[str, Any] | None = Field(
-        default=None, description='{"binary_data_size": n} when the data follows the JSON header as raw bytes.'
-    )
-    data: list[Any] | None = Field(default=None, description="Row-major, flat; omitted for binary outputs.")
-
-
-class InferResponse(BaseModel):
-    """A V2 inference response (the JSON header, when binary outputs follow)."""
-
-    model_name: str
-    model_version: str | None = None
-    id: str | None = None
-    parameters: dict[str, Any] | None = None
-    outputs: list[InferOutputTensor]
-
-
-class TensorMetadata(BaseModel):
-    """Name, datatype and shape of a model input or output (-1: any size)."""
-
-    name: str
-    datatype: str
-    shape: list[int]
-
-
-class ModelMetadata(BaseModel):
-    """``GET /v2/models/bptt``."""
-
-    name: str
-    versions: list[str]
-    platform: str
-    inputs: list[TensorMetadata]
-    outputs: list[TensorMetadata]
-
-
-class ServerMetadata(BaseModel):
-    """``GET /v2``."""
-
-    name: str
-    version: str
-    extensions: list[str]
-
-
-class V2ErrorResponse(BaseModel):
-    """The error body of the V2 routes: the protocol's ``error``, plus this service's usual fields."""
-
-    error: str = Field(description="What was wrong, naming the tensor (the protocol's field).")
-    detail: str = Field(description="The same sentence, as in every error body of this service.")
-    errors: list[ErrorItem] = Field(default_factory=list)

@@ -2,76 +2,79 @@
 
 Every setting can be given as an environment variable with the ``BPTT_``
 prefix (``BPTT_PORT=9000``) or, when started with ``python -m service``, as a
-command-line option (``--port 9000``); ``python -m service --help`` lists them.
+command-line option (``--port 9000``), which wins over the environment;
+``python -m service --help`` lists them, and README's settings table is
+``settings_table()`` (a test keeps the two equal).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings"]
+__all__ = ["ENV_PREFIX", "Settings", "settings_table"]
+
+ENV_PREFIX = "BPTT_"
 
 
 class Settings(BaseSettings):
     """Settings of the bptt service."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="BPTT_",
-        extra="forbid",
-        cli_prog_name="python -m service",
-        cli_kebab_case=True,
-        cli_implicit_flags=True,
-    )
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
     # Where uvicorn listens. 0.0.0.0 in the container.
-    host: str = Field(default="127.0.0.1", description="Interface to listen on.")
-    # 8000, as in the README's examples.
-    port: int = Field(default=8000, ge=0, le=65535, description="TCP port (0 picks a free one).")
+    host: str = Field(default="127.0.0.1", description="interface to listen on (`0.0.0.0` in the image)")
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port (0 picks a free one)")
     # One worker process per core is the usual choice on a dedicated machine.
-    workers: int = Field(default=1, ge=1, le=64, description="Worker processes.")
+    workers: int = Field(default=1, ge=1, le=64, description="worker processes")
     # Requests compute in worker threads (numpy releases the GIL in its kernels,
     # BLAS uses the cores); more threads than cores only contend for the GIL.
-    threads: int = Field(default=2, ge=1, le=256, description="Requests computing at once, per worker process.")
-    # Keep freed blocks for reuse instead of page-faulting them back in
-    # (see service/runtime.py); off only to compare.
-    tune_malloc: bool = Field(default=True, description="Raise glibc's malloc mmap/trim thresholds.")
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
-        default="info", description="Log level."
+    threads: int = Field(default=2, ge=1, le=256, description="requests computing at once, per worker process")
+    # Keep freed blocks for reuse instead of page-faulting them back in (service/runtime.py).
+    tune_malloc: bool = Field(default=True, description="keep freed memory for reuse (docs/performance.md)")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(default="info", description="log level")
+    # One line per request; "json" writes each line as a JSON object for log collectors.
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="one line per request (method, path, status, duration, size): `text` or `json` "
+        "(`json` in the image)",
     )
-    # One line per request (method, path, status, duration, request size);
-    # "json" writes each line as a JSON object for log collectors.
-    log_format: Literal["text", "json"] = Field(default="text", description="Log line format.")
 
     # -- limits: over one, a request gets 413 naming it ------------------------
-    # 128 MiB holds the tutorial's model (C = 8000, H = 100) as JSON lists (34 MB)
-    # with room; checked from Content-Length before reading, and while reading.
-    max_body_bytes: int = Field(default=128 << 20, ge=1024, description="Largest request body, bytes.")
-    # Tokens in one sequence; the backward pass is linear in T.
-    max_tokens: int = Field(default=10_000, ge=1, description="Largest T of one sequence.")
+    # 128 MiB holds the tutorial's model (C = 8000, H = 100) as JSON lists (34 MB) with room.
+    max_body_bytes: int = Field(
+        default=128 << 20, ge=1024, description="largest request body in bytes; over it, 413 before it is read"
+    )
+    max_tokens: int = Field(default=10_000, ge=1, description="largest T of one sequence")
     # C x H: 10 million is a 100,000-word vocabulary at H = 100 (80 MB a matrix).
-    max_weights: int = Field(default=10_000_000, ge=1, description="Largest C x H.")
-    # The (tokens x C) probability matrix, the largest array a request makes:
-    # 32 million float64 numbers are 256 MB.
-    max_probabilities: int = Field(default=32_000_000, ge=1, description="Largest tokens x C of one request.")
-    max_batch: int = Field(default=1024, ge=1, description="Most sequences in one batch.")
-    max_batch_tokens: int = Field(default=100_000, ge=1, description="Most tokens in one batch.")
+    max_weights: int = Field(default=10_000_000, ge=1, description="largest C x H")
+    # The (tokens x C) probability matrix: 32 million float64 numbers are 256 MB.
+    max_probabilities: int = Field(
+        default=32_000_000, ge=1, description="largest tokens x C of one request (the softmax matrix)"
+    )
+    max_batch: int = Field(default=1024, ge=1, description="most sequences in one batch")
+    max_batch_tokens: int = Field(default=100_000, ge=1, description="most tokens in one batch")
     # "trace": true returns T x lags x H delta values (O(T^2 H) without truncation).
-    max_trace_values: int = Field(default=1_000_000, ge=1, description="Most delta values in one trace.")
-    # The trace's delta_o is T x C; above this it is left out (null), the rest kept.
-    max_trace_delta_o: int = Field(default=100_000, ge=0, description="Largest T x C delta_o in a trace.")
-    # /gradient-check and /bptt/compare redo the forward pass (or the tutorial's
-    # loop) many times; 2e9 operations are a few seconds here.
-    max_check_flops: float = Field(default=2e9, gt=0, description="Largest estimated work of one check.")
-    # Requests waiting for a compute thread; past this, 503 with Retry-After.
-    max_queue: int = Field(default=64, ge=0, description="Most requests waiting to compute, per worker.")
+    max_trace_values: int = Field(default=1_000_000, ge=1, description="most delta values in one trace")
+    max_trace_delta_o: int = Field(
+        default=100_000, ge=0, description="largest T x C `delta_o` in a trace; above it, `delta_o` is null"
+    )
+    # /gradient-check and /bptt/compare recompute many times; 2e9 operations are a few seconds here.
+    max_check_flops: float = Field(
+        default=2e9, gt=0, description="largest estimated floating-point work of one gradient check or comparison"
+    )
+    max_queue: int = Field(
+        default=64, ge=0, description="requests waiting for a compute thread, per worker; past it, 503 with Retry-After"
+    )
 
     # -- authentication ---------------------------------------------------------
-    # Unset: the service is open. Set: "key" or "key1,key2"; every route but
-    # /healthz, /readyz and /metrics needs "Authorization: Bearer <key>".
-    api_key: SecretStr | None = Field(default=None, description="API key(s), comma-separated.")
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="API key(s), `key` or `key1,key2`: every route but /healthz, /readyz and /metrics then needs "
+        "`Authorization: Bearer <key>` (401 otherwise); unset, the service is open",
+    )
 
     @property
     def api_keys(self) -> list[str]:
@@ -82,12 +85,32 @@ class Settings(BaseSettings):
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``BPTT_*`` environment variables, for worker processes."""
-        prefix = self.model_config["env_prefix"]
         env = {}
         for name, value in self.model_dump().items():
             if value is None:
                 continue
-            if isinstance(value, SecretStr):
-                value = value.get_secret_value()
-            env[f"{prefix}{name.upper()}"] = str(value)
+            text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+            env[f"{ENV_PREFIX}{name.upper()}"] = text
         return env
+
+
+def _shown(value: Any) -> str:
+    """A default as the README shows it."""
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "`true`" if value else "`false`"
+    if isinstance(value, int) and value >= 1 << 20 and value % (1 << 20) == 0:
+        return f"{value >> 20} MiB"
+    if isinstance(value, int | float) and value >= 10_000:
+        return f"{value:,.0f}" if float(value).is_integer() and value < 1e9 else f"{value:g}"
+    return f"`{value}`"
+
+
+def settings_table() -> str:
+    """The README's table of settings, generated from ``Settings``."""
+    lines = ["| variable | option | default | meaning |", "|---|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        option = "--" + name.replace("_", "-")
+        lines.append(f"| `{ENV_PREFIX}{name.upper()}` | `{option}` | {_shown(field.default)} | {field.description} |")
+    return "\n".join(lines) + "\n"

@@ -8,21 +8,14 @@ import numpy as np
 import orjson
 import pytest
 import seed
-from conftest import make_problem
 from fastapi.testclient import TestClient
-from test_engine import assert_close
+from helpers import assert_close, make_problem
 
-from service import engine
-from service import tensors as service_tensors
+import service
+from service import codec, engine
 from service.app import create_app
 from service.schemas import BpttBatchResponse, BpttResponse, ErrorResponse
 from service.settings import Settings
-
-
-@pytest.fixture(scope="module")
-def client():
-    with TestClient(create_app(Settings()), raise_server_exceptions=False) as c:
-        yield c
 
 
 @pytest.fixture
@@ -45,7 +38,7 @@ def test_post_bptt_matches_engine_and_seed(client, problem, K):
     data = BpttResponse.model_validate(r.json())  # the documented response shape
     g = engine.bptt(p.U, p.V, p.W, p.x, p.y, bptt_truncate=K, s0=p.s0)
     ref = seed.bptt(p.U, p.V, p.W, p.x, p.y, len(p.y) if K is None else K, s0=p.s0)
-    for name, want in zip(("dLdU", "dLdV", "dLdW"), ref):
+    for name, want in zip(("dLdU", "dLdV", "dLdW"), ref, strict=False):
         got = np.array(getattr(data, name))
         assert_close(got, want)
         np.testing.assert_array_equal(got, getattr(g, name))  # JSON round trip is exact
@@ -95,48 +88,105 @@ BAD_REQUESTS = {
     "missing y": (lambda p: _bad(p, y=...), 422, "y", "y is required but missing"),
     "ragged rows": (
         lambda p: _bad(p, U=[r[:-1] if i == 2 else r for i, r in enumerate(p.U.tolist())]),
-        422, "U[2]", "U must be rectangular: row U[0] has 6 numbers, but U[2] has 5",
+        422,
+        "U[2]",
+        "U must be rectangular: row U[0] has 6 numbers, but U[2] has 5",
     ),
     "empty matrix": (lambda p: _bad(p, W=[]), 422, "W", "W must be a matrix with at least one row, got an empty list"),
-    "empty rows": (lambda p: _bad(p, U=[[]]), 422, "U", "U must be H x C with H >= 1 and C >= 1, got 1 x 0"),
+    "empty rows": (
+        lambda p: _bad(p, U=[[]]),
+        422,
+        "U[0]",
+        "U[0] must be a row of at least one number, got an empty list",
+    ),
     "flat matrix": (lambda p: _bad(p, W=[1.0, 2.0]), 422, "W[0]", "W[0] must be a list, got 1.0"),
     "too deep": (lambda p: _bad(p, W=[[[1.0]]]), 422, "W[0][0]", "W[0][0] must be a number, got a list of 1 item(s)"),
     "string number": (
-        lambda p: _bad(p, U=[["0.5"] + r[1:] for r in p.U.tolist()]),
-        422, "U[0][0]", 'U[0][0] must be a number, got a string "0.5"',
+        lambda p: _bad(p, U=[["0.5", *r[1:]] for r in p.U.tolist()]),
+        422,
+        "U[0][0]",
+        'U[0][0] must be a number, got a string "0.5"',
     ),
-    "boolean number": (lambda p: _bad(p, V=[[True] + r[1:] for r in p.V.tolist()]), 422, "V[0][0]", "V[0][0] must be a number, got true"),
-    "null number": (lambda p: _bad(p, V=[[None] + r[1:] for r in p.V.tolist()]), 422, "V[0][0]", "V[0][0] must be a number, got null"),
+    "boolean number": (
+        lambda p: _bad(p, V=[[True, *r[1:]] for r in p.V.tolist()]),
+        422,
+        "V[0][0]",
+        "V[0][0] must be a number, got true",
+    ),
+    "null number": (
+        lambda p: _bad(p, V=[[None, *r[1:]] for r in p.V.tolist()]),
+        422,
+        "V[0][0]",
+        "V[0][0] must be a number, got null",
+    ),
     "W shape": (lambda p: _bad(p, W=p.W[:, :-1].tolist()), 422, "W", "W must be H x H = 4 x 4, got 4 x 3"),
-    "V shape": (lambda p: _bad(p, V=p.V[:-1].tolist()), 422, "V", "V must be C x H = 6 x 4 (U is H x C = 4 x 6), got 5 x 4"),
+    "V shape": (
+        lambda p: _bad(p, V=p.V[:-1].tolist()),
+        422,
+        "V",
+        "V must be C x H = 6 x 4 (U is H x C = 4 x 6), got 5 x 4",
+    ),
     "x y lengths": (lambda p: _bad(p, y=p.y.tolist()[:-1]), 422, "y", "len(x) = 5, got len(y) = 4"),
     "empty x": (lambda p: _bad(p, x=[]), 422, "x", "x must have at least 1 item(s), got an empty list"),
-    "negative token": (lambda p: _bad(p, x=[-1] + p.x.tolist()[1:]), 422, "x[0]", "x[0] must be >= 0, got -1"),
+    "negative token": (lambda p: _bad(p, x=[-1, *p.x.tolist()[1:]]), 422, "x[0]", "x[0] must be >= 0, got -1"),
     "token out of range": (
-        lambda p: _bad(p, y=p.y.tolist()[:-1] + [6]),
-        422, "y[4]", "y[4] = 6 is out of range: token ids must be in [0, C) = [0, 6)",
+        lambda p: _bad(p, y=[*p.y.tolist()[:-1], 6]),
+        422,
+        "y[4]",
+        "y[4] = 6 is out of range: token ids must be in [0, C) = [0, 6)",
     ),
-    "huge token": (lambda p: _bad(p, x=[10**30] + p.x.tolist()[1:]), 422, "x[0]", "x[0] = 1000000000000000000000000000000 is out of range"),
-    "float token": (lambda p: _bad(p, x=[1.5] + p.x.tolist()[1:]), 422, "x[0]", "x[0] must be an integer, got 1.5"),
-    "boolean token": (lambda p: _bad(p, x=[True] + p.x.tolist()[1:]), 422, "x[0]", "x[0] must be an integer, got true"),
-    "string token": (lambda p: _bad(p, x=["1"] + p.x.tolist()[1:]), 422, "x[0]", 'x[0] must be an integer, got a string "1"'),
-    "negative truncate": (lambda p: _bad(p, bptt_truncate=-1), 422, "bptt_truncate", "bptt_truncate must be >= 0, got -1"),
-    "float truncate": (lambda p: _bad(p, bptt_truncate=2.5), 422, "bptt_truncate", "bptt_truncate must be an integer, got 2.5"),
-    "string truncate": (lambda p: _bad(p, bptt_truncate="4"), 422, "bptt_truncate", 'bptt_truncate must be an integer, got a string "4"'),
+    "huge token": (
+        lambda p: _bad(p, x=[10 ** 30, *p.x.tolist()[1:]]),
+        422,
+        "x[0]",
+        "x[0] = 1000000000000000000000000000000 is out of range",
+    ),
+    "float token": (lambda p: _bad(p, x=[1.5, *p.x.tolist()[1:]]), 422, "x[0]", "x[0] must be an integer, got 1.5"),
+    "boolean token": (lambda p: _bad(p, x=[True, *p.x.tolist()[1:]]), 422, "x[0]", "x[0] must be an integer, got true"),
+    "string token": (
+        lambda p: _bad(p, x=["1", *p.x.tolist()[1:]]),
+        422,
+        "x[0]",
+        'x[0] must be an integer, got a string "1"',
+    ),
+    "negative truncate": (
+        lambda p: _bad(p, bptt_truncate=-1),
+        422,
+        "bptt_truncate",
+        "bptt_truncate must be >= 0, got -1",
+    ),
+    "float truncate": (
+        lambda p: _bad(p, bptt_truncate=2.5),
+        422,
+        "bptt_truncate",
+        "bptt_truncate must be an integer, got 2.5",
+    ),
+    "string truncate": (
+        lambda p: _bad(p, bptt_truncate="4"),
+        422,
+        "bptt_truncate",
+        'bptt_truncate must be an integer, got a string "4"',
+    ),
     "s0 length": (lambda p: _bad(p, s0=[0.0] * 3), 422, "s0", "s0 must have H = 4 numbers, got 3"),
     "s0 not list": (lambda p: _bad(p, s0=0.0), 422, "s0", "s0 must be a list, got 0.0"),
     "unknown field": (lambda p: _bad(p, bptt_trunc=3), 422, "bptt_trunc", "bptt_trunc is not a known field"),
     "overflowing weight": (
         lambda p: orjson.dumps(p.body()).replace(b'"W":[[', b'"W":[[1e400,', 1),
-        422, "W[0][0]", "W[0][0] must be a finite number",
+        422,
+        "W[0][0]",
+        "W[0][0] must be a finite number",
     ),
     "NaN weight": (
         lambda p: orjson.dumps(p.body()).replace(b'"U":[[', b'"U":[[NaN,', 1),
-        422, "U[0][0]", "U[0][0] must be a finite number (no NaN, Infinity or overflowing values), got NaN",
+        422,
+        "U[0][0]",
+        "U[0][0] must be a finite number (no NaN, Infinity or overflowing values), got NaN",
     ),
     "Infinity weight": (
         lambda p: orjson.dumps(p.body()).replace(b'"V":[[', b'"V":[[-Infinity,', 1),
-        422, "V[0][0]", "V[0][0] must be a finite number (no NaN, Infinity or overflowing values), got -Infinity",
+        422,
+        "V[0][0]",
+        "V[0][0] must be a finite number (no NaN, Infinity or overflowing values), got -Infinity",
     ),
     "not JSON": (lambda p: b'{"U": [[1, 2]', 400, "body", "the body is not valid JSON"),
     "JSON array": (lambda p: b"[1, 2, 3]", 422, "body", "the body must be a JSON object, got a list of 3 item(s)"),
@@ -185,23 +235,26 @@ def test_post_bptt_overflow_is_422_not_nan(client, rng):
 def test_get_healthz(client):
     r = client.get("/healthz")
     assert r.status_code == 200
-    assert r.json() == {"status": "ok"}
+    assert r.json() == {"status": "ok", "version": service.__version__}
 
 
 def test_unknown_route_is_404_with_error_body(client):
     r = client.get("/nope")
     assert r.status_code == 404
-    assert ErrorResponse.model_validate(r.json()).detail == "Not Found"
+    assert (
+        ErrorResponse.model_validate(r.json()).detail
+        == "no route GET /nope: the routes are listed at /docs (and /openapi.json)"
+    )
 
 
 def test_wrong_method_is_405_with_error_body(client):
     r = client.get("/bptt")
     assert r.status_code == 405
-    assert ErrorResponse.model_validate(r.json()).detail == "Method Not Allowed"
+    assert ErrorResponse.model_validate(r.json()).detail == "GET /bptt is not allowed: this route takes POST"
 
 
 def b64(a: np.ndarray, dtype: str = "float64") -> dict:
-    return service_tensors.to_wire(a.astype(dtype), "base64")
+    return codec.to_wire(a.astype(dtype), "base64")
 
 
 @pytest.mark.parametrize("K", [None, 1])
@@ -216,7 +269,7 @@ def test_post_bptt_base64_both_ways_equals_json(client, problem, K):
     BpttResponse.model_validate(data)
     for name in ("dLdU", "dLdV", "dLdW", "dLds0", "final_state"):
         t = data[name]
-        got = service_tensors.from_base64(t["dtype"], t["shape"], t["data"], name)
+        got = codec.from_base64(t["dtype"], t["shape"], t["data"], name)
         np.testing.assert_array_equal(got, np.array(as_json[name]))
     assert data["loss"] == as_json["loss"]
 
@@ -235,18 +288,34 @@ def test_post_bptt_float32_close_to_float64(client, rng):
     r32 = post(client, p.body(dtype="float32", encoding="base64")).json()
     t = r32["dLdU"]
     assert t["dtype"] == "float32"
-    got = service_tensors.from_base64(t["dtype"], t["shape"], t["data"], "dLdU")
+    got = codec.from_base64(t["dtype"], t["shape"], t["data"], "dLdU")
     assert_close(got.astype(np.float64), np.array(r64["dLdU"]), rtol=1e-5)
     assert r32["loss"] == pytest.approx(r64["loss"], rel=1e-5)
 
 
 BAD_TENSORS = {
     "bad base64": (lambda p: {"U": b64(p.U) | {"data": "@@@@"}}, "U.data", "U.data must be standard base64"),
-    "short data": (lambda p: {"W": b64(p.W) | {"shape": [4, 5]}}, "W.data", "W.data holds 128 bytes, but shape [4, 5] of float64 needs 20 x 8 = 160"),
+    "short data": (
+        lambda p: {"W": b64(p.W) | {"shape": [4, 5]}},
+        "W.data",
+        "W.data holds 128 bytes, but shape [4, 5] of float64 needs 20 x 8 = 160",
+    ),
     "wrong ndim": (lambda p: {"W": b64(p.W.ravel())}, "W", "W must be a tensor of 2 dimension(s), got shape [16]"),
-    "NaN in bytes": (lambda p: {"V": b64(np.where(p.V == p.V[2, 1], np.nan, p.V))}, "V[2][1]", "V[2][1] must be a finite number, got nan"),
-    "unknown dtype": (lambda p: {"U": b64(p.U) | {"dtype": "int8"}}, "U.dtype", "U.dtype: Input should be 'float32' or 'float64'"),
-    "missing data": (lambda p: {"U": {"dtype": "float64", "shape": [4, 6]}}, "U.data", "U.data is required but missing"),
+    "NaN in bytes": (
+        lambda p: {"V": b64(np.where(p.V[2, 1] == p.V, np.nan, p.V))},
+        "V[2][1]",
+        "V[2][1] must be a finite number, got NaN",
+    ),
+    "unknown dtype": (
+        lambda p: {"U": b64(p.U) | {"dtype": "int8"}},
+        "U.dtype",
+        "U.dtype: Input should be 'float32' or 'float64'",
+    ),
+    "missing data": (
+        lambda p: {"U": {"dtype": "float64", "shape": [4, 6]}},
+        "U.data",
+        "U.data is required but missing",
+    ),
     "negative shape": (lambda p: {"U": b64(p.U) | {"shape": [-4, 6]}}, "U.shape[0]", "U.shape[0] must be >= 0, got -4"),
     "float32 overflow": (lambda p: {"dtype": "float32", "U": [[1e39] * 6] * 4}, "U[0][0]", "when converted to float32"),
     "unknown encoding": (lambda p: {"encoding": "hex"}, "encoding", "encoding: Input should be 'json' or 'base64'"),
@@ -266,7 +335,7 @@ def test_post_bptt_bad_tensor_is_named_422(client, problem, case):
 
 def batch_body(p, xs, ys, **extra):
     body = {k: getattr(p, k).tolist() for k in ("U", "V", "W")}
-    body["sequences"] = [{"x": x.tolist(), "y": y.tolist()} for x, y in zip(xs, ys)]
+    body["sequences"] = [{"x": x.tolist(), "y": y.tolist()} for x, y in zip(xs, ys, strict=False)]
     return body | extra
 
 
@@ -299,7 +368,10 @@ def test_post_bptt_batch_bad_sequence_is_named(client, rng):
     body = batch_body(p, [np.array([0, 1]), np.array([2, 3])], [np.array([1, 2]), np.array([3])])
     r = client.post("/bptt/batch", content=orjson.dumps(body))
     assert r.status_code == 422
-    assert r.json()["detail"] == "sequences[1].y must have one target per input token: len(sequences[1].x) = 2, got len(sequences[1].y) = 1"
+    assert (
+        r.json()["detail"]
+        == "sequences[1].y must have one target per input token: len(sequences[1].x) = 2, got len(sequences[1].y) = 1"
+    )
     body["sequences"] = []
     r = client.post("/bptt/batch", content=orjson.dumps(body))
     assert r.status_code == 422
@@ -322,7 +394,9 @@ def test_post_bptt_biases_clip_trace_over_http(client, rng):
     tr = data.trace
     assert len(tr.deltas) == 5 and [len(d) for d in tr.deltas] == [1, 2, 2, 2, 2]
     assert [s.outputs for s in tr.lag_summary] == [5, 4]
-    np.testing.assert_array_equal(np.array(tr.delta_o), engine.trace(p.U, p.V, p.W, p.x, p.y, b=b, c=c, bptt_truncate=1).delta_o)
+    np.testing.assert_array_equal(
+        np.array(tr.delta_o), engine.trace(p.U, p.V, p.W, p.x, p.y, b=b, c=c, bptt_truncate=1).delta_o
+    )
 
 
 def test_post_bptt_without_options_answers_nulls(client, problem):

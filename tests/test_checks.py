@@ -6,19 +6,13 @@ import numpy as np
 import orjson
 import pytest
 import seed
-from conftest import make_problem
 from fastapi.testclient import TestClient
+from helpers import make_problem
 
 from service import checks
 from service.app import create_app
 from service.schemas import CompareResponse, GradientCheckResponse
 from service.settings import Settings
-
-
-@pytest.fixture(scope="module")
-def client():
-    with TestClient(create_app(Settings()), raise_server_exceptions=False) as c:
-        yield c
 
 
 def test_relative_error_never_passes_nan_and_zero_is_zero():

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import free_port, make_problem
+from helpers import free_port, make_problem
 
 from service import engine
 
@@ -45,7 +45,7 @@ def _engine() -> tuple[str | None, str]:
 
 
 ENGINE, BASE = _engine()
-pytestmark = pytest.mark.skipif(ENGINE is None, reason=f"container tests skipped: {BASE}")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(ENGINE is None, reason=f"container tests skipped: {BASE}")]
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +53,19 @@ def image() -> str:
     if ENGINE == "docker":
         cmd = ["docker", "build", "--build-arg", f"BASE_IMAGE={BASE}", "-t", TAG, str(ROOT)]
     else:
-        cmd = ["podman", "build", "--isolation=chroot", "--network=host", "--format", "docker",
-               "--build-arg", f"BASE_IMAGE={BASE}", "-t", TAG, str(ROOT)]
+        cmd = [
+            "podman",
+            "build",
+            "--isolation=chroot",
+            "--network=host",
+            "--format",
+            "docker",
+            "--build-arg",
+            f"BASE_IMAGE={BASE}",
+            "-t",
+            TAG,
+            str(ROOT),
+        ]
     out = _run(*cmd, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return TAG
@@ -77,22 +88,42 @@ class Container:
         self.cmd = config["Cmd"]
         self.env = {"BPTT_PORT": str(port), "BPTT_WORKERS": "1"}
         if ENGINE == "docker":
-            self.id = _run("docker", "run", "-d", "--network=host",
-                           *(f"--env={k}={v}" for k, v in self.env.items()), image).stdout.strip()
+            self.id = _run(
+                "docker", "run", "-d", "--network=host", *(f"--env={k}={v}" for k, v in self.env.items()), image
+            ).stdout.strip()
             self.proc = None
         else:
             self.id = _run("buildah", "from", image).stdout.strip()
             self.proc = subprocess.Popen(
-                ["buildah", "run", "--isolation=chroot", "--network=host",
-                 *(f"--env={k}={v}" for k, v in self.env.items()), self.id, "--", *self.cmd],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                [
+                    "buildah",
+                    "run",
+                    "--isolation=chroot",
+                    "--network=host",
+                    *(f"--env={k}={v}" for k, v in self.env.items()),
+                    self.id,
+                    "--",
+                    *self.cmd,
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
             )
 
     def exec(self, *cmd: str) -> subprocess.CompletedProcess:
         if ENGINE == "docker":
             return _run("docker", "exec", self.id, *cmd, timeout=60)
-        return _run("buildah", "run", "--isolation=chroot", "--network=host",
-                    *(f"--env={k}={v}" for k, v in self.env.items()), self.id, "--", *cmd, timeout=60)
+        return _run(
+            "buildah",
+            "run",
+            "--isolation=chroot",
+            "--network=host",
+            *(f"--env={k}={v}" for k, v in self.env.items()),
+            self.id,
+            "--",
+            *cmd,
+            timeout=60,
+        )
 
     def stop(self) -> tuple[int, str]:
         """SIGTERM to the service, as an orchestrator stops it; (exit status, its output)."""

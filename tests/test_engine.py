@@ -5,37 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import seed
-from conftest import make_problem
+from helpers import RTOL, assert_close, make_problem, numerical_gradient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service import engine
 from service.errors import ComputeError, InputError
-
-RTOL = 1e-12  # float64, against the seed's loop
-
-
-def assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float = RTOL) -> None:
-    """Relative error max|a - e| / max|e| (the scale of the whole array) below rtol."""
-    assert actual.shape == expected.shape
-    scale = max(float(np.abs(expected).max()), 1e-300)
-    err = float(np.abs(actual - expected).max()) / scale
-    assert err <= rtol, f"relative error {err:.3g} > {rtol:g}"
-
-
-def numerical_gradient(f, a: np.ndarray, h: float = 1e-5) -> np.ndarray:
-    """Central differences (f(a + h e_i) - f(a - h e_i)) / 2h, entry by entry."""
-    g = np.zeros_like(a)
-    for i in np.ndindex(a.shape):
-        old = a[i]
-        a[i] = old + h
-        plus = f()
-        a[i] = old - h
-        minus = f()
-        a[i] = old
-        g[i] = (plus - minus) / (2 * h)
-    return g
-
 
 problems = st.builds(
     lambda seed_, H, C, T, scale, with_s0: make_problem(np.random.default_rng(seed_), H, C, T, scale=scale, s0=with_s0),
@@ -54,7 +29,7 @@ def test_bptt_matches_seed_loop(p, K):
     """Full (K=None) and truncated gradients equal the seed's loop to 1e-12, loss included."""
     g = engine.bptt(p.U, p.V, p.W, p.x, p.y, bptt_truncate=K, s0=p.s0)
     ref = seed.bptt(p.U, p.V, p.W, p.x, p.y, len(p.y) if K is None else K, s0=p.s0)
-    for got, want in zip((g.dLdU, g.dLdV, g.dLdW), ref):
+    for got, want in zip((g.dLdU, g.dLdV, g.dLdW), ref, strict=False):
         assert_close(got, want)
     loss = seed.calculate_total_loss(p.U, p.V, p.W, p.x, p.y, s0=p.s0)
     assert g.loss == pytest.approx(loss, rel=RTOL)
@@ -136,8 +111,39 @@ def test_bptt_huge_logits_stay_finite(rng):
 def test_bptt_overflow_raises_compute_error(rng):
     p = make_problem(rng, H=3, C=4, T=3)
     p.V = rng.uniform(-1, 1, p.V.shape) * 1e308
-    with pytest.raises(ComputeError, match=r"is not finite: the computation overflowed in float64"):
+    with pytest.raises(ComputeError, match=r"^the computation overflowed in float64: ") as info:
         engine.bptt(p.U, p.V, p.W, p.x, p.y)
+    # It names the weight to scale, in the user's words, and no internal variable.
+    assert info.value.field == "V"
+    assert "the largest weight is V" in info.value.message
+    assert info.value.message.endswith("; scale V down")  # no advice to use float64, which it already uses
+
+
+def test_bptt_float32_overflow_advises_float64(rng):
+    p = make_problem(rng, H=3, C=4, T=3)
+    U = np.full((3, 4), 10.0, dtype=np.float32)  # every s_t close to 1
+    V = np.full((4, 3), 3e38, dtype=np.float32)  # V s_t about 9e38: beyond float32
+    with pytest.raises(ComputeError) as info:
+        engine.bptt(U, V, p.W.astype(np.float32), p.x, p.y)
+    assert info.value.field == "V"
+    assert info.value.message.startswith("the computation overflowed in float32: ")
+    assert info.value.message.endswith('scale V down, or compute in float64 ("dtype": "float64")')
+
+
+@pytest.mark.parametrize(
+    ("shapes", "field", "message"),
+    [
+        (((3, 2), (3, 2), (2, 2)), "U", "is U transposed? U must be H x C = 2 x 3 (V is C x H = 3 x 2, W is H x H = 2 x 2), got 3 x 2"),
+        (((2, 3), (2, 3), (2, 2)), "V", "is V transposed? V must be C x H = 3 x 2, got 2 x 3"),
+        (((2, 3), (3, 2), (3, 3)), "W", "W must be H x H = 2 x 2, got 3 x 3"),
+        (((2, 3), (4, 2), (2, 2)), "V", "V must be C x H = 3 x 2 (U is H x C = 2 x 3), got 4 x 2"),
+    ],
+)
+def test_check_weights_says_which_matrix_is_transposed(shapes, field, message):
+    U, V, W = (np.zeros(s) for s in shapes)
+    with pytest.raises(InputError) as info:
+        engine.check_weights(U, V, W)
+    assert (info.value.field, info.value.message) == (field, message)
 
 
 @settings(max_examples=200, deadline=None)
@@ -167,8 +173,11 @@ def test_bptt_float32_close_to_float64(rng):
     ("change", "message"),
     [
         (lambda p: setattr(p, "W", p.W[:, :-1]), r"W must be H x H = 4 x 4, got 4 x 3"),
-        (lambda p: setattr(p, "V", p.V.T), r"V must be C x H = 6 x 4 \(U is H x C = 4 x 6\), got 4 x 6"),
-        (lambda p: setattr(p, "y", p.y[:-1]), r"y must have one target per input token: len\(x\) = 5, got len\(y\) = 4"),
+        (lambda p: setattr(p, "V", p.V.T), r"is V transposed\? V must be C x H = 6 x 4, got 4 x 6"),
+        (
+            lambda p: setattr(p, "y", p.y[:-1]),
+            r"y must have one target per input token: len\(x\) = 5, got len\(y\) = 4",
+        ),
         (lambda p: p.x.__setitem__(2, 6), r"x\[2\] = 6 is out of range: token ids must be in \[0, C\) = \[0, 6\)"),
         (lambda p: p.y.__setitem__(0, -1), r"y\[0\] = -1 is out of range"),
         (lambda p: setattr(p, "s0", np.zeros(3)), r"s0 must have H = 4 numbers, got 3"),
@@ -207,7 +216,7 @@ def test_bptt_batch_equals_sum_of_singles(seed_, H, C, lengths, K, with_s0):
     ys = [rng.integers(0, C, T) for T in lengths]
     s0s = [rng.uniform(-1, 1, H) if with_s0[b] else None for b in range(len(lengths))]
     g = engine.bptt_batch(p.U, p.V, p.W, xs, ys, bptt_truncate=K, s0=s0s)
-    singles = [engine.bptt(p.U, p.V, p.W, x, y, bptt_truncate=K, s0=s0) for x, y, s0 in zip(xs, ys, s0s)]
+    singles = [engine.bptt(p.U, p.V, p.W, x, y, bptt_truncate=K, s0=s0) for x, y, s0 in zip(xs, ys, s0s, strict=False)]
     for name in ("dLdU", "dLdV", "dLdW"):
         assert_close(getattr(g, name), sum(getattr(s, name) for s in singles))
     np.testing.assert_allclose(g.losses, [s.loss for s in singles], rtol=RTOL)
@@ -217,7 +226,7 @@ def test_bptt_batch_equals_sum_of_singles(seed_, H, C, lengths, K, with_s0):
         np.testing.assert_allclose(g.final_state[b], s.final_state, rtol=RTOL, atol=1e-15)
         np.testing.assert_allclose(g.dLds0[b], s.dLds0, rtol=RTOL, atol=1e-15)
     # And against the seed's loop directly.
-    ref = [seed.bptt(p.U, p.V, p.W, x, y, len(y) if K is None else K, s0=s0) for x, y, s0 in zip(xs, ys, s0s)]
+    ref = [seed.bptt(p.U, p.V, p.W, x, y, len(y) if K is None else K, s0=s0) for x, y, s0 in zip(xs, ys, s0s, strict=False)]
     assert_close(g.dLdW, sum(r[2] for r in ref))
 
 
@@ -240,7 +249,7 @@ def test_bptt_with_biases_matches_seed_loop(p, K, biases):
     c = rng.uniform(-1, 1, p.V.shape[0]) if biases else None
     g = engine.bptt(p.U, p.V, p.W, p.x, p.y, bptt_truncate=K, s0=p.s0, b=b, c=c)
     ref = seed.bptt(p.U, p.V, p.W, p.x, p.y, len(p.y) if K is None else K, s0=p.s0, b=b, c=c)
-    for got, want in zip((g.dLdU, g.dLdV, g.dLdW, g.dLdb), ref):
+    for got, want in zip((g.dLdU, g.dLdV, g.dLdW, g.dLdb), ref, strict=False):
         assert_close(got, want)
     if biases:
         assert_close(g.dLdc, ref[4])
@@ -268,7 +277,7 @@ def test_bptt_batch_with_biases_equals_sum_of_singles(rng):
     xs = [rng.integers(0, 6, T) for T in (2, 7, 4)]
     ys = [rng.integers(0, 6, T) for T in (2, 7, 4)]
     g = engine.bptt_batch(p.U, p.V, p.W, xs, ys, b=b, c=c)
-    singles = [engine.bptt(p.U, p.V, p.W, x, y, b=b, c=c) for x, y in zip(xs, ys)]
+    singles = [engine.bptt(p.U, p.V, p.W, x, y, b=b, c=c) for x, y in zip(xs, ys, strict=False)]
     assert_close(g.dLdb, sum(s.dLdb for s in singles))
     assert_close(g.dLdc, sum(s.dLdc for s in singles))
 

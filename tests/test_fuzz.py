@@ -105,9 +105,12 @@ def agree(case: schemathesis.Case) -> None:
         arrays = {**weights, "x": x, "y": list(reversed(x))}
         body.clear()
         body["inputs"] = [
-            {"name": name, "datatype": "FP64" if name in "UVW" else "INT64",
-             "shape": [len(a), len(a[0])] if name in "UVW" else [len(a)],
-             "data": [v for row in a for v in row] if name in "UVW" else a}
+            {
+                "name": name,
+                "datatype": "FP64" if name in "UVW" else "INT64",
+                "shape": [len(a), len(a[0])] if name in "UVW" else [len(a)],
+                "data": [v for row in a for v in row] if name in "UVW" else a,
+            }
             for name, a in arrays.items()
         ]
 
@@ -118,13 +121,25 @@ def _binary_infer(seed: bytes) -> tuple[bytes, int]:
     T = 1 + len(seed) % 7
     rng = np.random.default_rng(list(seed[:16]) or 0)
     arrays = {
-        "U": rng.uniform(-1, 1, (H, C)), "V": rng.uniform(-1, 1, (C, H)), "W": rng.uniform(-1, 1, (H, H)),
-        "x": rng.integers(0, C, T), "y": rng.integers(0, C, T),
+        "U": rng.uniform(-1, 1, (H, C)),
+        "V": rng.uniform(-1, 1, (C, H)),
+        "W": rng.uniform(-1, 1, (H, H)),
+        "x": rng.integers(0, C, T),
+        "y": rng.integers(0, C, T),
     }
-    inputs = [{"name": n, "datatype": "FP64" if a.dtype.kind == "f" else "INT64", "shape": list(a.shape),
-               "parameters": {"binary_data_size": a.nbytes}} for n, a in arrays.items()]
+    inputs = [
+        {
+            "name": n,
+            "datatype": "FP64" if a.dtype.kind == "f" else "INT64",
+            "shape": list(a.shape),
+            "parameters": {"binary_data_size": a.nbytes},
+        }
+        for n, a in arrays.items()
+    ]
     header = json.dumps({"inputs": inputs, "parameters": {"binary_data_output": True}}).encode()
-    return header + b"".join(a.astype("<f8" if a.dtype.kind == "f" else "<i8").tobytes() for a in arrays.values()), len(header)
+    return header + b"".join(a.astype("<f8" if a.dtype.kind == "f" else "<i8").tobytes() for a in arrays.values()), len(
+        header
+    )
 
 
 @schema.parametrize()

@@ -12,8 +12,8 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-from conftest import LiveServer, make_problem
 from fastapi.testclient import TestClient
+from helpers import LocalServer, make_problem
 
 from service import engine
 from service.app import create_app
@@ -30,7 +30,7 @@ def app_client(**settings) -> TestClient:
 
 def test_body_over_limit_is_413_before_reading():
     """Content-Length over the limit: 413 at once, though no body byte was sent."""
-    server = LiveServer(env={"BPTT_MAX_BODY_BYTES": "100000"})
+    server = LocalServer(env={"BPTT_MAX_BODY_BYTES": "100000"})
     try:
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
             sock.sendall(
@@ -53,6 +53,7 @@ def test_body_over_limit_is_413_before_reading():
 
 def test_chunked_body_over_limit_is_413():
     with app_client(max_body_bytes=10_000) as c:
+
         def chunks():
             for _ in range(100):
                 yield b" " * 1000
@@ -71,12 +72,21 @@ def test_chunked_body_over_limit_is_413():
 @pytest.mark.parametrize(
     ("settings", "make", "message"),
     [
-        ({"max_tokens": 10}, lambda rng: make_problem(rng, 2, 3, 11).body(),
-         "T (tokens in one sequence) is 11, over the limit of 10 (setting BPTT_MAX_TOKENS)"),
-        ({"max_weights": 20}, lambda rng: make_problem(rng, 3, 7, 2).body(),
-         "C x H = 7 x 3 is 21, over the limit of 20 (setting BPTT_MAX_WEIGHTS)"),
-        ({"max_probabilities": 50}, lambda rng: make_problem(rng, 2, 10, 6).body(),
-         "the probability matrix (tokens x C = 6 x 10) is 60, over the limit of 50 (setting BPTT_MAX_PROBABILITIES)"),
+        (
+            {"max_tokens": 10},
+            lambda rng: make_problem(rng, 2, 3, 11).body(),
+            "T (tokens in one sequence) is 11, over the limit of 10 (setting BPTT_MAX_TOKENS)",
+        ),
+        (
+            {"max_weights": 20},
+            lambda rng: make_problem(rng, 3, 7, 2).body(),
+            "C x H = 7 x 3 is 21, over the limit of 20 (setting BPTT_MAX_WEIGHTS)",
+        ),
+        (
+            {"max_probabilities": 50},
+            lambda rng: make_problem(rng, 2, 10, 6).body(),
+            "the probability matrix (tokens x C = 6 x 10) is 60, over the limit of 50 (setting BPTT_MAX_PROBABILITIES)",
+        ),
     ],
 )
 def test_work_over_limit_is_413_naming_the_setting(rng, settings, make, message):
@@ -96,13 +106,22 @@ def test_batch_limits(rng):
         assert r.json()["detail"] == "the number of sequences is 3, over the limit of 2 (setting BPTT_MAX_BATCH)"
     with app_client(max_batch_tokens=11) as c:
         r = c.post("/bptt/batch", content=orjson.dumps(body))
-        assert r.json()["detail"] == "the batch's total tokens is 12, over the limit of 11 (setting BPTT_MAX_BATCH_TOKENS)"
+        assert (
+            r.json()["detail"] == "the batch's total tokens is 12, over the limit of 11 (setting BPTT_MAX_BATCH_TOKENS)"
+        )
 
 
 def test_v2_work_limit_is_413_with_error(rng):
     p = make_problem(rng, 2, 3, 11)
-    inputs = [{"name": n, "shape": list(getattr(p, n).shape), "datatype": "FP64" if n in "UVW" else "INT64",
-               "data": getattr(p, n).ravel().tolist()} for n in ("U", "V", "W", "x", "y")]
+    inputs = [
+        {
+            "name": n,
+            "shape": list(getattr(p, n).shape),
+            "datatype": "FP64" if n in "UVW" else "INT64",
+            "data": getattr(p, n).ravel().tolist(),
+        }
+        for n in ("U", "V", "W", "x", "y")
+    ]
     with app_client(max_tokens=10) as c:
         r = c.post("/v2/models/bptt/infer", content=orjson.dumps({"inputs": inputs}))
         assert r.status_code == 413
@@ -113,7 +132,7 @@ def test_v2_work_limit_is_413_with_error(rng):
 
 
 def test_full_queue_is_503_with_retry_after_and_healthz_still_answers():
-    server = LiveServer(env={"BPTT_THREADS": "1", "BPTT_MAX_QUEUE": "1"})
+    server = LocalServer(env={"BPTT_THREADS": "1", "BPTT_MAX_QUEUE": "1"})
     rng = np.random.default_rng(2)
     slow = orjson.dumps(make_problem(rng, 100, 8000, 400).body(encoding="base64"))
     small = orjson.dumps(make_problem(rng, 4, 5, 3).body())
@@ -161,7 +180,7 @@ def test_api_key_required_except_probes_and_metrics(rng):
 
 
 def test_client_sends_api_key(rng):
-    server = LiveServer(env={"BPTT_API_KEY": "s3cret"})
+    server = LocalServer(env={"BPTT_API_KEY": "s3cret"})
     p = make_problem(rng, 3, 4, 5)
     try:
         with Client(server.url, api_key="s3cret") as client:
@@ -178,7 +197,7 @@ def test_client_sends_api_key(rng):
 
 
 def test_unexpected_error_is_generic_500_and_server_keeps_serving(rng, monkeypatch, caplog):
-    from service import app as app_module
+    from service import rest as app_module
 
     calls = {"n": 0}
     real = engine.bptt
@@ -205,7 +224,7 @@ def test_unexpected_error_is_generic_500_and_server_keeps_serving(rng, monkeypat
 
 
 def test_answers_name_no_server_software():
-    server = LiveServer()
+    server = LocalServer()
     try:
         r = httpx.get(f"{server.url}/nope")
         assert "server" not in r.headers

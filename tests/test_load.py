@@ -13,12 +13,16 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import numpy as np
 import orjson
-from conftest import LiveServer, make_problem
+from helpers import LocalServer, make_problem
 
-from service import engine, tensors
-from service.client import _Wire
+from service import codec, engine
+from service.client import Wire
+
+pytestmark = pytest.mark.slow
+
 
 REQUESTS = 3000
 IN_FLIGHT = 48
@@ -41,13 +45,13 @@ def valid_requests(rng) -> list[tuple[str, bytes, dict, object]]:
         K = None if i % 3 else int(rng.integers(0, 5))
         expected = engine.bptt(p.U, p.V, p.W, p.x, p.y, bptt_truncate=K).dLdW
         encoding = "base64" if i % 2 else "json"
-        body = _Wire(encoding, "float64").bptt_body(p.U, p.V, p.W, p.x, p.y, bptt_truncate=K)
+        body = Wire(encoding, "float64").bptt_body(p.U, p.V, p.W, p.x, p.y, bptt_truncate=K)
         out.append(("/bptt", body, {"content-type": "application/json"}, expected))
         if i % 4 == 0:
             xs = [p.x, p.y, p.x[: max(1, len(p.x) // 2)]]
             ys = [p.y, p.x, p.y[: max(1, len(p.y) // 2)]]
             expected = engine.bptt_batch(p.U, p.V, p.W, xs, ys, bptt_truncate=K).dLdW
-            body = _Wire(encoding, "float64").batch_body(p.U, p.V, p.W, xs, ys, bptt_truncate=K)
+            body = Wire(encoding, "float64").batch_body(p.U, p.V, p.W, xs, ys, bptt_truncate=K)
             out.append(("/bptt/batch", body, {"content-type": "application/json"}, expected))
     return out
 
@@ -56,7 +60,11 @@ def invalid_requests(rng) -> list[tuple[str, bytes, dict, int]]:
     p = make_problem(rng, H=3, C=5, T=4)
     good = p.body()
     bodies = [
-        b"{", b"[]", b"null", b'"x"', b"{}",
+        b"{",
+        b"[]",
+        b"null",
+        b'"x"',
+        b"{}",
         orjson.dumps(good | {"W": p.W[:2].tolist()}),
         orjson.dumps(good | {"x": [9, 9, 9, 9]}),
         orjson.dumps(good | {"y": [0]}),
@@ -78,7 +86,7 @@ def test_bounded_mixed_load_no_5xx_correct_answers_flat_memory():
     valid = valid_requests(rng)
     invalid = invalid_requests(rng)
     oversized = b'{"U": [' + b"0.0," * (MAX_BODY // 4) + b"0.0]]}"
-    server = LiveServer(env={"BPTT_MAX_BODY_BYTES": str(MAX_BODY), "BPTT_MAX_QUEUE": "1000"})
+    server = LocalServer(env={"BPTT_MAX_BODY_BYTES": str(MAX_BODY), "BPTT_MAX_QUEUE": "1000"})
     pick = random.Random(11)
     plan = []
     for _ in range(REQUESTS):
@@ -104,7 +112,7 @@ def test_bounded_mixed_load_no_5xx_correct_answers_flat_memory():
                 data = orjson.loads(r.content)
                 got = data["dLdW"]
                 if isinstance(got, dict):
-                    got = tensors.from_base64(got["dtype"], got["shape"], got["data"], "dLdW")
+                    got = codec.from_base64(got["dtype"], got["shape"], got["data"], "dLdW")
                 if not np.array_equal(np.asarray(got), expected):
                     wrong.append(f"{path}: wrong dLdW")
         elif kind == "invalid" and not 400 <= r.status_code < 500:
@@ -118,6 +126,7 @@ def test_bounded_mixed_load_no_5xx_correct_answers_flat_memory():
         gate = asyncio.Semaphore(IN_FLIGHT)
         limits = httpx.Limits(max_connections=IN_FLIGHT, max_keepalive_connections=IN_FLIGHT)
         async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as http:
+
             async def guarded(i: int, kind: str) -> None:
                 async with gate:
                     await one(http, i, kind)
@@ -129,7 +138,7 @@ def test_bounded_mixed_load_no_5xx_correct_answers_flat_memory():
         asyncio.run(run())
         elapsed = time.monotonic() - start
         assert httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
-        p, body, headers, expected = valid[0]
+        p, body, headers, _ = valid[0]
         assert httpx.post(f"{server.url}{p}", content=body, headers=headers, timeout=30).status_code == 200
     finally:
         server.stop()

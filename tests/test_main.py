@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import httpx
-from conftest import LiveServer
+from helpers import LocalServer
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -37,9 +37,9 @@ def test_main_bad_setting_fails_clearly():
 
 
 def test_main_serves_and_stops_on_sigterm():
-    server = LiveServer()
+    server = LocalServer()
     try:
-        assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
+        assert httpx.get(f"{server.url}/healthz").json()["status"] == "ok"
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(timeout=15) == 0
     finally:

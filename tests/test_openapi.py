@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from service.app import create_app, openapi_json
+from service.app import create_app
+from service.openapi import openapi_json
 from service.settings import Settings
 
 SPEC = Path(__file__).parent.parent / "openapi" / "openapi.json"

@@ -11,23 +11,17 @@ import time
 
 import httpx
 import numpy as np
-import pytest
-from conftest import LiveServer, make_problem
 from fastapi.testclient import TestClient
+from helpers import LocalServer, make_problem
 
+import service
 from service import ops
 from service.app import create_app
 from service.settings import Settings
 
 
-@pytest.fixture(scope="module")
-def client():
-    with TestClient(create_app(Settings()), raise_server_exceptions=False) as c:
-        yield c
-
-
 def test_readyz_after_self_check(client):
-    assert client.get("/readyz").json() == {"status": "ready"}
+    assert client.get("/readyz").json() == {"status": "ready", "version": service.__version__}
     assert client.get("/v2/health/ready").status_code == 200
 
 
@@ -64,7 +58,11 @@ def metric(text: str, name: str, **labels) -> float:
 def test_metrics_count_requests_sizes_and_engine_time(client, rng):
     p = make_problem(rng, H=3, C=4, T=5)
     before = client.get("/metrics").text
-    n_ok = metric(before, "bptt_http_requests_total", method="POST", route="/bptt", status="200") if 'route="/bptt",status="200"' in before else 0.0
+    n_ok = (
+        metric(before, "bptt_http_requests_total", method="POST", route="/bptt", status="200")
+        if 'route="/bptt",status="200"' in before
+        else 0.0
+    )
     body = json.dumps(p.body()).encode()
     assert client.post("/bptt", content=body).status_code == 200
     assert client.post("/bptt", content=b"{").status_code == 400
@@ -112,7 +110,7 @@ def test_docs_work_offline(client):
 
 def test_sigterm_lets_in_flight_request_finish():
     """A request in flight when SIGTERM arrives is answered; then the process exits 0."""
-    server = LiveServer()
+    server = LocalServer()
     rng = np.random.default_rng(1)
     p = make_problem(rng, H=100, C=20000, T=300)  # long enough to still be running at the signal
     body = json.dumps(p.body()).encode()

@@ -12,6 +12,10 @@ import pytest
 
 from service import engine
 from service.client import Client
+import itertools
+
+pytestmark = pytest.mark.slow
+
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "train.py"
 spec = importlib.util.spec_from_file_location("train_example", EXAMPLE)
@@ -28,7 +32,7 @@ def corpus():
 def test_corpus_is_built_as_the_tutorial_builds_it(corpus):
     words = corpus.words
     assert corpus.C == 300 and words[-3:] == [train.UNKNOWN, train.START, train.END]
-    for x, y in zip(corpus.xs, corpus.ys):
+    for x, y in zip(corpus.xs, corpus.ys, strict=False):
         assert x[0] == words.index(train.START) and y[-1] == words.index(train.END)
         np.testing.assert_array_equal(x[1:], y[:-1])  # x = sentence[:-1], y = sentence[1:]
     assert any(words.index(train.UNKNOWN) in x for x in corpus.xs)  # the cap bites
@@ -53,7 +57,7 @@ def test_schedule_halves_the_learning_rate_when_the_loss_rises(corpus):
     model = train.Model.initial(corpus.C, 32, 0)
     history = train.train(engine.bptt_batch, model, corpus, epochs=3, batch=16, learning_rate=5.0)
     losses = [loss for _, loss in history.evaluations]
-    rises = [b > a for a, b in zip(losses, losses[1:])]
+    rises = [b > a for a, b in itertools.pairwise(losses)]
     assert any(rises), losses  # a learning rate of 5 overshoots...
     expected = 5.0 * 0.5 ** np.cumsum(rises)
     np.testing.assert_allclose(history.learning_rates, expected)  # ...and is halved each time
@@ -74,8 +78,22 @@ def test_training_through_http_equals_training_in_process(corpus, live_server):
 
 def test_main_runs_end_to_end(live_server, tmp_path, capsys):
     png = tmp_path / "loss.png"
-    train.main(["--url", live_server.url, "--vocabulary", "200", "--hidden", "16", "--sentences", "60",
-                "--epochs", "2", "--plot", str(png)])
+    train.main(
+        [
+            "--url",
+            live_server.url,
+            "--vocabulary",
+            "200",
+            "--hidden",
+            "16",
+            "--sentences",
+            "60",
+            "--epochs",
+            "2",
+            "--plot",
+            str(png),
+        ]
+    )
     out = capsys.readouterr().out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     last = out.strip().splitlines()[-1]

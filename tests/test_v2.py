@@ -9,13 +9,11 @@ import numpy as np
 import orjson
 import pytest
 import tritonclient.http as triton
-from conftest import make_problem
-from fastapi.testclient import TestClient
+from helpers import make_problem
 from tritonclient.utils import InferenceServerException
 
-from service import engine, v2
-from service.app import create_app
-from service.settings import Settings
+from service import engine
+from service.v2 import protocol as v2
 
 GRADIENTS = ("dLdU", "dLdV", "dLdW", "dLds0", "final_state")
 
@@ -30,7 +28,11 @@ def triton_client(live_server):
 def triton_inputs(arrays: dict[str, np.ndarray], binary: bool) -> list[triton.InferInput]:
     inputs = []
     for name, a in arrays.items():
-        t = triton.InferInput(name, list(a.shape), {np.float64: "FP64", np.float32: "FP32", np.int64: "INT64", np.int32: "INT32"}[a.dtype.type])
+        t = triton.InferInput(
+            name,
+            list(a.shape),
+            {np.float64: "FP64", np.float32: "FP32", np.int64: "INT64", np.int32: "INT32"}[a.dtype.type],
+        )
         t.set_data_from_numpy(a, binary_data=binary)
         inputs.append(t)
     return inputs
@@ -79,8 +81,13 @@ def test_triton_infer_all_outputs_binary_by_default(triton_client, rng):
 
 def test_triton_infer_float32(triton_client, rng):
     p = make_problem(rng, H=4, C=6, T=7)
-    arrays = {"U": p.U.astype(np.float32), "V": p.V.astype(np.float32), "W": p.W.astype(np.float32),
-              "x": p.x.astype(np.int64), "y": p.y.astype(np.int64)}
+    arrays = {
+        "U": p.U.astype(np.float32),
+        "V": p.V.astype(np.float32),
+        "W": p.W.astype(np.float32),
+        "x": p.x.astype(np.int64),
+        "y": p.y.astype(np.int64),
+    }
     result = triton_client.infer("bptt", triton_inputs(arrays, True))
     assert result.as_numpy("dLdW").dtype == np.float32
     g = engine.bptt(*(arrays[k] for k in ("U", "V", "W", "x", "y")))
@@ -119,12 +126,6 @@ def test_triton_errors_are_400_with_message(triton_client, rng):
 # -- malformed requests, in-process -------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def client():
-    with TestClient(create_app(Settings()), raise_server_exceptions=False) as c:
-        yield c
-
-
 def json_input(name, a, datatype=None):
     datatype = datatype or {"f": "FP64", "i": "INT64"}[a.dtype.kind]
     return {"name": name, "shape": list(a.shape), "datatype": datatype, "data": a.ravel().tolist()}
@@ -140,8 +141,14 @@ def binary_request(p, *, header_extra=None, sizes=None):
     for n in ("U", "V", "W", "x", "y"):
         a = getattr(p, n)
         raw = a.astype("<f8" if a.dtype.kind == "f" else "<i8").tobytes()
-        inputs.append({"name": n, "shape": list(a.shape), "datatype": "FP64" if a.dtype.kind == "f" else "INT64",
-                       "parameters": {"binary_data_size": (sizes or {}).get(n, len(raw))}})
+        inputs.append(
+            {
+                "name": n,
+                "shape": list(a.shape),
+                "datatype": "FP64" if a.dtype.kind == "f" else "INT64",
+                "parameters": {"binary_data_size": (sizes or {}).get(n, len(raw))},
+            }
+        )
         chunks.append(raw)
     header = orjson.dumps({"inputs": inputs, **(header_extra or {})})
     return header, b"".join(chunks)
@@ -159,17 +166,50 @@ def problem(rng):
 BAD_JSON = {
     "missing input": (lambda p: {"inputs": valid_inputs(p)[:-1]}, "input y is required but missing"),
     "unknown input": (lambda p: {"inputs": [*valid_inputs(p), json_input("z", p.x)]}, "unknown input 'z'"),
-    "duplicate input": (lambda p: {"inputs": [*valid_inputs(p), json_input("x", p.x)]}, "input x is given more than once"),
-    "wrong datatype": (lambda p: {"inputs": [json_input("U", p.U, "INT64"), *valid_inputs(p)[1:]]}, "U must have datatype FP64 or FP32, got 'INT64'"),
-    "float tokens": (lambda p: {"inputs": [*valid_inputs(p)[:3], json_input("x", p.x.astype(float), "INT64"), valid_inputs(p)[4]]}, "x.data must hold integers (INT64)"),
-    "bool weight": (lambda p: {"inputs": [{**json_input("U", p.U), "data": [True] * 15}, *valid_inputs(p)[1:]]}, "U.data must hold finite numbers (FP64), got True"),
-    "string weight": (lambda p: {"inputs": [{**json_input("U", p.U), "data": ["1"] * 15}, *valid_inputs(p)[1:]]}, "U.data must hold finite numbers (FP64)"),
-    "count vs shape": (lambda p: {"inputs": [{**json_input("U", p.U), "shape": [3, 4]}, *valid_inputs(p)[1:]]}, "U.data holds 15 elements, but shape [3, 4] needs 12"),
-    "shapes disagree": (lambda p: {"inputs": [*valid_inputs(p)[:2], json_input("W", p.W[:2]), *valid_inputs(p)[3:]]}, "W must be H x H = 3 x 3, got 2 x 3"),
-    "token range": (lambda p: {"inputs": [*valid_inputs(p)[:3], json_input("x", np.array([0, 1, 2, 5])), valid_inputs(p)[4]]}, "x[3] = 5 is out of range"),
-    "bad truncate": (lambda p: {"inputs": valid_inputs(p), "parameters": {"bptt_truncate": -2}}, "parameters.bptt_truncate must be an integer >= 0 or null, got -2"),
-    "unknown output": (lambda p: {"inputs": valid_inputs(p), "outputs": [{"name": "gradient"}]}, "unknown output 'gradient'"),
-    "no data": (lambda p: {"inputs": [{k: v for k, v in json_input("U", p.U).items() if k != "data"}, *valid_inputs(p)[1:]]}, "U has neither data nor parameters.binary_data_size"),
+    "duplicate input": (
+        lambda p: {"inputs": [*valid_inputs(p), json_input("x", p.x)]},
+        "input x is given more than once",
+    ),
+    "wrong datatype": (
+        lambda p: {"inputs": [json_input("U", p.U, "INT64"), *valid_inputs(p)[1:]]},
+        "U must have datatype FP64 or FP32, got 'INT64'",
+    ),
+    "float tokens": (
+        lambda p: {"inputs": [*valid_inputs(p)[:3], json_input("x", p.x.astype(float), "INT64"), valid_inputs(p)[4]]},
+        "x.data must hold integers (INT64)",
+    ),
+    "bool weight": (
+        lambda p: {"inputs": [{**json_input("U", p.U), "data": [True] * 15}, *valid_inputs(p)[1:]]},
+        "U.data must hold finite numbers (FP64), got true at U[0]",
+    ),
+    "string weight": (
+        lambda p: {"inputs": [{**json_input("U", p.U), "data": ["1"] * 15}, *valid_inputs(p)[1:]]},
+        "U.data must hold finite numbers (FP64)",
+    ),
+    "count vs shape": (
+        lambda p: {"inputs": [{**json_input("U", p.U), "shape": [3, 4]}, *valid_inputs(p)[1:]]},
+        "U.data holds 15 elements, but shape [3, 4] needs 12",
+    ),
+    "shapes disagree": (
+        lambda p: {"inputs": [*valid_inputs(p)[:2], json_input("W", p.W[:2]), *valid_inputs(p)[3:]]},
+        "W must be H x H = 3 x 3, got 2 x 3",
+    ),
+    "token range": (
+        lambda p: {"inputs": [*valid_inputs(p)[:3], json_input("x", np.array([0, 1, 2, 5])), valid_inputs(p)[4]]},
+        "x[3] = 5 is out of range",
+    ),
+    "bad truncate": (
+        lambda p: {"inputs": valid_inputs(p), "parameters": {"bptt_truncate": -2}},
+        "parameters.bptt_truncate must be an integer >= 0 or null, got -2",
+    ),
+    "unknown output": (
+        lambda p: {"inputs": valid_inputs(p), "outputs": [{"name": "gradient"}]},
+        "unknown output 'gradient'",
+    ),
+    "no data": (
+        lambda p: {"inputs": [{k: v for k, v in json_input("U", p.U).items() if k != "data"}, *valid_inputs(p)[1:]]},
+        "U has neither data nor parameters.binary_data_size",
+    ),
     "not an object": (lambda p: [1, 2], "the body must be a JSON object"),
     "no inputs": (lambda p: {"inputs": []}, "inputs must have at least 1 item(s)"),
 }
@@ -189,12 +229,15 @@ def test_v2_nan_in_binary_is_named(client, problem):
     header, data = binary_request(problem)
     r = infer(client, header + data, {v2.HEADER_LENGTH: str(len(header))})
     assert r.status_code == 400
-    assert r.json()["error"] == "V[1][2] must be a finite number, got nan"
+    assert r.json()["error"] == "V[1][2] must be a finite number, got NaN"
 
 
 BAD_BINARY = {
     "header beyond body": (lambda h, d: (h + d, str(len(h + d) + 1)), "Inference-Header-Content-Length is"),
-    "header not a number": (lambda h, d: (h + d, "ten"), "Inference-Header-Content-Length must be a byte count, got 'ten'"),
+    "header not a number": (
+        lambda h, d: (h + d, "ten"),
+        "Inference-Header-Content-Length must be a byte count, got 'ten'",
+    ),
     "header too short": (lambda h, d: (h + d, str(len(h) - 3)), "the body is not valid JSON"),
     "missing bytes": (lambda h, d: (h + d[:-8], str(len(h))), "only 24 bytes of binary data remain"),
     "extra bytes": (lambda h, d: (h + d + b"\0" * 8, str(len(h))), "8 bytes after the binary inputs"),
@@ -265,8 +308,10 @@ def test_kserve_rest_client_equals_bptt(live_server, rng):
                 model_name="bptt",
                 infer_inputs=inputs,
                 parameters={"bptt_truncate": 3},
-                request_outputs=[RequestedOutput("dLdU", parameters={"binary_data": True}),
-                                 RequestedOutput("loss", parameters={"binary_data": False})],
+                request_outputs=[
+                    RequestedOutput("dLdU", parameters={"binary_data": True}),
+                    RequestedOutput("loss", parameters={"binary_data": False}),
+                ],
             )
             response = await client.infer(live_server.url, request, model_name="bptt")
             return {o.name: o.as_numpy() for o in response.outputs}

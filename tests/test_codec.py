@@ -1,4 +1,4 @@
-"""service.tensors: base64 tensor objects and nested lists, both ways."""
+"""service.codec and service.inputs: base64 tensor objects, nested lists and token ids, both ways."""
 
 from __future__ import annotations
 
@@ -7,13 +7,17 @@ import base64
 import numpy as np
 import pytest
 
-from service import tensors
+from service import codec, inputs
 from service.errors import InputError
 from service.schemas import Tensor
 
 
 def tensor(a: np.ndarray, **override) -> Tensor:
-    t = {"dtype": a.dtype.name, "shape": list(a.shape), "data": base64.b64encode(a.astype(a.dtype.newbyteorder("<")).tobytes()).decode()}
+    t = {
+        "dtype": a.dtype.name,
+        "shape": list(a.shape),
+        "data": base64.b64encode(a.astype(a.dtype.newbyteorder("<")).tobytes()).decode(),
+    }
     return Tensor(**(t | override))
 
 
@@ -21,9 +25,9 @@ def tensor(a: np.ndarray, **override) -> Tensor:
 def test_to_wire_base64_round_trips_exactly(rng, dtype):
     a = rng.normal(size=(7, 5)).astype(dtype)
     a[0, 0] = -0.0
-    wire = tensors.to_wire(a, "base64")
+    wire = codec.to_wire(a, "base64")
     assert wire["dtype"] == np.dtype(dtype).name and wire["shape"] == [7, 5]
-    back = tensors.from_base64(wire["dtype"], wire["shape"], wire["data"], "U")
+    back = codec.from_base64(wire["dtype"], wire["shape"], wire["data"], "U")
     assert back.dtype == dtype
     np.testing.assert_array_equal(back, a)
     assert np.signbit(back[0, 0])
@@ -31,20 +35,20 @@ def test_to_wire_base64_round_trips_exactly(rng, dtype):
 
 def test_to_wire_base64_is_little_endian_row_major():
     a = np.array([[1.0, 2.0]], dtype=np.float64)
-    data = base64.b64decode(tensors.to_wire(a, "base64")["data"])
+    data = base64.b64decode(codec.to_wire(a, "base64")["data"])
     assert data == np.array([1.0, 2.0], dtype="<f8").tobytes()
     big = np.array([[1.0, 2.0]], dtype=">f8")
-    assert base64.b64decode(tensors.to_wire(big, "base64")["data"]) == data
+    assert base64.b64decode(codec.to_wire(big, "base64")["data"]) == data
 
 
 def test_to_wire_json_writes_nested_lists(rng):
     a = rng.normal(size=(3, 2))
-    assert tensors.dumps({"a": tensors.to_wire(a.T, "json")}) == tensors.dumps({"a": a.T.tolist()})
+    assert codec.dumps({"a": codec.to_wire(a.T, "json")}) == codec.dumps({"a": a.T.tolist()})
 
 
 def test_array_from_tensor_converts_dtype(rng):
     a = rng.normal(size=(4, 3)).astype(np.float32)
-    got = tensors.array(tensor(a), "U", ndim=2, dtype=np.float64)
+    got = inputs.array(tensor(a), "U", ndim=2, dtype=np.float64)
     assert got.dtype == np.float64
     np.testing.assert_array_equal(got, a.astype(np.float64))
 
@@ -53,35 +57,54 @@ def test_array_from_tensor_converts_dtype(rng):
     ("make", "field", "message"),
     [
         (lambda a: tensor(a, data="not base64!"), "U.data", "U.data must be standard base64 with padding"),
-        (lambda a: tensor(a, data=tensor(a).data[:-4]), "U.data", "U.data holds 93 bytes, but shape [4, 3] of float64 needs 12 x 8 = 96"),
-        (lambda a: tensor(a, shape=[4, 4]), "U.data", "U.data holds 96 bytes, but shape [4, 4] of float64 needs 16 x 8 = 128"),
+        (
+            lambda a: tensor(a, data=tensor(a).data[:-4]),
+            "U.data",
+            "U.data holds 93 bytes, but shape [4, 3] of float64 needs 12 x 8 = 96",
+        ),
+        (
+            lambda a: tensor(a, shape=[4, 4]),
+            "U.data",
+            "U.data holds 96 bytes, but shape [4, 4] of float64 needs 16 x 8 = 128",
+        ),
         (lambda a: tensor(a, dtype="float32"), "U.data", "needs 12 x 4 = 48"),
         (lambda a: tensor(a.ravel()), "U", "U must be a tensor of 2 dimension(s), got shape [12]"),
-        (lambda a: tensor(np.where(np.arange(12).reshape(4, 3) == 5, np.nan, a)), "U[1][2]", "U[1][2] must be a finite number, got nan"),
-        (lambda a: tensor(np.where(np.arange(12).reshape(4, 3) == 0, -np.inf, a)), "U[0][0]", "U[0][0] must be a finite number, got -inf"),
+        (
+            lambda a: tensor(np.where(np.arange(12).reshape(4, 3) == 5, np.nan, a)),
+            "U[1][2]",
+            "U[1][2] must be a finite number, got NaN",
+        ),
+        (
+            lambda a: tensor(np.where(np.arange(12).reshape(4, 3) == 0, -np.inf, a)),
+            "U[0][0]",
+            "U[0][0] must be a finite number, got -Infinity",
+        ),
     ],
 )
 def test_array_bad_tensor_is_named(rng, make, field, message):
     a = rng.normal(size=(4, 3))
     with pytest.raises(InputError) as info:
-        tensors.array(make(a), "U", ndim=2)
+        inputs.array(make(a), "U", ndim=2)
     assert info.value.field == field
     assert message in info.value.message
 
 
 def test_array_beyond_float32_range_is_refused():
-    with pytest.raises(InputError, match=r"W\[0\]\[1\] must be a finite number when converted to float32 \(largest 3.403e\+38\), got inf"):
-        tensors.array([[1.0, 1e39]], "W", ndim=2, dtype=np.float32)
+    with pytest.raises(
+        InputError,
+        match=r"W\[0\]\[1\] must be a finite number when converted to float32 \(largest 3.403e\+38\), got Infinity",
+    ):
+        inputs.array([[1.0, 1e39]], "W", ndim=2, dtype=np.float32)
     big = tensor(np.array([[1e300]]))
     with pytest.raises(InputError, match=r"W\[0\]\[0\] must be a finite number when converted to float32"):
-        tensors.array(big, "W", ndim=2, dtype=np.float32)
+        inputs.array(big, "W", ndim=2, dtype=np.float32)
 
 
 def test_array_ragged_lists_are_named():
     with pytest.raises(InputError, match=r"V must be rectangular: row V\[0\] has 2 numbers, but V\[1\] has 1"):
-        tensors.array([[1.0, 2.0], [3.0]], "V", ndim=2)
+        inputs.array([[1.0, 2.0], [3.0]], "V", ndim=2)
 
 
 def test_tokens_beyond_int64_are_named():
     with pytest.raises(InputError, match=r"x\[1\] = 18446744073709551616 is out of range"):
-        tensors.tokens([1, 2**64], "x")
+        inputs.tokens([1, 2**64], "x")

@@ -1,4 +1,4 @@
-"""The Open Inference Protocol (KServe V2, NVIDIA Triton) on the wire, for one model: ``bptt``.
+"""The Open Inference Protocol (KServe V2, NVIDIA Triton): requests to arrays, results to answers.
 
 Specification: kserve/open-inference-protocol, ``specification/protocol/inference_rest.md``,
 and Triton's ``extension_binary_data.md``. A request is a JSON header, optionally
@@ -7,9 +7,10 @@ gives the header's length; each binary input says its ``binary_data_size``).
 Answers are JSON, or a JSON header and raw bytes when outputs are asked for
 in binary.
 
-Only the wire format lives here. Tensors become the same numpy arrays that
-``POST /bptt`` builds (``tensors``), and the same ``engine`` functions check
-the shapes and compute; an input ``/bptt`` refuses is refused here too.
+Only the protocol's decoding and encoding live here. Tensors become the same
+numpy arrays that ``POST /bptt`` builds (``codec``), and the same ``engine``
+functions check the shapes and compute; an input ``/bptt`` refuses is refused
+here too.
 
 Inputs: U, V, W (FP64 or FP32), x, y (INT64 or INT32) of shape [T] for one
 sequence or [B, T] for a batch, optional s0 ([H], or [B, H] for a batch),
@@ -27,21 +28,25 @@ import numpy as np
 import pydantic
 from pydantic import TypeAdapter
 
-from . import __version__, engine, tensors
-from .errors import InputError
-from .schemas import InferRequest, Number
+from .. import __version__, engine
+from ..codec import Array, convert, describe, dumps, element_count, from_bytes
+from ..errors import InputError, NotFound
+from ..handlers import parse
+from ..schemas import Number
+from .wire import INPUT_NAMES, OUTPUT_NAMES, InferRequest
 
 __all__ = [
+    "HEADER_LENGTH",
     "MODEL_NAME",
     "MODEL_VERSION",
-    "HEADER_LENGTH",
-    "server_metadata",
-    "model_metadata",
     "Call",
-    "parse_request",
-    "work_size",
-    "infer",
+    "check_model",
     "encode_response",
+    "infer",
+    "model_metadata",
+    "parse_request",
+    "server_metadata",
+    "work_size",
 ]
 
 MODEL_NAME = "bptt"
@@ -52,14 +57,16 @@ FLOATS = {"FP64": "float64", "FP32": "float32"}
 INTS = {"INT64": "int64", "INT32": "int32"}
 _NUMPY_TO_V2 = {np.dtype(v): k for k, v in (FLOATS | INTS).items()}
 
-# name: (datatypes accepted, shape in the metadata, required)
+# name: (datatypes accepted, the default first; shape in the metadata; required).
+# The metadata allows one datatype and shape per tensor: the default datatype and
+# the one-sequence shape are published, and DESCRIPTION says what else is accepted.
 INPUTS: dict[str, tuple[dict[str, str], list[int], bool]] = {
     "U": (FLOATS, [-1, -1], True),
     "V": (FLOATS, [-1, -1], True),
     "W": (FLOATS, [-1, -1], True),
-    "x": (INTS, [-1, -1], True),
-    "y": (INTS, [-1, -1], True),
-    "s0": (FLOATS, [-1, -1], False),
+    "x": (INTS, [-1], True),
+    "y": (INTS, [-1], True),
+    "s0": (FLOATS, [-1], False),
     "lengths": (INTS, [-1], False),
 }
 OUTPUTS: dict[str, tuple[str, list[int]]] = {
@@ -69,10 +76,19 @@ OUTPUTS: dict[str, tuple[str, list[int]]] = {
     "dLdU": ("FP64", [-1, -1]),
     "dLdV": ("FP64", [-1, -1]),
     "dLdW": ("FP64", [-1, -1]),
-    "dLds0": ("FP64", [-1, -1]),
-    "final_state": ("FP64", [-1, -1]),
+    "dLds0": ("FP64", [-1]),
+    "final_state": ("FP64", [-1]),
     "losses": ("FP64", [-1]),
 }
+assert tuple(INPUTS) == INPUT_NAMES and tuple(OUTPUTS) == OUTPUT_NAMES
+
+DESCRIPTION = (
+    "Loss and BPTT gradients of a vanilla RNN language model. U [H, C], V [C, H], W [H, H] are FP64, "
+    "or FP32 (all three) to compute in float32, when the float outputs are FP32 too. x and y are [T] "
+    "(INT64 or INT32), or [B, T] for a batch, with s0 [B, H] and lengths [B] (row b uses its first "
+    "lengths[b] tokens); then dLds0 and final_state are [B, H]. Parameter bptt_truncate: K >= 0, or "
+    "absent for full BPTT."
+)
 
 _FLOAT_DATA = TypeAdapter(list[Number] | list[list[Number]] | list[list[list[Number]]])
 _INT_DATA = TypeAdapter(
@@ -81,24 +97,35 @@ _INT_DATA = TypeAdapter(
 
 
 def server_metadata() -> dict[str, Any]:
+    """``GET /v2``."""
     return {"name": "bptt-service", "version": __version__, "extensions": ["binary_tensor_data"]}
 
 
 def model_metadata() -> dict[str, Any]:
+    """``GET /v2/models/bptt``: every input and output with its default datatype and shape."""
     return {
         "name": MODEL_NAME,
         "versions": [MODEL_VERSION],
         "platform": "numpy",
+        "description": DESCRIPTION,
         "inputs": [{"name": n, "datatype": next(iter(t)), "shape": s} for n, (t, s, _) in INPUTS.items()],
         "outputs": [{"name": n, "datatype": t, "shape": s} for n, (t, s) in OUTPUTS.items()],
     }
+
+
+def check_model(name: str, version: str | None) -> None:
+    """Raise ``NotFound`` unless ``name`` (and ``version``) is the model this server serves."""
+    if name == MODEL_NAME and version in (None, MODEL_VERSION):
+        return
+    what = f"model {name!r}" if version is None else f"model {name!r} version {version!r}"
+    raise NotFound(f"unknown {what}: this server serves {MODEL_NAME!r}, version {MODEL_VERSION}", field="model_name")
 
 
 @dataclass
 class Call:
     """A parsed inference request: arrays by input name, and what to answer."""
 
-    arrays: dict[str, np.ndarray]
+    arrays: dict[str, Array]
     bptt_truncate: int | None
     request_id: str | None
     outputs: list[str]
@@ -111,12 +138,11 @@ def parse_request(body: bytes, header_length: str | None) -> Call:
     Raises
     ------
     InputError
-        For any malformed part, naming the tensor or the header.
-    pydantic.ValidationError
-        When the JSON header does not have the protocol's shape.
+        For any malformed part, naming the tensor or the header (``RequestInvalid``
+        when the JSON header does not have the protocol's shape).
     """
     header, binary = _split(body, header_length)
-    request = InferRequest.model_validate_json(header)
+    request = parse(InferRequest, header)
     params = request.parameters or {}
     truncate = params.get("bptt_truncate")
     if type(truncate) is float and truncate.is_integer():  # 4.0 is an integer in JSON
@@ -152,19 +178,15 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     except ValueError:
         n = -1
     if n < 0 or str(n) != header_length.strip():
-        raise InputError(
-            f"{HEADER_LENGTH} must be a byte count, got {header_length!r}", field=HEADER_LENGTH
-        )
+        raise InputError(f"{HEADER_LENGTH} must be a byte count, got {header_length!r}", field=HEADER_LENGTH)
     if n > len(body):
-        raise InputError(
-            f"{HEADER_LENGTH} is {n}, beyond the body's {len(body)} bytes", field=HEADER_LENGTH
-        )
+        raise InputError(f"{HEADER_LENGTH} is {n}, beyond the body's {len(body)} bytes", field=HEADER_LENGTH)
     view = memoryview(body)
     return body[:n], view[n:]
 
 
-def _inputs(request: InferRequest, binary: memoryview) -> dict[str, np.ndarray]:
-    arrays: dict[str, np.ndarray] = {}
+def _inputs(request: InferRequest, binary: memoryview) -> dict[str, Array]:
+    arrays: dict[str, Array] = {}
     offset = 0
     for tensor in request.inputs:
         name = tensor.name
@@ -193,8 +215,9 @@ def _inputs(request: InferRequest, binary: memoryview) -> dict[str, np.ndarray]:
                     "of binary data remain after the earlier inputs",
                     field=f"{name}.parameters.binary_data_size",
                 )
-            a = tensors.from_bytes(binary[offset : offset + size], dtype, tensor.shape, name,
-                                   where=f"{name} (binary_data_size)")
+            a = from_bytes(
+                binary[offset : offset + size], dtype, tensor.shape, name, where=f"{name} (binary_data_size)"
+            )
             offset += size
         elif tensor.data is not None:
             a = _from_json(tensor.data, name, tensor.datatype, dtype, tensor.shape)
@@ -203,8 +226,7 @@ def _inputs(request: InferRequest, binary: memoryview) -> dict[str, np.ndarray]:
         arrays[name] = a
     if offset != len(binary):
         raise InputError(
-            f"the body has {len(binary) - offset} bytes after the binary inputs that no "
-            "binary_data_size accounts for",
+            f"the body has {len(binary) - offset} bytes after the binary inputs that no binary_data_size accounts for",
             field=HEADER_LENGTH,
         )
     for name, (_, _, required) in INPUTS.items():
@@ -213,7 +235,8 @@ def _inputs(request: InferRequest, binary: memoryview) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _from_json(data: list, name: str, datatype: str, dtype: str, shape: list[int]) -> np.ndarray:
+def _from_json(data: list[Any], name: str, datatype: str, dtype: str, shape: list[int]) -> Array:
+    count = element_count(shape, name)
     adapter = _FLOAT_DATA if datatype in FLOATS else _INT_DATA
     try:
         adapter.validate_python(data, strict=True)
@@ -221,16 +244,18 @@ def _from_json(data: list, name: str, datatype: str, dtype: str, shape: list[int
         e = exc.errors(include_url=False)[0]
         where = name + "".join(f"[{p}]" for p in e["loc"] if isinstance(p, int))
         kind = "finite numbers" if datatype in FLOATS else "integers"
-        raise InputError(f"{name}.data must hold {kind} ({datatype}), got {e['input']!r} at {where}", field=f"{name}.data") from None
+        raise InputError(
+            f"{name}.data must hold {kind} ({datatype}), got {describe(e['input'])} at {where}", field=f"{name}.data"
+        ) from None
     try:
-        a = np.array(data, dtype=np.float64 if datatype in FLOATS else object).ravel()
+        a = np.array(data, dtype=np.float64 if datatype in FLOATS else object)
     except ValueError:
         raise InputError(f"{name}.data is ragged: nested rows of unequal length", field=f"{name}.data") from None
-    if len(a) != int(np.prod(shape)):
-        raise InputError(
-            f"{name}.data holds {len(a)} elements, but shape {shape} needs {int(np.prod(shape))}",
-            field=f"{name}.data",
-        )
+    if a.dtype == object and a.ndim and any(isinstance(v, list) for v in a.ravel()):
+        raise InputError(f"{name}.data is ragged: nested rows of unequal length", field=f"{name}.data")
+    a = a.ravel()
+    if len(a) != count:
+        raise InputError(f"{name}.data holds {len(a)} elements, but shape {shape} needs {count}", field=f"{name}.data")
     if datatype in INTS:
         info = np.iinfo(dtype)
         bad = [v for v in a if not info.min <= v <= info.max]
@@ -251,14 +276,14 @@ def work_size(call: Call) -> tuple[int, int, list[int]]:
     return H, C, [x.size]
 
 
-def infer(call: Call) -> dict[str, np.ndarray]:
+def infer(call: Call) -> dict[str, Array]:
     """Run the engine for a parsed request; every output by name, as arrays."""
     a = call.arrays
     weights = [a["U"], a["V"], a["W"]]
     dtype = np.float32 if all(w.dtype == np.float32 for w in weights) else np.float64
-    U, V, W = (tensors.convert(w, dtype, n) for w, n in zip(weights, "UVW"))
+    U, V, W = (convert(w, dtype, n) for w, n in zip(weights, "UVW", strict=True))
     x, y = a["x"], a["y"]
-    s0 = None if "s0" not in a else tensors.convert(a["s0"], dtype, "s0")
+    s0 = None if "s0" not in a else convert(a["s0"], dtype, "s0")
     if x.ndim == 1 and "lengths" not in a:
         g = engine.bptt(U, V, W, x, y, bptt_truncate=call.bptt_truncate, s0=s0)
         losses = np.array([g.loss])
@@ -279,15 +304,13 @@ def infer(call: Call) -> dict[str, np.ndarray]:
     }
 
 
-def _sequences(x: np.ndarray, y: np.ndarray, s0: np.ndarray | None, lengths: np.ndarray | None):
+def _sequences(x: Array, y: Array, s0: Array | None, lengths: Array | None):
     """Rows of [B, T] x and y, cut to ``lengths`` (padding at the end of each row)."""
     if x.ndim == 1:
         x, y = x[None], y[None]
         s0 = None if s0 is None else s0.reshape(1, -1)
     if x.ndim != 2 or y.shape != x.shape:
-        raise InputError(
-            f"x and y must both be [T] or both [B, T], got {list(x.shape)} and {list(y.shape)}", field="y"
-        )
+        raise InputError(f"x and y must both be [T] or both [B, T], got {list(x.shape)} and {list(y.shape)}", field="y")
     B, T = x.shape
     if lengths is None:
         lengths = np.full(B, T)
@@ -304,10 +327,10 @@ def _sequences(x: np.ndarray, y: np.ndarray, s0: np.ndarray | None, lengths: np.
     return xs, ys, None if s0 is None else list(s0)
 
 
-def encode_response(call: Call, results: dict[str, np.ndarray]) -> tuple[bytes | memoryview, dict[str, str]]:
+def encode_response(call: Call, results: dict[str, Array]) -> tuple[bytes | memoryview, dict[str, str]]:
     """The response body and its headers: JSON, or a JSON header and raw bytes."""
     outputs = []
-    binary: list[np.ndarray] = []
+    binary: list[Array] = []
     for name in call.outputs:
         a = np.ascontiguousarray(results[name])
         out: dict[str, Any] = {"name": name, "datatype": _NUMPY_TO_V2[a.dtype], "shape": list(a.shape)}
@@ -320,7 +343,7 @@ def encode_response(call: Call, results: dict[str, np.ndarray]) -> tuple[bytes |
     response: dict[str, Any] = {"model_name": MODEL_NAME, "model_version": MODEL_VERSION, "outputs": outputs}
     if call.request_id is not None:
         response["id"] = call.request_id
-    header = tensors.dumps(response)
+    header = dumps(response)
     if not binary:
         return header, {"content-type": "application/json"}
     # One buffer, each array's bytes copied into it once (little-endian).
