@@ -131,7 +131,11 @@ def token_ids(value: Any, field: str) -> Tokens:
     JSON Schema counts it); 2.5, booleans, NaN and strings are refused with the
     message the server gives for the same JSON.
     """
-    a = value if isinstance(value, np.ndarray) else np.asarray(value if isinstance(value, list) else list(value))
+    items = value if isinstance(value, np.ndarray | list) else list(value)
+    for i, v in enumerate(items if isinstance(items, list) else ()):
+        if isinstance(v, bool):  # numpy would read True as 1
+            raise InputError(f"{field}[{i}] must be an integer, got {describe(v)}", field=f"{field}[{i}]")
+    a = np.asarray(items)
     if a.ndim != 1:
         raise InputError(f"{field} must be a list of token ids, got {a.ndim} dimensions", field=field)
     if a.dtype.kind == "i":

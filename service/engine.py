@@ -26,10 +26,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .errors import ComputeError, InputError
+
+Floating = type[np.floating[Any]]
 
 __all__ = [
     "BatchGradients",
@@ -290,7 +294,7 @@ def loss(
     batch = _Batch.of(U, V, W, [x], [y], None if s0 is None else [s0], b=b, c=c)
     with np.errstate(over="ignore", invalid="ignore"):
         S = _hidden_states(batch)[:, 0]
-        return float(_softmax(_logits(batch, S), batch.Y[:, 0]).sum())
+        return float(_softmax(_logits(batch, S), batch.targets[:, 0]).sum())
 
 
 def bptt(
@@ -455,7 +459,7 @@ def trace(
     with np.errstate(over="ignore", invalid="ignore"):
         S = _hidden_states(batch)[:, 0]  # (T, H)
         delta_o = _logits(batch, S)  # (T, C)
-        y = batch.Y[:, 0]
+        y = batch.targets[:, 0]
         _softmax(delta_o, y)
         delta_o[np.arange(len(y)), y] -= 1.0
         dtanh = 1.0 - S * S  # (T, H)
@@ -488,12 +492,31 @@ class _Batch:
     b: np.ndarray | None  # (H,)
     c: np.ndarray | None  # (C,)
 
+    @property
+    def targets(self) -> np.ndarray:
+        """Y, for the functions that score the outputs (every batch built with targets has it)."""
+        if self.Y is None:
+            raise TypeError("this batch was built without targets")
+        return self.Y
+
     @classmethod
-    def of(cls, U, V, W, xs, ys, s0s, *, b=None, c=None, batched: bool = False) -> _Batch:
+    def of(
+        cls,
+        U: ArrayLike,
+        V: ArrayLike,
+        W: ArrayLike,
+        xs: Sequence[ArrayLike],
+        ys: Sequence[ArrayLike] | None,
+        s0s: Sequence[ArrayLike | None] | np.ndarray | None,
+        *,
+        b: ArrayLike | None = None,
+        c: ArrayLike | None = None,
+        batched: bool = False,
+    ) -> _Batch:
         """Check and pad; messages name ``sequences[b].x`` when ``batched``, else ``x``."""
-        dtype = np.float32 if np.asarray(U).dtype == np.float32 else np.float64
-        U, V, W = (np.asarray(a, dtype=dtype) for a in (U, V, W))
-        H, C = check_weights(U, V, W)
+        dtype: Floating = np.float32 if np.asarray(U).dtype == np.float32 else np.float64
+        Ua, Va, Wa = (np.asarray(a, dtype=dtype) for a in (U, V, W))
+        H, C = check_weights(Ua, Va, Wa)
         b_hidden = _bias(b, "b", H, "H", dtype)
         c_output = _bias(c, "c", C, "C", dtype)
         B = len(xs)
@@ -504,36 +527,37 @@ class _Batch:
         S0 = np.zeros((B, H), dtype=dtype)
         if s0s is not None and len(s0s) != B:
             raise InputError(f"s0 must hold one state per sequence, B = {B}, got {len(s0s)}", field="s0")
-        xs = [np.asarray(x) for x in xs]
-        ys = None if ys is None else [np.asarray(y) for y in ys]
-        for b in range(B):
-            s0 = None if s0s is None or s0s[b] is None else np.asarray(s0s[b], dtype=dtype)
-            where = f"sequences[{b}]." if batched else ""
-            check_inputs(U, V, W, xs[b], None if ys is None else ys[b], s0, where=where)
+        xa = [np.asarray(x) for x in xs]
+        ya = None if ys is None else [np.asarray(y) for y in ys]
+        for i in range(B):
+            s0 = None if s0s is None or s0s[i] is None else np.asarray(s0s[i], dtype=dtype)
+            where = f"sequences[{i}]." if batched else ""
+            check_inputs(Ua, Va, Wa, xa[i], None if ya is None else ya[i], s0, where=where)
             if s0 is not None:
-                S0[b] = s0
-        lengths = np.array([len(x) for x in xs])
+                S0[i] = s0
+        lengths = np.array([len(x) for x in xa])
         T = int(lengths.max())
+        Y: np.ndarray | None
         if B == 1:
-            X = xs[0].astype(np.intp).reshape(T, 1)
-            Y = None if ys is None else ys[0].astype(np.intp).reshape(T, 1)
+            X = xa[0].astype(np.intp).reshape(T, 1)
+            Y = None if ya is None else ya[0].astype(np.intp).reshape(T, 1)
         else:
             X = np.zeros((T, B), dtype=np.intp)
-            Y = None if ys is None else np.zeros((T, B), dtype=np.intp)
-            for b in range(B):
-                X[: lengths[b], b] = xs[b]
-                if Y is not None:
-                    Y[: lengths[b], b] = ys[b]
-        return cls(U=U, V=V, W=W, X=X, Y=Y, S0=S0, lengths=lengths, b=b_hidden, c=c_output)
+            Y = None if ya is None else np.zeros((T, B), dtype=np.intp)
+            for i in range(B):
+                X[: lengths[i], i] = xa[i]
+                if Y is not None and ya is not None:
+                    Y[: lengths[i], i] = ya[i]
+        return cls(U=Ua, V=Va, W=Wa, X=X, Y=Y, S0=S0, lengths=lengths, b=b_hidden, c=c_output)
 
 
-def _bias(value, name: str, n: int, letter: str, dtype: type) -> np.ndarray | None:
+def _bias(value: ArrayLike | None, name: str, n: int, letter: str, dtype: Floating) -> np.ndarray | None:
     if value is None:
         return None
-    value = np.asarray(value, dtype=dtype)
-    if value.shape != (n,):
-        raise InputError(f"{name} must have {letter} = {n} numbers, got {_dims(value)}", field=name)
-    return value
+    a = np.asarray(value, dtype=dtype)
+    if a.shape != (n,):
+        raise InputError(f"{name} must have {letter} = {n} numbers, got {_dims(a)}", field=name)
+    return a
 
 
 def _check_clip(clip: float | None) -> float | None:
@@ -570,7 +594,7 @@ def _bptt_unchecked(batch: _Batch, K: int | None) -> BatchGradients:
     padded = lengths.min() < T
     valid = (np.arange(T)[:, None] < lengths[None, :]).ravel() if padded else slice(None)
     s_rows = S.reshape(T * B, H)[valid]  # (N, H)
-    y_rows = Y.ravel()[valid]  # (N,)
+    y_rows = batch.targets.ravel()[valid]  # (N,)
 
     # Output layer, all tokens at once.  delta_o = o - onehot(y) is dL/d(V s_t),
     # the seed's delta_o (softmax + cross-entropy).
@@ -610,7 +634,10 @@ def _bptt_unchecked(batch: _Batch, K: int | None) -> BatchGradients:
     dLdc = None if batch.c is None else delta_o.sum(axis=0)  # (C,), sum_t delta_o[t]
 
     _check_finite(
-        U, V, W, **{"the loss": loss, "the gradient flowing back through time": dz_rows, "dLdW": dLdW, "dLdU": dLdU[:, x_rows]},
+        U,
+        V,
+        W,
+        **{"the loss": loss, "the gradient flowing back through time": dz_rows, "dLdW": dLdW, "dLdU": dLdU[:, x_rows]},
         dLds0=dLds0,
     )
     return BatchGradients(
@@ -633,7 +660,7 @@ def _hidden_states(batch: _Batch) -> np.ndarray:
     Returns (T, B, H). Rows past a sequence's end are computed (from padding
     id 0) and never used.
     """
-    S = batch.U.T[batch.X]  # (T, B, H): U[:, x_t] in S[t], overwritten in place by s_t
+    S: np.ndarray = batch.U.T[batch.X]  # (T, B, H): U[:, x_t] in S[t], overwritten in place by s_t
     if batch.b is not None:
         S += batch.b
     WT = np.ascontiguousarray(batch.W.T)
@@ -651,7 +678,7 @@ def _hidden_states(batch: _Batch) -> np.ndarray:
 
 def _logits(batch: _Batch, s_rows: np.ndarray) -> np.ndarray:
     """V s_t (+ c) for rows of states: (N, H) x (H, C) -> (N, C)."""
-    a = s_rows @ batch.V.T
+    a: np.ndarray = s_rows @ batch.V.T
     if batch.c is not None:
         a += batch.c
     return a
@@ -668,7 +695,8 @@ def _softmax(a: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
     np.exp(a, out=a)
     z = a.sum(axis=1)  # (N,), >= 1
     a /= z[:, None]
-    return np.log(z) - shifted_y
+    losses: np.ndarray = np.log(z) - shifted_y
+    return losses
 
 
 def _backward_full(W: np.ndarray, dLds: np.ndarray, dtanh: np.ndarray) -> np.ndarray:
@@ -694,7 +722,7 @@ def _backward_truncated(W: np.ndarray, dLds: np.ndarray, dtanh: np.ndarray, K: i
     ``delta[k]`` at lag j is the seed's ``delta_t`` for output t = k + j when
     its loop is at step k; every output moves back one step per lag at once.
     """
-    delta = dLds * dtanh  # (T, B, H), lag 0: delta at step k for output k
+    delta: np.ndarray = dLds * dtanh  # (T, B, H), lag 0: delta at step k for output k
     dz = delta.copy()
     T = len(delta)
     for j in range(1, K + 1):
@@ -730,7 +758,7 @@ def _check_finite(U: np.ndarray, V: np.ndarray, W: np.ndarray, **parts: np.ndarr
             sizes = {n: float(np.abs(a).max()) for n, a in (("U", U), ("V", V), ("W", W))}
             largest = max(sizes, key=lambda n: sizes[n])
             advice = (
-                f"scale {largest} down, or compute in float64 (\"dtype\": \"float64\")"
+                f'scale {largest} down, or compute in float64 ("dtype": "float64")'
                 if U.dtype == np.float32
                 else f"scale {largest} down"
             )

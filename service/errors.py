@@ -222,7 +222,7 @@ def outcome(exc: BpttError) -> Outcome:
         return Outcome(400, 400, "INVALID_ARGUMENT")
     for cls in type(exc).__mro__:
         if cls in TABLE:
-            return TABLE[cls]  # type: ignore[index]
+            return TABLE[cls]
     return TABLE[BpttError]
 
 

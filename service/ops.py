@@ -36,6 +36,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import multiprocess as prometheus_multiprocess
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import checks
 
@@ -87,7 +88,7 @@ def metrics_payload() -> bytes:
     """The Prometheus text format of every metric (summed over workers in multiprocess mode)."""
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         registry = CollectorRegistry()
-        prometheus_multiprocess.MultiProcessCollector(registry)
+        prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
     return generate_latest(REGISTRY)
 
@@ -95,10 +96,10 @@ def metrics_payload() -> bytes:
 class RequestObserver:
     """ASGI middleware: metrics and one access-log line for every HTTP request."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -106,13 +107,13 @@ class RequestObserver:
         size = 0
         status = 500  # if the app fails before answering
 
-        async def counting_receive() -> dict:
+        async def counting_receive() -> Message:
             nonlocal size
             message = await receive()
             size += len(message.get("body", b""))
             return message
 
-        async def status_send(message: dict) -> None:
+        async def status_send(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]

@@ -284,6 +284,7 @@ def infer(call: Call) -> dict[str, Array]:
     U, V, W = (convert(w, dtype, n) for w, n in zip(weights, "UVW", strict=True))
     x, y = a["x"], a["y"]
     s0 = None if "s0" not in a else convert(a["s0"], dtype, "s0")
+    g: engine.Gradients | engine.BatchGradients
     if x.ndim == 1 and "lengths" not in a:
         g = engine.bptt(U, V, W, x, y, bptt_truncate=call.bptt_truncate, s0=s0)
         losses = np.array([g.loss])
@@ -304,7 +305,9 @@ def infer(call: Call) -> dict[str, Array]:
     }
 
 
-def _sequences(x: Array, y: Array, s0: Array | None, lengths: Array | None):
+def _sequences(
+    x: Array, y: Array, s0: Array | None, lengths: Array | None
+) -> tuple[list[Array], list[Array], list[Array] | None]:
     """Rows of [B, T] x and y, cut to ``lengths`` (padding at the end of each row)."""
     if x.ndim == 1:
         x, y = x[None], y[None]
