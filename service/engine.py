@@ -584,7 +584,7 @@ def _bptt(batch: _Batch, K: int | None, clip: float | None = None) -> BatchGradi
 
 
 def _bptt_unchecked(batch: _Batch, K: int | None) -> BatchGradients:
-    U, V, W, X, Y, S0, lengths = batch.U, batch.V, batch.W, batch.X, batch.Y, batch.S0, batch.lengths
+    U, V, W, X, S0, lengths = batch.U, batch.V, batch.W, batch.X, batch.S0, batch.lengths
     T, B = X.shape
     H, C = U.shape
 

@@ -23,7 +23,6 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 from prometheus_client import (

@@ -136,7 +136,7 @@ BAD_REQUESTS = {
         "y[4] = 6 is out of range: token ids must be in [0, C) = [0, 6)",
     ),
     "huge token": (
-        lambda p: _bad(p, x=[10 ** 30, *p.x.tolist()[1:]]),
+        lambda p: _bad(p, x=[10**30, *p.x.tolist()[1:]]),
         422,
         "x[0]",
         "x[0] = 1000000000000000000000000000000 is out of range",

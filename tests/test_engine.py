@@ -133,7 +133,11 @@ def test_bptt_float32_overflow_advises_float64(rng):
 @pytest.mark.parametrize(
     ("shapes", "field", "message"),
     [
-        (((3, 2), (3, 2), (2, 2)), "U", "is U transposed? U must be H x C = 2 x 3 (V is C x H = 3 x 2, W is H x H = 2 x 2), got 3 x 2"),
+        (
+            ((3, 2), (3, 2), (2, 2)),
+            "U",
+            "is U transposed? U must be H x C = 2 x 3 (V is C x H = 3 x 2, W is H x H = 2 x 2), got 3 x 2",
+        ),
         (((2, 3), (2, 3), (2, 2)), "V", "is V transposed? V must be C x H = 3 x 2, got 2 x 3"),
         (((2, 3), (3, 2), (3, 3)), "W", "W must be H x H = 2 x 2, got 3 x 3"),
         (((2, 3), (4, 2), (2, 2)), "V", "V must be C x H = 3 x 2 (U is H x C = 2 x 3), got 4 x 2"),
@@ -226,7 +230,9 @@ def test_bptt_batch_equals_sum_of_singles(seed_, H, C, lengths, K, with_s0):
         np.testing.assert_allclose(g.final_state[b], s.final_state, rtol=RTOL, atol=1e-15)
         np.testing.assert_allclose(g.dLds0[b], s.dLds0, rtol=RTOL, atol=1e-15)
     # And against the seed's loop directly.
-    ref = [seed.bptt(p.U, p.V, p.W, x, y, len(y) if K is None else K, s0=s0) for x, y, s0 in zip(xs, ys, s0s, strict=False)]
+    ref = [
+        seed.bptt(p.U, p.V, p.W, x, y, len(y) if K is None else K, s0=s0) for x, y, s0 in zip(xs, ys, s0s, strict=True)
+    ]
     assert_close(g.dLdW, sum(r[2] for r in ref))
 
 

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 import numpy as np
 import orjson
+import pytest
 from helpers import LocalServer, make_problem
 
 from service import codec, engine

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import math
 import sys
 from pathlib import Path
@@ -12,7 +13,6 @@ import pytest
 
 from service import engine
 from service.client import Client
-import itertools
 
 pytestmark = pytest.mark.slow
 
