@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> str:
     U, V, W, x, y = problem(C, H, T)
     body = _Wire(args.encoding, "float64").bptt_body(U, V, W, x, y)
     results = {}
-    with tempfile.TemporaryDirectory() as tmp, serve("service.app:app") as url:
+    with tempfile.TemporaryDirectory() as tmp, serve("service.app:create_app") as url:
         with Client(url) as client:  # the answer is right before it is fast
             assert np.array_equal(client.bptt(U, V, W, x, y).dLdW, engine.bptt(U, V, W, x, y).dLdW)
         path = Path(tmp) / "bptt.lua"
