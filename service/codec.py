@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 import pybase64
 
-from .errors import InputError
+from .errors import ComputeError, InputError
 
 __all__ = [
     "DTYPES",
@@ -30,6 +30,7 @@ __all__ = [
     "from_base64",
     "from_bytes",
     "loads",
+    "require_finite",
     "to_wire",
     "token_ids",
 ]
@@ -158,6 +159,30 @@ def token_ids(value: Any, field: str) -> Tokens:
                 field=f"{field}[{i}]",
             )
     return np.asarray(a.tolist() if a.dtype.kind == "O" else a, dtype=np.int64)
+
+
+def require_finite(content: Any, name: str = "") -> None:
+    """Raise ``ComputeError`` naming the first quantity of an answer that is NaN or infinite.
+
+    Walks dicts and lists of numpy arrays and floats: the one place every route's
+    answer passes before it is written, so no 200 carries a non-finite number.
+    """
+    if isinstance(content, np.ndarray):
+        if content.dtype.kind == "f" and not np.isfinite(content).all():
+            raise ComputeError(
+                f"the computation overflowed: {name} is not finite; scale the weights down "
+                '(or compute in float64, "dtype": "float64", if the request asked for float32)',
+                field=name,
+            )
+    elif isinstance(content, float | np.floating):
+        if not math.isfinite(content):
+            raise ComputeError(f"the computation overflowed: {name} is not finite; scale the weights down", field=name)
+    elif isinstance(content, dict):
+        for key, value in content.items():
+            require_finite(value, f"{name}.{key}" if name else str(key))
+    elif isinstance(content, list | tuple):
+        for i, value in enumerate(content):
+            require_finite(value, f"{name}[{i}]")
 
 
 def to_wire(a: Array, encoding: Encoding) -> Array | dict[str, Any]:

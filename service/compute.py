@@ -1,34 +1,96 @@
-"""The compute pool: requests compute in worker threads, a bounded number at once, a bounded number waiting.
+"""The compute pool: requests compute in worker threads, a bounded number at once, a bounded number waiting,
+each within its deadline.
 
 At most ``threads`` requests compute at once (numpy releases the GIL in its
 kernels, so the event loop keeps answering probes meanwhile); past
 ``max_queue`` waiting ones, a new request is refused with 503 and Retry-After.
-The bound is counted at admission, in the event loop, with no ``await``
-between the check and the count: simultaneous arrivals cannot all pass it.
+A slot is taken at admission, before the body is read, in the event loop with
+no ``await`` between the check and the count: simultaneous arrivals cannot all
+pass the bound, and uploads in progress count as queued.
+
+Every request has a deadline (queue wait + compute, BPTT_REQUEST_TIMEOUT): the
+work checks it between steps (``service.deadline``) and stops with 504; a client
+that disconnects has its queued or running work cancelled the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import anyio
 import anyio.to_thread
 
-from .errors import Busy
+from .deadline import Deadline, bounded
+from .errors import Busy, Cancelled, DeadlineExceeded
 
-__all__ = ["Pool"]
+__all__ = ["Pool", "Slot"]
+
+log = logging.getLogger("service")
 
 Result = TypeVar("Result")
 
 
-class Pool:
-    """``threads`` compute threads and a queue of ``max_queue``; made inside the running event loop."""
+class Slot:
+    """One admitted request: its deadline, and whether its work started."""
 
-    def __init__(self, *, threads: int, max_queue: int) -> None:
+    def __init__(self, pool: Pool, seconds: float) -> None:
+        self.pool = pool
+        self.deadline = Deadline(seconds)
+
+    async def run(
+        self, work: Callable[[], Result], *, disconnected: Callable[[], Awaitable[None]] | None = None
+    ) -> Result:
+        """Run ``work`` in a compute thread within the deadline; stop it if ``disconnected`` returns first."""
+        deadline = self.deadline
+
+        def job() -> Result:
+            with bounded(deadline):
+                return work()
+
+        result: list[Result] = []
+        failure: list[BaseException] = []
+        async with anyio.create_task_group() as group:
+            if disconnected is not None:
+
+                async def watch() -> None:
+                    await disconnected()
+                    deadline.cancel()  # a running thread stops at its next checkpoint
+                    group.cancel_scope.cancel()  # a request still queued leaves the queue
+
+                group.start_soon(watch)
+            # Past the deadline a request still waiting for a thread leaves the queue; a running
+            # one stops itself at its next checkpoint (run_sync waits for the thread either way).
+            with anyio.CancelScope(deadline=anyio.current_time() + max(0.0, deadline.at - time.monotonic())):
+                try:
+                    result.append(await anyio.to_thread.run_sync(job, limiter=self.pool.limiter))
+                except Exception as exc:  # raised in the thread: re-raised below, outside the task group
+                    failure.append(exc)
+            group.cancel_scope.cancel()  # the answer (or its error) is ready: stop watching
+        if failure:
+            raise failure[0]
+        if result:
+            return result[0]
+        if deadline.cancelled:
+            raise Cancelled("the client disconnected; the work was stopped")
+        raise DeadlineExceeded(
+            f"the request waited longer than its deadline of {deadline.seconds:g} s for a compute thread "
+            "(setting BPTT_REQUEST_TIMEOUT); retry shortly"
+        )
+
+
+class Pool:
+    """``threads`` compute threads and a queue of ``max_queue``; the limiter is made inside the event loop."""
+
+    def __init__(self, *, threads: int, max_queue: int, timeout: float) -> None:
         self.threads = threads
         self.max_queue = max_queue
-        self.admitted = 0  # computing + waiting
+        self.timeout = timeout
+        self.admitted = 0  # computing + waiting (+ bodies being read)
+        self.draining = False
         self._limiter: anyio.CapacityLimiter | None = None
 
     @property
@@ -37,16 +99,24 @@ class Pool:
             self._limiter = anyio.CapacityLimiter(self.threads)
         return self._limiter
 
-    async def run(self, work: Callable[[], Result]) -> Result:
-        """Run ``work`` in a compute thread; ``Busy`` when every thread is taken and the queue is full."""
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[Slot]:
+        """Admit one request, or raise ``Busy``; the slot is held until the block ends."""
+        if self.draining:
+            raise Busy("the server is shutting down; retry on another replica", retry_after=1)
         if self.admitted >= self.threads + self.max_queue:
             waiting = self.admitted - self.threads
             raise Busy(
                 f"the server is at capacity: {self.threads} requests computing and {waiting} waiting "
                 "(settings BPTT_THREADS, BPTT_MAX_QUEUE); retry shortly"
             )
-        self.admitted += 1
+        self.admitted += 1  # no await since the check: the bound holds under simultaneous arrivals
         try:
-            return await anyio.to_thread.run_sync(work, limiter=self.limiter)
+            yield Slot(self, self.timeout)
         finally:
             self.admitted -= 1
+
+    async def run(self, work: Callable[[], Result]) -> Result:
+        """Admit and run ``work`` at once (for callers with nothing to read first)."""
+        async with self.slot() as slot:
+            return await slot.run(work)

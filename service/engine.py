@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .deadline import checkpoint
 from .errors import ComputeError, InputError
 
 Floating = type[np.floating[Any]]
@@ -469,6 +470,7 @@ def trace(
         lag = (delta_o @ batch.V) * dtanh  # (T, H), j = 0
         by_lag = [lag]
         for j in range(1, L):
+            checkpoint()
             lag = (lag[1:] @ batch.W) * dtanh[: T - j]  # (T-j, H)
             by_lag.append(lag)
     deltas = [np.stack([by_lag[j][t - j] for j in range(min(t + 1, L))]) for t in range(T)]
@@ -669,6 +671,7 @@ def _hidden_states(batch: _Batch) -> np.ndarray:
     buf = np.empty_like(S0)
     h = S0
     for st in S:
+        checkpoint()  # between time steps: past the request's deadline, stop (service.deadline)
         dot(h, WT, out=buf)  # (B, H) x (H, H): W s_{t-1}, each row
         add(st, buf, out=st)  # z_t
         tanh(st, out=st)  # s_t
@@ -709,6 +712,7 @@ def _backward_full(W: np.ndarray, dLds: np.ndarray, dtanh: np.ndarray) -> np.nda
     carry = np.zeros_like(dLds[0])  # (B, H), W^T dz_{k+1}
     dot, add, mul = np.dot, np.add, np.multiply
     for k in range(len(dz) - 1, -1, -1):
+        checkpoint()
         dzk = dz[k]
         add(dLds[k], carry, out=dzk)
         mul(dzk, dtanh[k], out=dzk)
@@ -726,6 +730,7 @@ def _backward_truncated(W: np.ndarray, dLds: np.ndarray, dtanh: np.ndarray, K: i
     dz = delta.copy()
     T = len(delta)
     for j in range(1, K + 1):
+        checkpoint()
         # delta_k = (W^T delta_{k+1}) * (1 - s_k**2), for outputs t = k + j
         delta = delta[1:] @ W  # (T-j, B, H) x (H, H) -> (T-j, B, H)
         delta *= dtanh[: T - j]

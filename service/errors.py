@@ -13,8 +13,11 @@ the ``field`` it blames)::
     +-- Unauthorised               missing or wrong API key                401
     +-- NotFound                   no such route, model or version         404
     +-- MethodNotAllowed           the route takes another method          405
-    +-- Busy                       the queue is full                       503 + Retry-After
+    +-- Busy                       the queue is full, or draining          503 + Retry-After
     +-- NotReady                   starting, or the self-check failed      503
+    +-- DeadlineExceeded           the request's deadline passed           504
+    +-- BodyTimeout                the body did not arrive in time         408
+    +-- Cancelled                  the client disconnected (nothing sent)  499 in logs
     +-- ServerError                (client side) the service answered an error
 
 ``TABLE`` maps each class to its HTTP status, its status on the Open Inference
@@ -34,10 +37,13 @@ from typing import Any, ClassVar, TypedDict
 
 __all__ = [
     "TABLE",
+    "BodyTimeout",
     "BodyTooLarge",
     "BpttError",
     "Busy",
+    "Cancelled",
     "ComputeError",
+    "DeadlineExceeded",
     "ErrorItem",
     "InputError",
     "LimitError",
@@ -181,6 +187,24 @@ class NotReady(BpttError):
     type = "not_ready"
 
 
+class DeadlineExceeded(BpttError):
+    """The request's deadline passed (queue wait and compute); the work was stopped."""
+
+    type = "deadline"
+
+
+class BodyTimeout(BpttError):
+    """The request body did not arrive within BPTT_BODY_TIMEOUT."""
+
+    type = "body_timeout"
+
+
+class Cancelled(BpttError):
+    """The client disconnected; its work was stopped and nothing is sent."""
+
+    type = "cancelled"
+
+
 class ServerError(BpttError):
     """(Client side.) The service answered with an error status; ``detail`` is its message."""
 
@@ -212,6 +236,9 @@ TABLE: dict[type[BpttError], Outcome] = {
     MethodNotAllowed: Outcome(405, 405, "UNIMPLEMENTED"),
     Busy: Outcome(503, 503, "UNAVAILABLE"),
     NotReady: Outcome(503, 503, "UNAVAILABLE"),
+    DeadlineExceeded: Outcome(504, 504, "DEADLINE_EXCEEDED"),
+    BodyTimeout: Outcome(408, 408, "DEADLINE_EXCEEDED"),
+    Cancelled: Outcome(499, 499, "CANCELLED"),
     BpttError: Outcome(500, 500, "INTERNAL"),
 }
 

@@ -126,26 +126,34 @@ class RequestObserver:
             elapsed = time.perf_counter() - start
             route_obj = scope.get("route")
             route = getattr(route_obj, "path", None) or "unmatched"
-            method = scope["method"]
+            method = _printable(scope["method"])
+            path = _printable(scope["path"])
             REQUESTS.labels(method, route, str(status)).inc()
             DURATION.labels(method, route).observe(elapsed)
             REQUEST_BYTES.labels(route).observe(size)
             access_log.info(
                 "%s %s %d %.1fms %dB",
                 method,
-                scope["path"],
+                path,
                 status,
                 elapsed * 1e3,
                 size,
                 extra={
                     "method": method,
-                    "path": scope["path"],
+                    "path": path,
                     "route": route,
                     "status": status,
                     "duration_ms": round(elapsed * 1e3, 3),
                     "request_bytes": size,
                 },
             )
+
+
+def _printable(text: str, limit: int = 300) -> str:
+    """Request-controlled text for a log line: control characters escaped (a decoded %0a cannot
+    forge a line), and cut to ``limit`` characters."""
+    escaped = text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+    return escaped if len(escaped) <= limit else escaped[: limit - 3] + "..."
 
 
 def configure_logging(level: str, fmt: str) -> None:

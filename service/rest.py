@@ -11,13 +11,14 @@ import pathlib
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 
 from . import __version__, admission, checks, engine, inputs, ops
-from .codec import Array, Encoding, dumps, to_wire
-from .errors import NotReady, UnsupportedMediaType
+from .codec import Array, Encoding, dumps, require_finite, to_wire
+from .errors import BodyTimeout, NotReady, UnsupportedMediaType
 from .handlers import parse
 from .openapi import ERROR_RESPONSES, json_body
 from .schemas import (
@@ -35,7 +36,7 @@ from .schemas import (
 )
 from .settings import Settings
 
-__all__ = ["STATIC", "readiness", "router", "run_json"]
+__all__ = ["STATIC", "disconnected", "read_body", "readiness", "router", "run_json"]
 
 STATIC = pathlib.Path(__file__).parent / "static"
 
@@ -168,16 +169,43 @@ def readiness(request: Request) -> None:
 
 
 async def run_json(request: Request, answer: Answer) -> Response:
-    """Read the JSON body, then parse, compute and serialise in a compute thread."""
+    """Admit (a queue slot before the body is read), read the JSON body within its timeout, then
+    price the parse, parse, compute and serialise in a compute thread within the deadline."""
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if ctype != "application/json" and not ctype.endswith("+json"):
         raise UnsupportedMediaType(
             f"the body must be sent as Content-Type: application/json, got {ctype!r}", field="Content-Type"
         )
-    body = await request.body()
     settings: Settings = request.app.state.settings
-    content = await request.app.state.pool.run(lambda: dumps(answer(body, settings)))
+
+    def work(body: bytes) -> bytes:
+        admission.check_json_parse(settings, body)
+        content = answer(body, settings)
+        require_finite(content)
+        return dumps(content)
+
+    async with request.app.state.pool.slot() as slot:
+        body = await read_body(request, settings)
+        content = await slot.run(lambda: work(body), disconnected=lambda: disconnected(request))
     return Response(content, media_type="application/json")
+
+
+async def read_body(request: Request, settings: Settings) -> bytes:
+    """The whole body, or ``BodyTimeout`` (408) when it does not arrive within BPTT_BODY_TIMEOUT."""
+    try:
+        with anyio.fail_after(settings.body_timeout):
+            return await request.body()
+    except TimeoutError:
+        raise BodyTimeout(
+            f"the request body did not arrive within {settings.body_timeout:g} s (setting BPTT_BODY_TIMEOUT)",
+            field="body",
+        ) from None
+
+
+async def disconnected(request: Request) -> None:
+    """Return once the client has gone (the body is read: the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 # -- answers: parse -> admit -> compute -> encode, in a compute thread ----------

@@ -43,9 +43,9 @@ class Settings(BaseSettings):
     )
 
     # -- limits: over one, a request gets 413 naming it ------------------------
-    # 128 MiB holds the tutorial's model (C = 8000, H = 100) as JSON lists (34 MB) with room.
+    # 64 MiB holds the tutorial's model (C = 8000, H = 100, T = 50) as JSON lists (34 MB) with room.
     max_body_bytes: int = Field(
-        default=128 << 20, ge=1024, description="largest request body in bytes; over it, 413 before it is read"
+        default=64 << 20, ge=1024, description="largest request body in bytes; over it, 413 before it is read"
     )
     max_tokens: int = Field(default=10_000, ge=1, description="largest T of one sequence")
     # C x H: 10 million is a 100,000-word vocabulary at H = 100 (80 MB a matrix).
@@ -67,6 +67,31 @@ class Settings(BaseSettings):
     )
     max_queue: int = Field(
         default=64, ge=0, description="requests waiting for a compute thread, per worker; past it, 503 with Retry-After"
+    )
+
+    # -- time and memory: every request is bounded while it runs -----------------
+    # Queue wait + compute; the work checks it between steps and stops with 504.
+    request_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="deadline of one request in seconds (queue wait + compute); past it, 504",
+    )
+    # A body that trickles in holds memory and a queue slot: drop it with 408.
+    body_timeout: float = Field(
+        default=30.0, gt=0, le=60, description="seconds a request body may take to arrive; past it, 408"
+    )
+    # Bodies being read or waiting in the queue, summed over all connections.
+    max_bytes_in_flight: int = Field(
+        default=256 << 20, ge=1024, description="request bytes held at once (bodies arriving or queued); past it, 503"
+    )
+    # JSON number text is parsed holding the GIL (about 0.1 us a number, 1.5 us a list);
+    # the estimate from the body's commas and brackets is refused past this.
+    max_parse_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="longest estimated parse of a JSON body's numbers and lists, in seconds; past it, 413 "
+        "(base64 tensors parse in milliseconds)",
     )
 
     # -- authentication ---------------------------------------------------------

@@ -17,6 +17,7 @@ from helpers import LocalServer, make_problem
 import service
 from service import ops
 from service.app import create_app
+from service.client import Wire
 from service.settings import Settings
 
 
@@ -113,12 +114,14 @@ def test_sigterm_lets_in_flight_request_finish():
     server = LocalServer()
     rng = np.random.default_rng(1)
     p = make_problem(rng, H=100, C=20000, T=300)  # long enough to still be running at the signal
-    body = json.dumps(p.body()).encode()
+    body = Wire("base64", "float64").bptt_body(p.U, p.V, p.W, p.x, p.y)
     answer: dict = {}
 
     def post():
         try:
-            answer["r"] = httpx.post(f"{server.url}/bptt", content=body, timeout=120)
+            answer["r"] = httpx.post(
+                f"{server.url}/bptt", content=body, headers={"content-type": "application/json"}, timeout=120
+            )
         except Exception as exc:  # reported by the assertion below
             answer["error"] = exc
 

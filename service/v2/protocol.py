@@ -43,6 +43,7 @@ __all__ = [
     "check_model",
     "encode_response",
     "infer",
+    "json_header",
     "model_metadata",
     "parse_request",
     "server_metadata",
@@ -170,6 +171,11 @@ def parse_request(body: bytes, header_length: str | None) -> Call:
     )
 
 
+def json_header(body: bytes, header_length: str | None) -> bytes:
+    """The JSON part of a request body (all of it without the binary extension)."""
+    return _split(body, header_length)[0]
+
+
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     if header_length is None:
         return body, memoryview(b"")
@@ -261,7 +267,9 @@ def _from_json(data: list[Any], name: str, datatype: str, dtype: str, shape: lis
         bad = [v for v in a if not info.min <= v <= info.max]
         if bad:
             raise InputError(f"{name}.data holds {bad[0]}, out of {datatype}'s range", field=f"{name}.data")
-    return a.astype(dtype).reshape(shape)
+        return a.astype(dtype).reshape(shape)
+    # FP32: a float64 beyond float32's range is refused, not rounded to infinity.
+    return convert(a.reshape(shape), np.float32 if dtype == "float32" else np.float64, name)
 
 
 def work_size(call: Call) -> tuple[int, int, list[int]]:

@@ -8,8 +8,9 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
 from .. import admission, ops
+from ..codec import require_finite
 from ..openapi import ERROR_RESPONSES, V2_ERRORS, V2_INFER_RESPONSES
-from ..rest import readiness
+from ..rest import disconnected, read_body, readiness
 from ..settings import Settings
 from . import protocol
 from .wire import ModelMetadata, ServerMetadata
@@ -146,19 +147,24 @@ async def post_v2_version_infer(request: Request, model_name: ModelName, model_v
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
     protocol.check_model(name, version)
-    body = await request.body()
     header_length = request.headers.get(protocol.HEADER_LENGTH)
     settings: Settings = request.app.state.settings
-    content, headers = await request.app.state.pool.run(lambda: _answer(body, header_length, settings))
+    async with request.app.state.pool.slot() as slot:
+        body = await read_body(request, settings)
+        content, headers = await slot.run(
+            lambda: _answer(body, header_length, settings), disconnected=lambda: disconnected(request)
+        )
     return Response(content, headers=headers)
 
 
 def _answer(body: bytes, header_length: str | None, settings: Settings) -> tuple[bytes | memoryview, dict[str, str]]:
     """Parse -> admit -> compute -> encode, in a compute thread."""
+    admission.check_json_parse(settings, protocol.json_header(body, header_length))
     call = protocol.parse_request(body, header_length)
     H, C, lengths = protocol.work_size(call)
     admission.check_work(settings, H=H, C=C, lengths=lengths)
     with ops.engine_timer("v2_infer") as counts:
         results = protocol.infer(call)
         counts["tokens"] = int(results["tokens"][0])
+    require_finite(results)
     return protocol.encode_response(call, results)
