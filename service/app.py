@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ready = False
     app.state.not_ready_reason = "starting: the engine self-check has not run yet"
     app.state.pool = Pool(threads=settings.threads, max_queue=settings.max_queue, timeout=settings.request_timeout)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, max_in_flight=settings.max_bytes_in_flight)
     if settings.api_keys:
         app.add_middleware(BearerAuth, keys=settings.api_keys)
     app.add_middleware(TrailingSlash)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import BodyTooLarge, Unauthorised
+from .errors import BodyTooLarge, Busy, Unauthorised
 from .handlers import send_error
 
 __all__ = ["OPEN_PATHS", "BearerAuth", "BodyLimit", "TrailingSlash"]
@@ -27,36 +27,62 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class BodyLimit:
-    """Refuse bodies over ``max_bytes`` without reading them.
+    """Refuse bodies over ``max_bytes`` without reading them, and bound the bytes held across connections.
 
     A Content-Length over the limit is answered at once; a body without one
     (chunked) is counted as it is read, and ``receive`` raises ``BodyTooLarge``
-    past the limit, which the app's handler answers with its 413.
+    past the limit, which the app's handler answers with its 413. Every request's
+    body counts against ``max_in_flight`` from its first byte until its answer is
+    sent (it stays in memory while it waits and computes): past it, 503.
     """
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, max_in_flight: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0  # bytes of request bodies held now, all connections
+
+    def _busy(self) -> Busy:
+        return Busy(
+            f"the server holds {self.in_flight:,} bytes of request bodies, near its limit of "
+            f"{self.max_in_flight:,} (setting BPTT_MAX_BYTES_IN_FLIGHT); retry shortly"
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        declared = 0
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await send_error(scope, send, BodyTooLarge(self.max_bytes))
-                return
+            if name == b"content-length" and value.isdigit():
+                declared = int(value)
+        if declared > self.max_bytes:
+            await send_error(scope, send, BodyTooLarge(self.max_bytes))
+            return
+        if declared and self.in_flight + declared > self.max_in_flight:
+            await send_error(scope, send, self._busy())
+            return
+        self.in_flight += declared  # reserved before the first byte: trickling uploads cannot pile up
+        held = declared
         seen = 0
 
         async def counting_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, held
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
                 raise BodyTooLarge(self.max_bytes)
+            if seen > held:  # chunked (or longer than declared): count as it arrives
+                if self.in_flight + seen - held > self.max_in_flight:
+                    raise self._busy()
+                self.in_flight += seen - held
+                held = seen
             return message
 
-        await self.app(scope, counting_receive, send)
+        try:
+            await self.app(scope, counting_receive, send)
+        finally:
+            self.in_flight -= held
 
 
 class BearerAuth:

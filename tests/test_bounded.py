@@ -168,3 +168,27 @@ def test_error_bodies_stay_small_whatever_the_request(client):
     r = client.post("/bptt", json={"U": huge, "V": [[0]], "W": [[0]], "x": [0], "y": [0], huge: 1})
     assert r.status_code == 422
     assert len(r.content) < 8_000, len(r.content)
+
+
+def test_bytes_in_flight_are_bounded_across_connections(rng):
+    """Bodies held at once (arriving or waiting) count against BPTT_MAX_BYTES_IN_FLIGHT: past it, 503 early."""
+    limit = 200_000
+    with LocalServer(env={"BPTT_MAX_BYTES_IN_FLIGHT": str(limit), "BPTT_BODY_TIMEOUT": "10"}) as server:
+        with socket.create_connection(("127.0.0.1", server.port)) as slow:
+            # A slow upload that declared 150 kB holds them from its first byte.
+            slow.sendall(b"POST /bptt HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+            slow.sendall(b"Content-Length: 150000\r\n\r\n{")
+            time.sleep(0.3)
+            p = make_problem(rng, H=20, C=60, T=20)
+            body = Wire("json", "float64").bptt_body(p.U, p.V, p.W, p.x, p.y)
+            assert 50_000 < len(body) < limit
+            r = httpx.post(f"{server.url}/bptt", content=body, headers=JSON, timeout=10)
+            assert r.status_code == 503, r.text[:300]
+            assert "BPTT_MAX_BYTES_IN_FLIGHT" in r.json()["detail"]
+            assert "retry-after" in r.headers
+        # The slow upload gone, the same request passes.
+        deadline = time.monotonic() + 5
+        while (r := httpx.post(f"{server.url}/bptt", content=body, headers=JSON, timeout=10)).status_code == 503:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert r.status_code == 200
