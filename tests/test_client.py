@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -128,3 +130,14 @@ def test_client_biases_clip_and_trace(live_server, rng):
     for got, exp in zip(tr.deltas, want.deltas, strict=False):
         np.testing.assert_array_equal(got, exp)
     np.testing.assert_array_equal(tr.norms, want.norms)
+
+
+def test_client_imports_no_server_module():
+    """`import service.client` loads neither the web stack nor pydantic: the client installs without them."""
+    code = (
+        "import sys, service.client; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'fastapi', 'starlette', 'uvicorn', 'pydantic', 'pydantic_settings', 'prometheus_client', 'anyio'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
