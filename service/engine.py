@@ -628,7 +628,7 @@ def _bptt_unchecked(batch: _Batch, K: int | None) -> BatchGradients:
         losses = np.array([token_loss.sum()])
     else:
         seq_of_row = np.broadcast_to(np.arange(B), (T, B)).ravel()[valid]
-        losses = np.bincount(seq_of_row, weights=token_loss, minlength=B)
+        losses = np.bincount(seq_of_row, weights=token_loss, minlength=B).astype(token_loss.dtype)
     loss = float(losses.sum())
     final_state = S[lengths - 1, np.arange(B)]  # (B, H)
 
