@@ -57,6 +57,7 @@ __all__ = [
     "UnsupportedMediaType",
     "body",
     "outcome",
+    "status_table",
 ]
 
 # No error body grows with the request: messages are cut to this many characters,
@@ -173,7 +174,7 @@ class MethodNotAllowed(BpttError):
 
 
 class Busy(BpttError):
-    """Every compute thread is busy and the queue is full: retry later."""
+    """At capacity (queue full, or request bytes held at their limit) or shutting down: retry after Retry-After."""
 
     type = "busy"
 
@@ -251,6 +252,19 @@ def outcome(exc: BpttError) -> Outcome:
         if cls in TABLE:
             return TABLE[cls]
     return TABLE[BpttError]
+
+
+def status_table() -> str:
+    """README's table of error answers, generated from ``TABLE`` and the classes' docstrings."""
+    lines = ["| error | type | REST | V2 | gRPC | when |", "|---|---|---|---|---|---|"]
+    for cls, row in TABLE.items():
+        when = (cls.__doc__ or "").strip().splitlines()[0].rstrip(".")
+        if cls is BpttError:
+            when = "A fault of the service: a generic message with a request id, the traceback only in the log"
+        lines.append(f"| `{cls.__name__}` | `{cls.type}` | {row.http} | {row.v2} | `{row.grpc}` | {when} |")
+    lines.append("| `RequestInvalid` with broken JSON | `json_invalid` | 400 | 400 | `INVALID_ARGUMENT` | "
+                 "the body is not valid JSON |")  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 def _cut(text: str) -> str:

@@ -69,11 +69,15 @@ def test_explain_page_computes_and_draws(browser, live_server, truncate):
     page.on("request", lambda r: bodies.append(r.post_data) if r.method == "POST" else None)
     try:
         page.goto(f"{live_server.url}/explain")
+        # The default model is drawn on load, before anything is clicked.
+        page.wait_for_selector("#results:not([hidden])", timeout=30_000)
+        assert painted(page, "heatmap") > 5000
+        bodies.clear()
+        page.evaluate("document.getElementById('status').textContent = ''")
         page.fill("#T", "12")
         page.fill("#K", truncate)
         page.click("#compute")
-        page.wait_for_selector("#results:not([hidden])", timeout=30_000)
-        assert page.text_content("#status") == "done"
+        page.wait_for_function("document.getElementById('status').textContent === 'done'", timeout=30_000)
         # The loss shown is the engine's for the weights the page sent.
         sent = json.loads(bodies[0])
         assert sent["trace"] is True and len(sent["x"]) == 12
@@ -94,10 +98,15 @@ def test_explain_page_shows_server_errors(browser, live_server):
     page = browser.new_page()
     try:
         page.goto(f"{live_server.url}/explain")
+        page.wait_for_selector("#results:not([hidden])", timeout=30_000)  # the default drawing
         page.fill("#pasted", '{"U": [[0.1, 0.2]], "V": [[0.1], [0.2]], "W": [[0.5, 0.5]], "x": [0], "y": [1]}')
         page.click("#compute")
         page.wait_for_function("document.getElementById('status').classList.contains('error')")
         assert page.text_content("#status") == "422: W must be H x H = 1 x 1, got 1 x 2"
+        # The previous drawing is gone, so it cannot be taken for this request's result.
+        assert page.is_hidden("#results")
+        assert painted(page, "heatmap") == 0
+        assert page.get_attribute("body", "data-loss") is None
         page.fill("#pasted", "{not json")
         page.click("#compute")
         page.wait_for_function("document.getElementById('status').textContent.startsWith('The pasted')")

@@ -179,3 +179,9 @@ def test_training_example_help_shows_every_default():
         assert line and line.group(1).strip(), f"{option} has no help"
     assert "examples/output/loss.png" in out.stdout
     assert "'full'" in out.stdout
+
+
+def test_readme_error_table_is_the_error_model():
+    from service.errors import status_table
+
+    assert status_table() in (ROOT / "README.md").read_text(), "README's error table drifted: paste status_table()"

@@ -126,8 +126,26 @@ function drawLags(canvas, summary) {
   ctx.lineWidth = 1;
 }
 
+// After an error, the previous drawing goes: it must not be taken for the new result.
+function clearResults() {
+  $("results").hidden = true;
+  $("summary").textContent = "";
+  for (const id of ["heatmap", "lags"]) {
+    const c = $(id);
+    c.getContext("2d").clearRect(0, 0, c.width, c.height);
+  }
+  delete document.body.dataset.loss;
+}
+
+function fail(message) {
+  clearResults();
+  const status = $("status");
+  status.className = "error";
+  status.textContent = message;
+}
+
 async function compute(event) {
-  event.preventDefault();
+  if (event) event.preventDefault();
   const status = $("status");
   status.className = "";
   status.textContent = "computing…";
@@ -135,8 +153,7 @@ async function compute(event) {
   try {
     body = request();
   } catch (err) {
-    status.className = "error";
-    status.textContent = `The pasted text is not JSON: ${err.message}`;
+    fail(`The pasted text is not JSON: ${err.message}`);
     return;
   }
   const headers = { "Content-Type": "application/json" };
@@ -144,8 +161,7 @@ async function compute(event) {
   const response = await fetch("/bptt", { method: "POST", headers, body: JSON.stringify(body) });
   const data = await response.json();
   if (!response.ok) {
-    status.className = "error";
-    status.textContent = `${response.status}: ${data.detail}`;
+    fail(`${response.status}: ${data.detail}`);
     return;
   }
   const K = body.bptt_truncate;
@@ -160,3 +176,4 @@ async function compute(event) {
 }
 
 $("controls").addEventListener("submit", compute);
+compute();  // the default model, drawn on load
