@@ -1,18 +1,35 @@
-"""Admission: a request's size against the service's limits, before any of the work is done.
+"""Admission: a request against the service's limits and budgets, before any of the work is done.
 
 Over a limit is ``LimitError`` (413), naming the limit, its value and its
-setting. The limits: T per sequence, C x H weights, the tokens x C probability
-matrix, batch size and tokens, trace values, and the estimated work of a check.
+setting. Three kinds, each checked where it is first known:
+
+- the price of parsing a JSON body (its numbers and lists), before parsing it;
+- the shapes: T per sequence, C x H, tokens x C, batch size and tokens, trace values;
+- the cost model (``service.costs``): the predicted seconds and peak bytes of the
+  computation, from the shapes alone, against BPTT_MAX_REQUEST_SECONDS and
+  BPTT_MAX_REQUEST_BYTES. ``POST <route>/cost`` (``/bptt/cost``, ...) answers the same prediction
+  without computing; ``GET /limits`` lists what is in force.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
 
+from . import costs
 from .errors import LimitError
 from .settings import Settings
 
-__all__ = ["check_flops", "check_json_parse", "check_trace", "check_work"]
+__all__ = [
+    "admit",
+    "check_json_parse",
+    "check_trace",
+    "check_work",
+    "examples",
+    "machine",
+    "refusal",
+]
 
 # Parsing JSON number text holds the GIL: measured here about 0.11 us a number
 # and 1.5 us a list (pydantic-core, one-element rows the worst case per byte).
@@ -64,17 +81,6 @@ def check_trace(settings: Settings, *, H: int, T: int, K: int | None) -> None:
         )
 
 
-def check_flops(settings: Settings, flops: float, what: str) -> None:
-    """Refuse a check whose estimated arithmetic is over BPTT_MAX_CHECK_FLOPS."""
-    if flops > settings.max_check_flops:
-        raise LimitError(
-            f"{what} would take about {flops:.3g} floating-point operations, over the limit of "
-            f"{settings.max_check_flops:.3g} (setting BPTT_MAX_CHECK_FLOPS); use a smaller model, "
-            "shorter sequence or fewer samples",
-            field="body",
-        )
-
-
 def check_json_parse(settings: Settings, body: bytes) -> None:
     """Refuse a JSON body whose numbers and lists would take too long to parse, before parsing it.
 
@@ -92,3 +98,96 @@ def check_json_parse(settings: Settings, body: bytes) -> None:
             "or split the request",
             field="body",
         )
+
+
+def machine(settings: Settings) -> costs.Machine:
+    """The cost model's constants, scaled by BPTT_SPEED."""
+    return replace(costs.DEFAULT, speed=settings.speed)
+
+
+def refusal(settings: Settings, estimate: costs.Estimate, *, inputs: int, what: str) -> LimitError | None:
+    """The 413 a request with this ``estimate`` gets, or None when it is admitted.
+
+    ``inputs`` are the bytes of the request's own arrays, counted with the
+    computation's peak against BPTT_MAX_REQUEST_BYTES.
+    """
+    advice = "send shorter sequences, a smaller bptt_truncate or fewer at once; POST <route>/cost prices a request"
+    if estimate.seconds > settings.max_request_seconds:
+        return LimitError(
+            f"{what} would take about {estimate.seconds:.3g} s to compute (the cost model's estimate from its "
+            f"shapes), over the limit of {settings.max_request_seconds:g} s (setting BPTT_MAX_REQUEST_SECONDS); "
+            + advice,
+            field="body",
+        )
+    total = estimate.bytes + inputs
+    if total > settings.max_request_bytes:
+        return LimitError(
+            f"{what} would need about {total / 2**20:,.0f} MiB of memory (the cost model's estimate from its "
+            f"shapes), over the limit of {settings.max_request_bytes / 2**20:,.0f} MiB (setting "
+            f"BPTT_MAX_REQUEST_BYTES); " + advice,
+            field="body",
+        )
+    return None
+
+
+def admit(settings: Settings, estimate: costs.Estimate, *, inputs: int, what: str) -> None:
+    """Raise the 413 of ``refusal`` when the request is over a budget."""
+    refused = refusal(settings, estimate, inputs=inputs, what=what)
+    if refused is not None:
+        raise refused
+
+
+def _largest(fits: Any, low: int, high: int) -> int:
+    """The largest n in [low, high] with fits(n) (fits is monotone), or low - 1 when none fits."""
+    if not fits(low):
+        return low - 1
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid - 1)
+    return low
+
+
+def examples(settings: Settings) -> list[dict[str, Any]]:
+    """What the limits in force admit, from the cost model: the largest request of a few shapes."""
+    m = machine(settings)
+
+    def fits(lengths: list[int], H: int, C: int, K: int | None) -> bool:
+        if max(lengths) > settings.max_tokens or settings.max_weights < C * H or len(lengths) > settings.max_batch:
+            return False
+        if len(lengths) > 1 and sum(lengths) > settings.max_batch_tokens:
+            return False
+        if sum(lengths) * C > settings.max_probabilities:
+            return False
+        estimate = costs.bptt(lengths=lengths, H=H, C=C, K=K, machine=m)
+        inputs = 8 * (2 * H * C + H * H) + 16 * sum(lengths)
+        return refusal(settings, estimate, inputs=inputs, what="") is None
+
+    tokens = settings.max_tokens
+    out = [
+        {
+            "shape": "the tutorial's model, C = 8000, H = 100, full BPTT",
+            "largest": "T",
+            "value": _largest(lambda T: fits([T], 100, 8000, None), 1, tokens),
+        },
+        {
+            "shape": "the tutorial's model, C = 8000, H = 100, bptt_truncate = 4",
+            "largest": "T",
+            "value": _largest(lambda T: fits([T], 100, 8000, 4), 1, tokens),
+        },
+        {
+            "shape": "a batch of sequences of T = 50, C = 8000, H = 100",
+            "largest": "B",
+            "value": _largest(lambda B: fits([50] * B, 100, 8000, None), 1, settings.max_batch),
+        },
+        {
+            "shape": "T = 1000, C = 65, H = 100 (characters)",
+            "largest": "bptt_truncate",
+            "value": _largest(lambda K: fits([1000], 100, 65, K), 0, 998),
+        },
+        {
+            "shape": "C = 1, T = 1000, full BPTT",
+            "largest": "H",
+            "value": _largest(lambda H: fits([1000], H, 1, None), 1, 20_000),
+        },
+    ]
+    return out

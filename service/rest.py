@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -16,9 +17,9 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 
-from . import __version__, admission, checks, engine, inputs, ops
+from . import __version__, admission, checks, costs, engine, inputs, ops
 from .codec import Array, Encoding, dumps, require_finite, to_wire
-from .errors import BodyTimeout, NotReady, UnsupportedMediaType
+from .errors import BodyTimeout, LimitError, NotReady, UnsupportedMediaType
 from .handlers import parse
 from .openapi import ERROR_RESPONSES, json_body
 from .schemas import (
@@ -28,11 +29,13 @@ from .schemas import (
     BpttResponse,
     CompareRequest,
     CompareResponse,
+    CostResponse,
     ErrorResponse,
     GradientCheckRequest,
     GradientCheckResponse,
     HealthResponse,
     IndexResponse,
+    LimitsResponse,
 )
 from .settings import Settings
 
@@ -100,6 +103,49 @@ async def post_bptt_compare(request: Request) -> Response:
     """Submit your dLdU, dLdV, dLdW with the inputs: the answer gives the errors, the worst
     entries, and which classic mistake your gradients match, when one does."""
     return await run_json(request, compare_answer)
+
+
+def _cost_route(route: str, model: type[Any]) -> None:
+    """``POST {route}/cost``: the dry run of ``route``, with that route's request body."""
+
+    async def post_cost(request: Request) -> Response:
+        return await run_json(request, cost_answer(route))
+
+    post_cost.__name__ = "post" + route.replace("/", "_").replace("-", "_") + "_cost"
+    post_cost.__doc__ = (
+        f"The cost model's estimate of a `POST {route}` request (seconds, bytes, by part) and whether the limits "
+        "admit it, from its shapes, without computing it: a batching client sizes its requests with this."
+    )
+    router.post(
+        f"{route}/cost",
+        response_model=CostResponse,
+        responses=ERROR_RESPONSES,
+        openapi_extra=json_body(model),
+        summary=f"Price a {route} request without computing it",
+        tags=["operations"],
+    )(post_cost)
+
+
+for _route, _model in (
+    ("/bptt", BpttRequest),
+    ("/bptt/batch", BpttBatchRequest),
+    ("/gradient-check", GradientCheckRequest),
+    ("/bptt/compare", CompareRequest),
+):
+    _cost_route(_route, _model)
+
+
+@router.get("/limits", response_model=LimitsResponse, summary="The limits in force", tags=["operations"])
+async def get_limits(request: Request) -> dict[str, Any]:
+    """Every limit and budget in force (with its setting), and what they admit at a few common shapes."""
+    settings: Settings = request.app.state.settings
+    names = [
+        "max_body_bytes", "max_bytes_in_flight", "max_parse_seconds", "max_request_seconds", "max_request_bytes",
+        "speed", "request_timeout", "body_timeout", "max_tokens", "max_weights", "max_probabilities", "max_batch",
+        "max_batch_tokens", "max_trace_values", "max_trace_delta_o", "threads", "max_queue",
+    ]  # fmt: skip
+    limits = {n: {"value": getattr(settings, n), "setting": f"BPTT_{n.upper()}"} for n in names}
+    return {"limits": limits, "admits": admission.examples(settings)}
 
 
 @router.get(
@@ -211,79 +257,199 @@ async def disconnected(request: Request) -> None:
 # -- answers: parse -> admit -> compute -> encode, in a compute thread ----------
 
 
-def bptt_answer(body: bytes, settings: Settings) -> dict[str, Any]:
-    """``POST /bptt``."""
+@dataclass(frozen=True)
+class Plan:
+    """A parsed request, priced: what it is, what it will cost, and the computation itself."""
+
+    what: str  # the shapes, for messages: "this request (T = 50, H = 100, C = 8000)"
+    estimate: costs.Estimate
+    inputs: int  # bytes of the request's own arrays
+    run: Callable[[], dict[str, Any]]
+
+    def admitted(self, settings: Settings) -> dict[str, Any]:
+        """Admit (413 over a budget), then compute."""
+        admission.admit(settings, self.estimate, inputs=self.inputs, what=self.what)
+        return self.run()
+
+
+def _nbytes(arrays: dict[str, Any]) -> int:
+    total = 0
+    for value in arrays.values():
+        for a in value if isinstance(value, list) else [value]:
+            total += getattr(a, "nbytes", 0)
+    return total
+
+
+def _what(lengths: list[int], H: int, C: int, K: int | None) -> str:
+    T = f"T = {lengths[0]:,}" if len(lengths) == 1 else f"B = {len(lengths):,}, longest T = {max(lengths):,}"
+    truncate = "" if K is None else f", bptt_truncate = {K:,}"
+    return f"this request ({T}, H = {H:,}, C = {C:,}{truncate})"
+
+
+def bptt_plan(body: bytes, settings: Settings) -> Plan:
+    """``POST /bptt``, parsed and priced."""
     request = parse(BpttRequest, body)
     arrays = inputs.bptt_arrays(request)
     H, C = arrays["U"].shape
-    admission.check_work(settings, H=H, C=C, lengths=[len(arrays["x"])])
+    T, K = len(arrays["x"]), request.bptt_truncate
+    admission.check_work(settings, H=H, C=C, lengths=[T])
     if request.trace:
-        admission.check_trace(settings, H=H, T=len(arrays["x"]), K=request.bptt_truncate)
-    with ops.engine_timer("bptt") as counts:
-        result = engine.bptt(**arrays)
-        counts["tokens"] = result.tokens
-    answer = _gradients_body(result, request.encoding)
-    if request.trace:
-        arrays.pop("clip")
-        trace = engine.trace(**arrays)
-        keep = trace.delta_o.size <= settings.max_trace_delta_o
-        answer["trace"] = _trace_body(trace, request.encoding, keep_delta_o=keep)
-    return answer
+        admission.check_trace(settings, H=H, T=T, K=K)
+    estimate = costs.bptt(
+        lengths=[T],
+        H=H,
+        C=C,
+        K=K,
+        itemsize=arrays["U"].itemsize,
+        biases=arrays["b"] is not None or arrays["c"] is not None,
+        clip=request.clip is not None,
+        trace=request.trace,
+        machine=admission.machine(settings),
+    )
+
+    def run() -> dict[str, Any]:
+        with ops.engine_timer("bptt") as counts:
+            result = engine.bptt(**arrays)
+            counts["tokens"] = result.tokens
+        answer = _gradients_body(result, request.encoding)
+        if request.trace:
+            trace = engine.trace(**{k: v for k, v in arrays.items() if k != "clip"})
+            keep = trace.delta_o.size <= settings.max_trace_delta_o
+            answer["trace"] = _trace_body(trace, request.encoding, keep_delta_o=keep)
+        return answer
+
+    return Plan(_what([T], H, C, K), estimate, _nbytes(arrays), run)
+
+
+def batch_plan(body: bytes, settings: Settings) -> Plan:
+    """``POST /bptt/batch``, parsed and priced (padding to the longest sequence included)."""
+    request = parse(BpttBatchRequest, body)
+    arrays = inputs.batch_arrays(request)
+    H, C = arrays["U"].shape
+    lengths = [len(x) for x in arrays["xs"]]
+    admission.check_work(settings, H=H, C=C, lengths=lengths)
+    estimate = costs.bptt(
+        lengths=lengths,
+        H=H,
+        C=C,
+        K=request.bptt_truncate,
+        itemsize=arrays["U"].itemsize,
+        biases=arrays["b"] is not None or arrays["c"] is not None,
+        clip=request.clip is not None,
+        machine=admission.machine(settings),
+    )
+
+    def run() -> dict[str, Any]:
+        with ops.engine_timer("bptt_batch") as counts:
+            result = engine.bptt_batch(**arrays)
+            counts["tokens"] = result.tokens
+        return {**_gradients_body(result, request.encoding), "losses": result.losses}
+
+    return Plan(_what(lengths, H, C, request.bptt_truncate), estimate, _nbytes(arrays), run)
+
+
+def check_plan(body: bytes, settings: Settings) -> Plan:
+    """``POST /gradient-check``, parsed and priced."""
+    request = parse(GradientCheckRequest, body)
+    arrays = inputs.check_arrays(request)
+    H, C = arrays["U"].shape
+    T, K = len(arrays["x"]), request.bptt_truncate
+    admission.check_work(settings, H=H, C=C, lengths=[T])
+    sizes = [a.size for k, a in arrays.items() if k in ("U", "V", "W", "b", "c", "s0") and a is not None]
+    estimate = costs.gradient_check(
+        T=T, H=H, C=C, K=K, samples=request.samples, sizes=sizes, machine=admission.machine(settings)
+    )
+
+    def run() -> dict[str, Any]:
+        with ops.engine_timer("gradient_check"):
+            report = checks.gradient_check(
+                arrays, h=request.h, tolerance=request.tolerance, samples=request.samples, seed=request.seed
+            )
+        note = None
+        if K is not None:
+            note = (
+                f"bptt_truncate = {K}: the truncated gradients of U and W are not the "
+                "derivatives of the loss, so they are expected to fail where outputs reach back further "
+                "than K steps (docs/derivation.md, section 6)."
+            )
+        return {
+            "passed": all(r["passed"] for r in report.values()),
+            "h": request.h,
+            "tolerance": request.tolerance,
+            "parameters": report,
+            "note": note,
+        }
+
+    return Plan(_what([T], H, C, K), estimate, _nbytes(arrays), run)
+
+
+def compare_plan(body: bytes, settings: Settings) -> Plan:
+    """``POST /bptt/compare``, parsed and priced (the diagnosis's recomputations included)."""
+    request = parse(CompareRequest, body)
+    arrays, submitted = inputs.compare_arrays(request)
+    H, C = arrays["U"].shape
+    T, K = len(arrays["x"]), request.bptt_truncate
+    admission.check_work(settings, H=H, C=C, lengths=[T])
+    estimate = costs.compare(T=T, H=H, C=C, K=K, machine=admission.machine(settings))
+
+    def run() -> dict[str, Any]:
+        with ops.engine_timer("compare"):
+            return checks.compare(arrays, submitted, tolerance=request.tolerance)
+
+    return Plan(_what([T], H, C, K), estimate, _nbytes(arrays) + _nbytes(submitted), run)
+
+
+PLANS: dict[str, Callable[[bytes, Settings], Plan]] = {
+    "/bptt": bptt_plan,
+    "/bptt/batch": batch_plan,
+    "/gradient-check": check_plan,
+    "/bptt/compare": compare_plan,
+}
+
+
+def bptt_answer(body: bytes, settings: Settings) -> dict[str, Any]:
+    """``POST /bptt``."""
+    return bptt_plan(body, settings).admitted(settings)
 
 
 def batch_answer(body: bytes, settings: Settings) -> dict[str, Any]:
     """``POST /bptt/batch``."""
-    request = parse(BpttBatchRequest, body)
-    arrays = inputs.batch_arrays(request)
-    H, C = arrays["U"].shape
-    admission.check_work(settings, H=H, C=C, lengths=[len(x) for x in arrays["xs"]])
-    with ops.engine_timer("bptt_batch") as counts:
-        result = engine.bptt_batch(**arrays)
-        counts["tokens"] = result.tokens
-    return {**_gradients_body(result, request.encoding), "losses": result.losses}
+    return batch_plan(body, settings).admitted(settings)
 
 
 def check_answer(body: bytes, settings: Settings) -> dict[str, Any]:
     """``POST /gradient-check``."""
-    request = parse(GradientCheckRequest, body)
-    arrays = inputs.check_arrays(request)
-    H, C = arrays["U"].shape
-    T = len(arrays["x"])
-    admission.check_work(settings, H=H, C=C, lengths=[T])
-    sizes = [a.size for k, a in arrays.items() if k in ("U", "V", "W", "b", "c", "s0") and a is not None]
-    evaluations = 2 * sum(min(n, request.samples) for n in sizes)
-    admission.check_flops(settings, evaluations * T * H * (H + C), "this gradient check")
-    with ops.engine_timer("gradient_check"):
-        report = checks.gradient_check(
-            arrays, h=request.h, tolerance=request.tolerance, samples=request.samples, seed=request.seed
-        )
-    note = None
-    if request.bptt_truncate is not None:
-        note = (
-            f"bptt_truncate = {request.bptt_truncate}: the truncated gradients of U and W are not the "
-            "derivatives of the loss, so they are expected to fail where outputs reach back further "
-            "than K steps (docs/derivation.md, section 6)."
-        )
-    return {
-        "passed": all(r["passed"] for r in report.values()),
-        "h": request.h,
-        "tolerance": request.tolerance,
-        "parameters": report,
-        "note": note,
-    }
+    return check_plan(body, settings).admitted(settings)
 
 
 def compare_answer(body: bytes, settings: Settings) -> dict[str, Any]:
     """``POST /bptt/compare``."""
-    request = parse(CompareRequest, body)
-    arrays, submitted = inputs.compare_arrays(request)
-    H, C = arrays["U"].shape
-    T = len(arrays["x"])
-    admission.check_work(settings, H=H, C=C, lengths=[T])
-    lags = T if request.bptt_truncate is None else min(T, request.bptt_truncate + 2)
-    admission.check_flops(settings, 8 * T * H * (C + lags * H), "this comparison (the tutorial's loop, 8 times)")
-    with ops.engine_timer("compare"):
-        return checks.compare(arrays, submitted, tolerance=request.tolerance)
+    return compare_plan(body, settings).admitted(settings)
+
+
+def cost_answer(route: str) -> Answer:
+    """``POST {route}/cost``: the plan's price and verdict, computing nothing."""
+
+    def answer(body: bytes, settings: Settings) -> dict[str, Any]:
+        try:
+            plan = PLANS[route](body, settings)
+        except LimitError as exc:  # a shape limit: refused before any price
+            return {"route": route, "admitted": False, "refusal": exc.message, "estimate": None}
+        refused = admission.refusal(settings, plan.estimate, inputs=plan.inputs, what=plan.what)
+        return {
+            "route": route,
+            "admitted": refused is None,
+            "refusal": None if refused is None else refused.message,
+            "estimate": {
+                "seconds": plan.estimate.seconds,
+                "bytes": plan.estimate.bytes + plan.inputs,
+                "compute_bytes": plan.estimate.bytes,
+                "input_bytes": plan.inputs,
+                "terms": plan.estimate.terms,
+            },
+        }
+
+    return answer
 
 
 def _gradients_body(g: engine.Gradients | engine.BatchGradients, encoding: Encoding) -> dict[str, Any]:

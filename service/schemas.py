@@ -14,12 +14,15 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Fiel
 
 __all__ = [
     "TENSOR_TAGS",
+    "AdmittedExample",
     "BpttBatchRequest",
     "BpttBatchResponse",
     "BpttRequest",
     "BpttResponse",
     "CompareRequest",
     "CompareResponse",
+    "CostEstimate",
+    "CostResponse",
     "Count",
     "ErrorItem",
     "ErrorResponse",
@@ -28,6 +31,8 @@ __all__ = [
     "HealthResponse",
     "IndexResponse",
     "LagSummary",
+    "LimitInForce",
+    "LimitsResponse",
     "MatrixIn",
     "Number",
     "SequenceIn",
@@ -412,3 +417,43 @@ class CompareResponse(BaseModel):
     diagnosis: list[Diagnosis] = Field(
         description="The classic mistakes your gradients match (empty when they pass, or when none fits)."
     )
+
+
+# -- the cost model ----------------------------------------------------------------
+
+
+class CostEstimate(BaseModel):
+    """The cost model's prediction for one request, from its shapes."""
+
+    seconds: float = Field(description="Predicted compute time on this server (scaled by BPTT_SPEED).")
+    bytes: int = Field(description="Predicted peak memory: compute_bytes + input_bytes.")
+    compute_bytes: int = Field(description="Peak bytes of the arrays the computation makes.")
+    input_bytes: int = Field(description="Bytes of the request's own arrays.")
+    terms: dict[str, float] = Field(description="Seconds by part (recurrence, output layer, ...), summing to seconds.")
+
+
+class CostResponse(BaseModel):
+    """The answer of ``POST /bptt/cost``: a price and a verdict, nothing computed."""
+
+    route: str
+    admitted: bool = Field(description="The request would be computed (not refused with 413).")
+    refusal: str | None = Field(description="The 413's message when it would be refused, naming the limit.")
+    estimate: CostEstimate | None = Field(description="Null when a shape limit refuses it before any price.")
+
+
+class LimitInForce(BaseModel):
+    value: float | int | str = Field(description="The value in force.")
+    setting: str = Field(description="The environment variable that sets it.")
+
+
+class AdmittedExample(BaseModel):
+    shape: str
+    largest: str = Field(description="The dimension that is grown.")
+    value: int = Field(description="Its largest value the limits admit.")
+
+
+class LimitsResponse(BaseModel):
+    """The answer of ``GET /limits``."""
+
+    limits: dict[str, LimitInForce]
+    admits: list[AdmittedExample] = Field(description="The largest requests of a few common shapes that are admitted.")

@@ -61,12 +61,25 @@ class Settings(BaseSettings):
     max_trace_delta_o: int = Field(
         default=100_000, ge=0, description="largest T x C `delta_o` in a trace; above it, `delta_o` is null"
     )
-    # /gradient-check and /bptt/compare recompute many times; 2e9 operations are a few seconds here.
-    max_check_flops: float = Field(
-        default=2e9, gt=0, description="largest estimated floating-point work of one gradient check or comparison"
-    )
     max_queue: int = Field(
         default=64, ge=0, description="requests waiting for a compute thread, per worker; past it, 503 with Retry-After"
+    )
+
+    # -- the cost model: every compute request is priced from its shapes before it runs --
+    # Predicted seconds (service/costs.py) over this: 413 before any work.
+    max_request_seconds: float = Field(
+        default=10.0, gt=0, description="largest predicted compute time of one request, in seconds; over it, 413"
+    )
+    # Predicted peak bytes of the computation plus the request's own arrays: with 2 threads,
+    # 2 x 384 MiB plus bodies in flight and parsing fit the manifest's 2 GiB (tests/test_deploy.py).
+    max_request_bytes: int = Field(
+        default=384 << 20, ge=1 << 20, description="largest predicted memory of one request, in bytes; over it, 413"
+    )
+    # The cost model's constants were measured on a 2-core development machine.
+    speed: float = Field(
+        default=1.0,
+        gt=0,
+        description="this machine's speed relative to the cost model's calibration (2 = twice as fast)",
     )
 
     # -- time and memory: every request is bounded while it runs -----------------

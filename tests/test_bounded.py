@@ -21,6 +21,9 @@ from service.errors import ComputeError, LimitError
 from service.settings import Settings
 
 JSON = {"content-type": "application/json"}
+# The cost model would refuse the slow requests below before they start; these tests are about
+# what bounds a request that was admitted (on a slower machine than the model's, say).
+UNPRICED = {"BPTT_MAX_REQUEST_SECONDS": "1e6", "BPTT_MAX_REQUEST_BYTES": str(8 << 30)}
 
 
 def slow_body(rng: np.random.Generator, *, T: int = 600, H: int = 200) -> bytes:
@@ -35,7 +38,7 @@ def quick_body(rng: np.random.Generator) -> bytes:
 
 
 def test_deadline_stops_the_work_with_504_and_frees_the_thread(rng):
-    with LocalServer(env={"BPTT_REQUEST_TIMEOUT": "1", "BPTT_THREADS": "1"}) as server:
+    with LocalServer(env={"BPTT_REQUEST_TIMEOUT": "1", "BPTT_THREADS": "1", **UNPRICED}) as server:
         start = time.monotonic()
         r = httpx.post(f"{server.url}/bptt", content=slow_body(rng, T=3000), headers=JSON, timeout=60)
         elapsed = time.monotonic() - start
@@ -47,7 +50,7 @@ def test_deadline_stops_the_work_with_504_and_frees_the_thread(rng):
 
 
 def test_client_disconnect_cancels_running_work(rng):
-    with LocalServer(env={"BPTT_REQUEST_TIMEOUT": "600", "BPTT_THREADS": "1"}) as server:
+    with LocalServer(env={"BPTT_REQUEST_TIMEOUT": "600", "BPTT_THREADS": "1", **UNPRICED}) as server:
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{server.url}/bptt", content=slow_body(rng, T=3000), headers=JSON, timeout=1.0)
         # Without cancellation the one thread would be busy for minutes; with it, this is answered at once.
@@ -84,7 +87,7 @@ def test_queue_bound_holds_under_simultaneous_arrivals(rng):
             answers = await asyncio.gather(*(http.post(f"{url}/bptt", content=body, headers=JSON) for _ in range(12)))
         return sorted(r.status_code for r in answers)
 
-    with LocalServer(env={"BPTT_THREADS": "1", "BPTT_MAX_QUEUE": "2"}) as server:
+    with LocalServer(env={"BPTT_THREADS": "1", "BPTT_MAX_QUEUE": "2", **UNPRICED}) as server:
         statuses = asyncio.run(burst(server.url))
     assert statuses.count(503) >= 9 - 1, statuses  # one may slip in after the first finishes
     assert statuses.count(200) <= 4, statuses

@@ -76,7 +76,7 @@ def _sequence(seq: dict, C: int, H: int, pool: itertools.cycle) -> dict:
 
 def agree(case: schemathesis.Case) -> None:
     """Make a positive case's arrays agree with each other (see the module docstring)."""
-    path, body = case.operation.path, case.body
+    path, body = case.operation.path.removesuffix("/cost"), case.body  # a dry run takes its route's body
     if path.endswith("/infer") and case.media_type == "application/octet-stream":
         # Any bytes match {type: string, format: binary}; a valid one is a JSON
         # header and the tensors' bytes, as the route's description says.

@@ -85,7 +85,8 @@ assert tuple(INPUTS) == INPUT_NAMES and tuple(OUTPUTS) == OUTPUT_NAMES
 
 DESCRIPTION = (
     "Loss and BPTT gradients of a vanilla RNN language model. U [H, C], V [C, H], W [H, H] are FP64, "
-    "or FP32 (all three) to compute in float32, when the float outputs are FP32 too. x and y are [T] "
+    "or FP32 (all three) to compute in float32, when the gradients and states are FP32 too (loss, mean_loss and "
+    "losses are FP64 always). x and y are [T] "
     "(INT64 or INT32), or [B, T] for a batch, with s0 [B, H] and lengths [B] (row b uses its first "
     "lengths[b] tokens); then dLds0 and final_state are [B, H]. Parameter bptt_truncate: K >= 0, or "
     "absent for full BPTT."
@@ -277,8 +278,9 @@ def work_size(call: Call) -> tuple[int, int, list[int]]:
     a = call.arrays
     H, C = a["U"].shape if a["U"].ndim == 2 else (0, 0)
     x = a["x"]
-    if "lengths" in a:
-        return H, C, [int(n) for n in a["lengths"].ravel()] or [0]
+    if "lengths" in a:  # checked against T first: a length past T is the client's mistake, not a big request
+        xs, _, _ = _sequences(x, a["y"], None, a["lengths"])
+        return H, C, [len(row) for row in xs]
     if x.ndim == 2:
         return H, C, [x.shape[1]] * x.shape[0] or [0]
     return H, C, [x.size]
@@ -296,6 +298,7 @@ def infer(call: Call) -> dict[str, Array]:
     if x.ndim == 1 and "lengths" not in a:
         g = engine.bptt(U, V, W, x, y, bptt_truncate=call.bptt_truncate, s0=s0)
         losses = np.array([g.loss])
+    # loss, mean_loss and losses are FP64 whatever the weights' datatype (sums over many tokens).
     else:
         xs, ys, s0s = _sequences(x, y, s0, a.get("lengths"))
         g = engine.bptt_batch(U, V, W, xs, ys, bptt_truncate=call.bptt_truncate, s0=s0s)
@@ -309,7 +312,7 @@ def infer(call: Call) -> dict[str, Array]:
         "dLdW": g.dLdW,
         "dLds0": g.dLds0,
         "final_state": g.final_state,
-        "losses": losses,
+        "losses": np.asarray(losses, dtype=np.float64),
     }
 
 

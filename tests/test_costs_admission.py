@@ -1,0 +1,127 @@
+"""The cost model at admission: every compute route priced before it runs, the price answered by
+POST /bptt/cost, the limits listed by GET /limits, and a refusal that names the estimate and the setting."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+from helpers import make_problem
+
+from service import admission, costs
+from service.app import create_app
+from service.client import Wire
+from service.settings import Settings
+
+JSON = {"content-type": "application/json"}
+
+
+def body(p, **extra) -> bytes:
+    return orjson.dumps(p.body(**extra))
+
+
+def test_cost_answers_the_models_estimate_without_computing(client, rng):
+    p = make_problem(rng, H=5, C=7, T=9)
+    r = client.post("/bptt/cost", content=body(p, bptt_truncate=3), headers=JSON)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    want = costs.bptt(lengths=[9], H=5, C=7, K=3)
+    assert answer["admitted"] is True and answer["refusal"] is None
+    assert answer["estimate"]["seconds"] == pytest.approx(want.seconds)
+    assert answer["estimate"]["compute_bytes"] == want.bytes
+    assert answer["estimate"]["input_bytes"] == 8 * (5 * 7 * 2 + 25) + 2 * 8 * 9
+    assert sum(answer["estimate"]["terms"].values()) == pytest.approx(answer["estimate"]["seconds"])
+
+
+@pytest.mark.parametrize("route", ["/bptt/batch", "/gradient-check", "/bptt/compare"])
+def test_cost_prices_every_compute_route(client, rng, route):
+    p = make_problem(rng, H=4, C=6, T=5)
+    if route == "/bptt/batch":
+        payload = {k: v for k, v in p.body().items() if k not in ("x", "y")}
+        payload["sequences"] = [{"x": p.x.tolist(), "y": p.y.tolist()}, {"x": [1], "y": [2]}]
+        content = orjson.dumps(payload)
+    elif route == "/bptt/compare":
+        content = body(p, dLdU=p.U.tolist(), dLdV=p.V.tolist(), dLdW=p.W.tolist())
+    else:
+        content = body(p)
+    r = client.post(f"{route}/cost", content=content, headers=JSON)
+    assert r.status_code == 200, r.text
+    assert r.json()["route"] == route
+    assert r.json()["admitted"] is True
+    assert r.json()["estimate"]["seconds"] > 0
+
+
+def test_over_the_time_budget_is_413_naming_the_estimate_and_setting(rng):
+    """K close to T costs T K H^2: priced and refused before any work, the price in the message."""
+    p = make_problem(rng, H=100, C=65, T=1000)
+    settings = Settings(max_request_seconds=0.5)
+    content = Wire("base64", "float64").bptt_body(p.U, p.V, p.W, p.x, p.y, bptt_truncate=998)
+    with TestClient(create_app(settings)) as c:
+        dry = c.post("/bptt/cost", content=content, headers=JSON).json()
+        r = c.post("/bptt", content=content, headers=JSON)
+    assert r.status_code == 413
+    detail = r.json()["detail"]
+    assert "(setting BPTT_MAX_REQUEST_SECONDS)" in detail and "bptt_truncate = 998" in detail
+    assert dry["admitted"] is False and dry["refusal"] == detail
+    assert dry["estimate"]["seconds"] > 0.5
+
+
+def test_padding_is_priced(rng):
+    """One long sequence among many short ones pads to T_max x B: the memory budget sees it."""
+    H, C = 64, 8
+    lengths = [4000] + [1] * 1000
+    padded = costs.bptt(lengths=lengths, H=H, C=C, K=None)
+    unpadded = costs.bptt(lengths=[sum(lengths)], H=H, C=C, K=None)
+    assert padded.bytes > 20 * unpadded.bytes
+    refused = admission.refusal(Settings(), padded, inputs=0, what="this batch")
+    assert refused is not None and "(setting BPTT_MAX_REQUEST_" in refused.message
+
+
+def test_w_is_counted(rng):
+    """H = 3000, C = 1 passes the C x H limit, but T steps of an H x H product are priced."""
+    estimate = costs.bptt(lengths=[2000], H=3000, C=1, K=None)
+    assert admission.refusal(Settings(), estimate, inputs=0, what="") is not None
+
+
+def test_v2_infer_is_priced(rng):
+    p = make_problem(rng, H=60, C=5, T=600)
+    inputs = [
+        {"name": n, "shape": list(getattr(p, n).shape), "datatype": "FP64" if n in "UVW" else "INT64",
+         "data": getattr(p, n).ravel().tolist()}
+        for n in ("U", "V", "W", "x", "y")
+    ]  # fmt: skip
+    with TestClient(create_app(Settings(max_request_seconds=1e-4))) as c:
+        r = c.post("/v2/models/bptt/infer", json={"inputs": inputs, "parameters": {"bptt_truncate": 590}})
+    assert r.status_code == 413
+    assert "BPTT_MAX_REQUEST_SECONDS" in r.json()["error"]
+
+
+def test_limits_lists_every_limit_with_its_setting_and_what_it_admits(client):
+    r = client.get("/limits")
+    assert r.status_code == 200
+    limits = r.json()["limits"]
+    settings = Settings()
+    for name in ("max_request_seconds", "max_request_bytes", "max_body_bytes", "max_tokens", "request_timeout"):
+        assert limits[name] == {"value": getattr(settings, name), "setting": f"BPTT_{name.upper()}"}
+    admits = {a["shape"]: a["value"] for a in r.json()["admits"]}
+    assert admits == {a["shape"]: a["value"] for a in admission.examples(settings)}
+    # The tutorial's model with T = 50 is admitted by the defaults, with room.
+    assert admits["the tutorial's model, C = 8000, H = 100, full BPTT"] >= 50
+
+
+def test_examples_are_the_largest_admitted(rng):
+    settings = Settings()
+    for example in admission.examples(settings):
+        if example["shape"].startswith("C = 1,"):
+            H = example["value"]
+
+            def inputs(H: int) -> int:
+                return 8 * (2 * H + H * H) + 16 * 1000  # U, V, W and the token ids
+
+            ok = admission.refusal(settings, costs.bptt(lengths=[1000], H=H, C=1, K=None), inputs=inputs(H), what="")
+            over = admission.refusal(
+                settings, costs.bptt(lengths=[1000], H=H + 1, C=1, K=None), inputs=inputs(H + 1), what=""
+            )
+            assert ok is None and over is not None
+    assert np.isfinite([e["value"] for e in admission.examples(settings)]).all()
