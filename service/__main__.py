@@ -22,7 +22,9 @@ import uvicorn
 from . import __version__
 from .settings import ENV_PREFIX, Settings
 
-__all__ = ["main", "parser"]
+__all__ = ["SHUTDOWN_GRACE", "main", "parser"]
+
+SHUTDOWN_GRACE = 5.0  # seconds past the request deadline that a stop may take
 
 
 def parser() -> argparse.ArgumentParser:
@@ -83,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         log_level=settings.log_level,
         access_log=False,  # service.ops writes one line per request, with duration and size
         server_header=False,  # no "server: uvicorn" in answers
+        # On SIGTERM in-flight requests finish; none runs past its deadline, so the process
+        # exits within BPTT_REQUEST_TIMEOUT plus this grace even while a long request runs.
+        timeout_graceful_shutdown=settings.request_timeout + SHUTDOWN_GRACE,
     )
     return 0
 

@@ -22,14 +22,27 @@ from .errors import LimitError
 from .settings import Settings
 
 __all__ = [
+    "BASELINE_BYTES",
+    "PARSE_BYTES_PER_LIST",
+    "PARSE_BYTES_PER_NUMBER",
     "admit",
     "check_json_parse",
     "check_trace",
     "check_work",
     "examples",
     "machine",
+    "pod_memory",
     "refusal",
 ]
+
+# Memory of one worker process with nothing computing: the interpreter, numpy,
+# the web stack, and what the first requests leave behind (measured about 75 MiB
+# idle and under 120 MiB after the adversarial suite's catalogue; tests/test_adversarial.py).
+BASELINE_BYTES = 160 << 20
+# Parsing JSON number text makes Python objects: a float (24 bytes) and its list
+# slot (8), pydantic's intermediate, about 40 bytes a number; a list about 120.
+PARSE_BYTES_PER_NUMBER = 40
+PARSE_BYTES_PER_LIST = 120
 
 # Parsing JSON number text holds the GIL: measured here about 0.11 us a number
 # and 1.5 us a list (pydantic-core, one-element rows the worst case per byte).
@@ -191,3 +204,24 @@ def examples(settings: Settings) -> list[dict[str, Any]]:
         },
     ]
     return out
+
+
+def pod_memory(settings: Settings) -> dict[str, int]:
+    """The worst-case memory of one worker process under these settings, by part (bytes).
+
+    Every term is bounded by a setting: the requests computing at once (BPTT_THREADS,
+    each within BPTT_MAX_REQUEST_BYTES: its arrays, the computation's peak and its
+    answer), the Python objects of their JSON parses (BPTT_MAX_PARSE_SECONDS prices
+    them), and every request body held, arriving or waiting (BPTT_MAX_BYTES_IN_FLIGHT).
+    The deployment's memory limit must cover the sum with room for the allocator
+    (tests/test_deploy.py).
+    """
+    numbers = settings.max_parse_seconds / PARSE_SECONDS_PER_NUMBER
+    lists = settings.max_parse_seconds / PARSE_SECONDS_PER_LIST
+    parse = int(max(numbers * PARSE_BYTES_PER_NUMBER, lists * PARSE_BYTES_PER_LIST))
+    return {
+        "baseline": BASELINE_BYTES,
+        "computing": settings.threads * settings.max_request_bytes,
+        "parsing": settings.threads * parse,
+        "bodies": settings.max_bytes_in_flight,
+    }

@@ -263,7 +263,7 @@ class Plan:
 
     what: str  # the shapes, for messages: "this request (T = 50, H = 100, C = 8000)"
     estimate: costs.Estimate
-    inputs: int  # bytes of the request's own arrays
+    inputs: int  # bytes of the request's own arrays, and of its answer as it is written
     run: Callable[[], dict[str, Any]]
 
     def admitted(self, settings: Settings) -> dict[str, Any]:
@@ -278,6 +278,18 @@ def _nbytes(arrays: dict[str, Any]) -> int:
         for a in value if isinstance(value, list) else [value]:
             total += getattr(a, "nbytes", 0)
     return total
+
+
+# Writing an answer holds, per number, its text (JSON: up to 24 characters; base64: 10.7) and
+# the output buffer orjson builds: 32 bytes a number bounds both encodings.
+ANSWER_BYTES_PER_NUMBER = 32
+
+
+def _answer_bytes(H: int, C: int, B: int = 1, *, biases: bool = False, trace_values: int = 0) -> int:
+    """Bytes of an answer being written: dLdU, dLdV (C x H each), dLdW, dLds0 and final_state (B x H),
+    dLdb and dLdc, a trace's values."""
+    numbers = 2 * H * C + H * H + 2 * B * H + (H + C if biases else 0) + B + trace_values
+    return ANSWER_BYTES_PER_NUMBER * numbers
 
 
 def _what(lengths: list[int], H: int, C: int, K: int | None) -> str:
@@ -318,7 +330,10 @@ def bptt_plan(body: bytes, settings: Settings) -> Plan:
             answer["trace"] = _trace_body(trace, request.encoding, keep_delta_o=keep)
         return answer
 
-    return Plan(_what([T], H, C, K), estimate, _nbytes(arrays), run)
+    biases = arrays["b"] is not None or arrays["c"] is not None
+    trace_values = T * (T if K is None else min(T, K + 1)) * H + 2 * T * C if request.trace else 0
+    answer = _answer_bytes(H, C, biases=biases, trace_values=trace_values)
+    return Plan(_what([T], H, C, K), estimate, _nbytes(arrays) + answer, run)
 
 
 def batch_plan(body: bytes, settings: Settings) -> Plan:
@@ -345,7 +360,9 @@ def batch_plan(body: bytes, settings: Settings) -> Plan:
             counts["tokens"] = result.tokens
         return {**_gradients_body(result, request.encoding), "losses": result.losses}
 
-    return Plan(_what(lengths, H, C, request.bptt_truncate), estimate, _nbytes(arrays), run)
+    biases = arrays["b"] is not None or arrays["c"] is not None
+    answer = _answer_bytes(H, C, len(lengths), biases=biases)
+    return Plan(_what(lengths, H, C, request.bptt_truncate), estimate, _nbytes(arrays) + answer, run)
 
 
 def check_plan(body: bytes, settings: Settings) -> Plan:
@@ -444,7 +461,7 @@ def cost_answer(route: str) -> Answer:
                 "seconds": plan.estimate.seconds,
                 "bytes": plan.estimate.bytes + plan.inputs,
                 "compute_bytes": plan.estimate.bytes,
-                "input_bytes": plan.inputs,
+                "input_bytes": plan.inputs,  # the request's arrays and its answer
                 "terms": plan.estimate.terms,
             },
         }
