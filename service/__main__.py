@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import os
 import signal
 import socket
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         server_header=False,  # no "server: uvicorn" in answers
         # On SIGTERM in-flight requests finish; none runs past its deadline, so the process
         # exits within BPTT_REQUEST_TIMEOUT plus this grace even while a long request runs.
-        timeout_graceful_shutdown=settings.request_timeout + SHUTDOWN_GRACE,
+        timeout_graceful_shutdown=math.ceil(settings.request_timeout + SHUTDOWN_GRACE),
     )
     return 0
 
