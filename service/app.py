@@ -48,11 +48,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The application, configured by ``settings`` (read from the environment when omitted).
 
     Building it also applies the process-wide choices of the settings: the malloc
-    tuning (``BPTT_TUNE_MALLOC``) and the log format.
+    tuning (``BPTT_TUNE_MALLOC``), the BLAS threads (``BPTT_BLAS_THREADS``) and the log format.
     """
     settings = settings or Settings()
     if settings.tune_malloc:
         runtime.tune_malloc()
+    runtime.limit_blas(settings.blas_threads)
     ops.configure_logging(settings.log_level, settings.log_format)
     # FastAPIOffline serves Swagger UI and ReDoc from files in its package: /docs
     # works in clusters without internet (FastAPI's default loads them from a CDN).

@@ -15,7 +15,7 @@ import ctypes
 import ctypes.util
 import logging
 
-__all__ = ["tune_malloc"]
+__all__ = ["limit_blas", "tune_malloc"]
 
 log = logging.getLogger("service")
 
@@ -35,3 +35,10 @@ def tune_malloc() -> bool:
         log.info("malloc tuning skipped: not glibc")
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def limit_blas(threads: int) -> None:
+    """At most ``threads`` BLAS threads per call, process-wide (threadpoolctl; OpenBLAS, MKL, BLIS)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads, user_api="blas")

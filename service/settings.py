@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     # Requests compute in worker threads (numpy releases the GIL in its kernels,
     # BLAS uses the cores); more threads than cores only contend for the GIL.
     threads: int = Field(default=2, ge=1, le=256, description="requests computing at once, per worker process")
+    # OpenBLAS threads spin while they wait for each other; with two compute threads on two
+    # cores, or a loaded machine, a multithreaded product per time step stalls (measured: a
+    # 3 s request took 25 s). One BLAS thread per compute thread keeps every core busy.
+    blas_threads: int = Field(default=1, ge=1, le=64, description="BLAS threads per compute thread")
     # Keep freed blocks for reuse instead of page-faulting them back in (service/runtime.py).
     tune_malloc: bool = Field(default=True, description="keep freed memory for reuse (docs/performance.md)")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(default="info", description="log level")
