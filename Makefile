@@ -9,7 +9,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?=
 PORT ?=
-PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+# PYTHONWARNINGS=ignore: setuptools prints a boxed notice on every editable install.
+PIP := PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
 .PHONY: run test quick lint bench mutate openapi clean
 
