@@ -20,6 +20,7 @@ import math
 from typing import Any
 
 import numpy as np
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
@@ -142,6 +143,7 @@ def _binary_infer(seed: bytes) -> tuple[bytes, int]:
     )
 
 
+@pytest.mark.slow  # 300 cases per operation: minutes; `make test` runs it
 @schema.parametrize()
 @settings(
     max_examples=EXAMPLES,
