@@ -28,7 +28,7 @@ import numpy as np
 from .codec import DTYPES, Array, Encoding, dumps, from_wire, loads, to_wire, token_ids
 from .errors import ServerError
 
-__all__ = ["AsyncClient", "BatchResult", "BpttResult", "Client", "ServerError", "TraceResult", "Wire"]
+__all__ = ["AsyncClient", "BatchResult", "BpttResult", "Client", "ServerError", "TraceResult", "VjpResult", "Wire"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 Dtype = Literal["float64", "float32"]
@@ -96,6 +96,21 @@ class TraceResult:
     delta_o: Array | None
     deltas: list[Array]
     norms: Array
+
+
+@dataclass(frozen=True)
+class VjpResult:
+    """The answer of ``POST /vjp``: states and gradients in the request's layout.
+
+    ``gradients`` holds dx, dh0 and the weights' gradients by the request's names
+    (dWx, dWh, db; for Coursera's LSTM dWf ... dbo), and dc0 for the LSTM.
+    """
+
+    cell: str
+    layout: str
+    h: Array
+    c: Array | None
+    gradients: dict[str, Array]
 
 
 class Wire:
@@ -181,6 +196,24 @@ class Wire:
             self._sequence(x, y, s, f"sequences[{i}].") for i, (x, y, s) in enumerate(zip(xs, ys, s0s, strict=True))
         ]
         return dumps(body)
+
+    def vjp_body(self, arrays: dict[str, Any], *, layout: str, cell: str, extra: dict[str, Any] | None = None) -> bytes:
+        """The body of ``POST /vjp`` (or ``/vjp/compare`` with ``extra``); arrays of any rank."""
+        body: dict[str, Any] = {"cell": cell, "layout": layout, "encoding": self.encoding}
+        body |= {k: self.array(v) for k, v in arrays.items() if v is not None}
+        return dumps(body | (extra or {}))
+
+    @staticmethod
+    def vjp_result(response: httpx.Response) -> VjpResult:
+        """The ``VjpResult`` of an answer of ``POST /vjp``, or ``ServerError``."""
+        data = decode(response)
+        return VjpResult(
+            cell=data["cell"],
+            layout=data["layout"],
+            h=from_wire(data["h"], "h"),
+            c=None if data["c"] is None else from_wire(data["c"], "c"),
+            gradients={k: from_wire(v, k) for k, v in data["gradients"].items()},
+        )
 
     @staticmethod
     def result(response: httpx.Response) -> BpttResult:
@@ -317,6 +350,45 @@ class Client:
         """The tutorial's deltas for one sequence (``POST /bptt`` with ``trace``)."""
         body = self.wire.bptt_body(U, V, W, x, y, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c, trace=True)
         return Wire.trace(self._http.post("/bptt", content=body, headers=_HEADERS))
+
+    def vjp(self, x: Any, h0: Any, Wx: Any, Wh: Any, b: Any, dh: Any, *, layout: str = "cs231n") -> VjpResult:
+        """The vanilla recurrence's states and vector-Jacobian product (``POST /vjp``), as the course's
+        ``rnn_backward`` computes them; arrays in the ``layout``'s shapes (README, "Checking a course assignment")."""
+        arrays = {"x": x, "h0": h0, "Wx": Wx, "Wh": Wh, "b": b, "dh": dh}
+        body = self.wire.vjp_body(arrays, layout=layout, cell="rnn")
+        return Wire.vjp_result(self._http.post("/vjp", content=body, headers=_HEADERS))
+
+    def lstm_vjp(
+        self, x: Any, h0: Any, weights: dict[str, Any], dh: Any, *, layout: str = "cs231n", c0: Any = None
+    ) -> VjpResult:
+        """The LSTM's (``POST /vjp`` with cell "lstm"); ``weights`` by the layout's names (Wx, Wh, b, or Wf ... bo)."""
+        body = self.wire.vjp_body({"x": x, "h0": h0, "dh": dh, "c0": c0, **weights}, layout=layout, cell="lstm")
+        return Wire.vjp_result(self._http.post("/vjp", content=body, headers=_HEADERS))
+
+    def vjp_compare(
+        self,
+        x: Any,
+        h0: Any,
+        Wx: Any,
+        Wh: Any,
+        b: Any,
+        dh: Any,
+        *,
+        layout: str = "cs231n",
+        dx: Any = None,
+        dh0: Any = None,
+        dWx: Any = None,
+        dWh: Any = None,
+        db: Any = None,
+        tolerance: float = 1e-6,
+    ) -> dict[str, Any]:
+        """Your ``rnn_backward``'s gradients against the service's (``POST /vjp/compare``): each one's error,
+        and the classic mistakes your answer matches."""
+        arrays = {"x": x, "h0": h0, "Wx": Wx, "Wh": Wh, "b": b, "dh": dh}
+        arrays |= {"dx": dx, "dh0": dh0, "dWx": dWx, "dWh": dWh, "db": db}
+        body = self.wire.vjp_body(arrays, layout=layout, cell="rnn", extra={"tolerance": tolerance})
+        result: dict[str, Any] = decode(self._http.post("/vjp/compare", content=body, headers=_HEADERS))
+        return result
 
     def health(self) -> bool:
         """True when ``GET /healthz`` answers 200."""

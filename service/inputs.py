@@ -17,7 +17,7 @@ from .codec import DTYPES, Array, Tokens, convert, from_base64
 from .errors import InputError
 from .schemas import BpttBatchRequest, BpttRequest, CompareRequest, GradientCheckRequest, Tensor
 
-__all__ = ["array", "batch_arrays", "bptt_arrays", "check_arrays", "compare_arrays", "tokens"]
+__all__ = ["array", "batch_arrays", "bptt_arrays", "check_arrays", "compare_arrays", "dense", "tokens"]
 
 Floating = type[np.floating[Any]]
 
@@ -130,3 +130,15 @@ def _weights(request: BpttRequest | BpttBatchRequest | GradientCheckRequest, dty
 
 def _optional_vector(value: list[Any] | Tensor | None, field: str, dtype: Floating) -> Array | None:
     return None if value is None else array(value, field, ndim=1, dtype=dtype)
+
+
+def dense(value: list[Any] | Tensor, field: str) -> Array:
+    """A float64 array of any rank from validated lists or a tensor object (the /vjp routes' arrays)."""
+    if isinstance(value, Tensor):
+        return convert(from_base64(value.dtype, value.shape, value.data, field), np.float64, field)
+    try:
+        return np.array(value, dtype=np.float64)
+    except ValueError:  # ragged
+        raise InputError(
+            f"{field} must be rectangular: nested lists of equal lengths at each level", field=field
+        ) from None

@@ -16,7 +16,15 @@ from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
 from .middleware import OPEN_PATHS
-from .schemas import BpttBatchRequest, BpttRequest, CompareRequest, ErrorResponse, GradientCheckRequest
+from .schemas import (
+    BpttBatchRequest,
+    BpttRequest,
+    CompareRequest,
+    ErrorResponse,
+    GradientCheckRequest,
+    VjpCompareRequest,
+    VjpRequest,
+)
 from .v2.wire import InferRequest, V2ErrorResponse
 
 __all__ = ["ERROR_RESPONSES", "V2_ERRORS", "V2_INFER_RESPONSES", "install", "json_body", "openapi_json"]
@@ -27,6 +35,8 @@ REQUEST_MODELS: tuple[type[pydantic.BaseModel], ...] = (
     BpttBatchRequest,
     GradientCheckRequest,
     CompareRequest,
+    VjpRequest,
+    VjpCompareRequest,
     InferRequest,
 )
 

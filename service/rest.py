@@ -17,9 +17,9 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 
-from . import __version__, admission, checks, costs, engine, inputs, ops
+from . import __version__, admission, checks, costs, engine, inputs, ops, vjp
 from .codec import Array, Encoding, dumps, require_finite, to_wire
-from .errors import BodyTimeout, LimitError, NotReady, UnsupportedMediaType
+from .errors import BodyTimeout, InputError, LimitError, NotReady, UnsupportedMediaType
 from .handlers import parse
 from .openapi import ERROR_RESPONSES, json_body
 from .schemas import (
@@ -36,6 +36,10 @@ from .schemas import (
     HealthResponse,
     IndexResponse,
     LimitsResponse,
+    VjpCompareRequest,
+    VjpCompareResponse,
+    VjpRequest,
+    VjpResponse,
 )
 from .settings import Settings
 
@@ -126,11 +130,42 @@ def _cost_route(route: str, model: type[Any]) -> None:
     )(post_cost)
 
 
+@router.post(
+    "/vjp",
+    response_model=VjpResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=json_body(VjpRequest),
+    summary="The recurrence's forward and backward pass in a course's conventions",
+    tags=["learning"],
+)
+async def post_vjp(request: Request) -> Response:
+    """The states and the vector-Jacobian product of the recurrence alone, given the upstream gradient
+    `dh` of every hidden state: what CS231n's `rnn_backward` / `lstm_backward` and the Coursera
+    specialisation's `rnn_backward` / `lstm_backward` return, in their layouts (`layout`)."""
+    return await run_json(request, lambda body, settings: vjp_plan(body, settings).admitted(settings))
+
+
+@router.post(
+    "/vjp/compare",
+    response_model=VjpCompareResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=json_body(VjpCompareRequest),
+    summary="Check your rnn_backward: the errors and the classic mistake your answer matches",
+    tags=["learning"],
+)
+async def post_vjp_compare(request: Request) -> Response:
+    """Submit your dx, dh0, dWx, dWh, db with the problem: the answer gives each one's error and every
+    classic mistake of these assignments your answer matches."""
+    return await run_json(request, lambda body, settings: vjp_compare_plan(body, settings).admitted(settings))
+
+
 for _route, _model in (
     ("/bptt", BpttRequest),
     ("/bptt/batch", BpttBatchRequest),
     ("/gradient-check", GradientCheckRequest),
     ("/bptt/compare", CompareRequest),
+    ("/vjp", VjpRequest),
+    ("/vjp/compare", VjpCompareRequest),
 ):
     _cost_route(_route, _model)
 
@@ -416,11 +451,125 @@ def compare_plan(body: bytes, settings: Settings) -> Plan:
     return Plan(_what([T], H, C, K), estimate, _nbytes(arrays) + _nbytes(submitted), run)
 
 
+def _vjp_arrays(request: VjpRequest) -> dict[str, Any]:
+    names = ("x", "h0", "dh", "Wx", "Wh", "b", "Wf", "Wi", "Wc", "Wo", "bf", "bi", "bc", "bo", "c0")
+    return {n: inputs.dense(getattr(request, n), n) for n in names if getattr(request, n) is not None}
+
+
+def _vjp_estimate(arrays: dict[str, Any], cell: str, layout: str, settings: Settings) -> costs.Estimate:
+    """The recurrence's forward and backward: T steps of (N, H) x (H, G H) both ways, and the
+    products that do not recur (x Wx, dx, dWx). Shapes that do not fit the layout are priced
+    from their sizes (the engine then names what is wrong)."""
+    x, h0 = arrays["x"], arrays["h0"]
+    G = 4 if cell == "lstm" else 1
+    if x.ndim == 3 and h0.ndim == 2:
+        N, T, D = x.shape if layout == "cs231n" else (x.shape[1], x.shape[2], x.shape[0])
+        H = h0.shape[1] if layout == "cs231n" else h0.shape[0]
+    else:
+        N, T, D, H = 1, max(x.size, 1), 1, max(h0.size, 1)
+    m = admission.machine(settings)
+    work = {
+        "step": 2 * T,
+        "gemv_madd" if N == 1 else "small_madd": 2 * G * T * N * H * H,
+        "large_madd": 3 * G * N * T * D * H,
+        "element": 12 * G * N * T * H,
+        "transcendental": 2 * G * N * T * H,
+    }
+    seconds = m.seconds(work)
+    peak = 8 * (6 * G * N * T * H + 3 * N * T * D + 3 * G * H * (H + D))
+    return costs.Estimate(seconds=seconds, bytes=peak, terms={"recurrence and products": seconds})
+
+
+def vjp_plan(body: bytes, settings: Settings) -> Plan:
+    """``POST /vjp``, parsed and priced."""
+    request = parse(VjpRequest, body)
+    arrays = _vjp_arrays(request)
+    estimate = _vjp_estimate(arrays, request.cell, request.layout, settings)
+    what = f"this request (x of shape {list(arrays['x'].shape)}, h0 of shape {list(arrays['h0'].shape)})"
+
+    def run() -> dict[str, Any]:
+        with ops.engine_timer("vjp"):
+            if request.cell == "rnn":
+                extra = sorted(set(arrays) - {"x", "h0", "dh", "Wx", "Wh", "b"})
+                if extra:
+                    raise InputError(f"{extra[0]} is for the LSTM; cell is 'rnn'", field=extra[0])
+                missing = [n for n in ("Wx", "Wh", "b") if n not in arrays]
+                if missing:
+                    raise InputError(f"{missing[0]} is required for cell 'rnn'", field=missing[0])
+                r = vjp.rnn_vjp(*(arrays[n] for n in ("x", "h0", "Wx", "Wh", "b", "dh")), layout=request.layout)
+                states, grads = {"h": r.h, "c": None}, {n: getattr(r, n) for n in ("dx", "dh0", "dWx", "dWh", "db")}
+            else:
+                names = vjp.LSTM_WEIGHTS[vjp.Layout(request.layout)]
+                weights = {n: arrays[n] for n in names if n in arrays}
+                missing = [n for n in names if n not in arrays]
+                if missing:
+                    raise InputError(
+                        f"{missing[0]} is required for the LSTM in the {request.layout} layout", field=missing[0]
+                    )
+                lstm = vjp.lstm_vjp(arrays["x"], arrays["h0"], weights, arrays["dh"], layout=request.layout,
+                                    c0=arrays.get("c0"))  # fmt: skip
+                states = {"h": lstm.h, "c": lstm.c}
+                grads = {"dx": lstm.dx, "dh0": lstm.dh0, "dc0": lstm.dc0, **lstm.dW}
+        wire = {k: None if v is None else to_wire(v, request.encoding) for k, v in states.items()}
+        return {"cell": request.cell, "layout": request.layout, **wire,
+                "gradients": {k: to_wire(v, request.encoding) for k, v in grads.items()}}  # fmt: skip
+
+    answer = ANSWER_BYTES_PER_NUMBER * 3 * sum(a.size for a in arrays.values())
+    return Plan(what, estimate, _nbytes(arrays) + answer, run)
+
+
+def vjp_compare_plan(body: bytes, settings: Settings) -> Plan:
+    """``POST /vjp/compare``, parsed and priced (the diagnosis recomputes once per classic mistake)."""
+    request = parse(VjpCompareRequest, body)
+    if request.cell != "rnn":
+        raise InputError(
+            "POST /vjp/compare diagnoses the vanilla cell's rnn_backward; cell must be 'rnn'", field="cell"
+        )
+    arrays = _vjp_arrays(request)
+    submitted = {n: inputs.dense(getattr(request, n), n) for n in ("dx", "dh0", "dWx", "dWh", "db")
+                 if getattr(request, n) is not None}  # fmt: skip
+    if not submitted:
+        raise InputError("send at least one of your gradients: dx, dh0, dWx, dWh, db", field="dx")
+    single = _vjp_estimate(arrays, "rnn", request.layout, settings)
+    rounds = 1 + len(vjp.Mistake) + 1
+    estimate = costs.Estimate(single.seconds * rounds, 2 * single.bytes, {"recomputations": single.seconds * rounds})
+    what = f"this comparison (x of shape {list(arrays['x'].shape)})"
+
+    def run() -> dict[str, Any]:
+        missing = [n for n in ("Wx", "Wh", "b") if n not in arrays]
+        if missing:
+            raise InputError(f"{missing[0]} is required for cell 'rnn'", field=missing[0])
+        problem = [arrays[n] for n in ("x", "h0", "Wx", "Wh", "b", "dh")]
+        with ops.engine_timer("vjp_compare"):
+            correct = vjp.rnn_vjp(*problem, layout=request.layout)
+            report = {}
+            for name, mine in submitted.items():
+                want = getattr(correct, name)
+                same = mine.shape == want.shape
+                report[name] = {
+                    "max_absolute_error": float(np.abs(mine - want).max()) if same else None,
+                    "passed": vjp.matches(mine, want, request.tolerance),
+                }
+            passed = all(r["passed"] for r in report.values())
+            found = [] if passed else vjp.diagnose(submitted, *problem, layout=request.layout,
+                                                   tolerance=request.tolerance)  # fmt: skip
+        return {
+            "passed": passed,
+            "tolerance": request.tolerance,
+            "parameters": report,
+            "diagnosis": [{"mistake": str(m), "explanation": vjp.DESCRIPTIONS[m]} for m in found],
+        }
+
+    return Plan(what, estimate, _nbytes(arrays) + _nbytes(submitted), run)
+
+
 PLANS: dict[str, Callable[[bytes, Settings], Plan]] = {
     "/bptt": bptt_plan,
     "/bptt/batch": batch_plan,
     "/gradient-check": check_plan,
     "/bptt/compare": compare_plan,
+    "/vjp": vjp_plan,
+    "/vjp/compare": vjp_compare_plan,
 }
 
 

@@ -40,6 +40,10 @@ __all__ = [
     "TokenId",
     "TraceOut",
     "VectorIn",
+    "VjpCompareRequest",
+    "VjpCompareResponse",
+    "VjpRequest",
+    "VjpResponse",
 ]
 
 
@@ -77,7 +81,7 @@ def _matrix_or_tensor(value: Any) -> str:
 
 # Tags of the two forms of an array field; they appear in pydantic's error
 # locations (("U", "lists", 3, 5)) and are dropped from the field names we report.
-TENSOR_TAGS = ("lists", "tensor")
+TENSOR_TAGS = ("lists", "tensor", "rank1", "rank2", "rank3")
 
 # Nested lists with at least one row of at least one number: what JSON Schema can say
 # of a matrix (rows of equal length, and shapes that agree, are checked after parsing).
@@ -457,3 +461,111 @@ class LimitsResponse(BaseModel):
 
     limits: dict[str, LimitInForce]
     admits: list[AdmittedExample] = Field(description="The largest requests of a few common shapes that are admitted.")
+
+
+# -- the recurrence's vector-Jacobian product (course assignments) -----------------
+
+
+def _depth(value: Any) -> str:
+    """'tensor' for a tensor object, else 'rank1', 'rank2' or 'rank3' by the nesting of the lists."""
+    if isinstance(value, dict | Tensor):
+        return "tensor"
+    depth = 0
+    while isinstance(value, list) and value:
+        depth, value = depth + 1, value[0]
+    return f"rank{min(max(depth, 1), 3)}"
+
+
+DenseIn = Annotated[
+    Annotated[list[Number], Tag("rank1")]
+    | Annotated[list[list[Number]], Tag("rank2")]
+    | Annotated[list[list[list[Number]]], Tag("rank3")]
+    | Annotated[Tensor, Tag("tensor")],
+    Discriminator(_depth),
+]
+DenseOut = list[Any] | Tensor
+
+_VJP_ARRAY = "nested lists of numbers, or a tensor object; the shape depends on `layout` (see the description)."
+
+
+class VjpRequest(BaseModel):
+    """The recurrence alone, forward and backward, as a course assignment's ``rnn_backward`` computes it.
+
+    Shapes by ``layout`` (N examples, T steps, D input features, H hidden units):
+
+    - ``"cs231n"`` (CS231n's ``rnn_forward``/``rnn_backward``): x (N, T, D), h0 (N, H), Wx (D, H),
+      Wh (H, H), b (H,), dh (N, T, H); ``h_t = tanh(x_t Wx + h_{t-1} Wh + b)``. LSTM (``lstm_backward``):
+      Wx (D, 4H), Wh (H, 4H), b (4H,), gates stacked i, f, o, g.
+    - ``"coursera"`` (the specialisation's ``rnn_cell_backward``/``rnn_backward``): x (D, N, T),
+      h0 (H, N) (their a0), Wx (H, D) (Wax), Wh (H, H) (Waa), b (H, 1) (ba), dh (H, N, T) (da);
+      ``a_t = tanh(Wax x_t + Waa a_{t-1} + ba)``. LSTM (``lstm_backward``): Wf, Wi, Wc, Wo (H, H + D) on
+      ``[a_prev; x_t]`` and bf, bi, bc, bo (H, 1).
+    """
+
+    model_config = _REQUEST
+
+    cell: Literal["rnn", "lstm"] = Field(default="rnn", description="The vanilla tanh cell, or the LSTM.")
+    layout: Literal["cs231n", "coursera"] = Field(default="cs231n", description="Whose shapes the arrays follow.")
+    x: DenseIn = Field(description="Dense inputs: " + _VJP_ARRAY)
+    h0: DenseIn = Field(description="Initial hidden state: " + _VJP_ARRAY)
+    dh: DenseIn = Field(description="Upstream gradient of every hidden state: " + _VJP_ARRAY)
+    Wx: DenseIn | None = Field(default=None, description="Input weights (rnn; cs231n LSTM).")
+    Wh: DenseIn | None = Field(default=None, description="Recurrent weights (rnn; cs231n LSTM).")
+    b: DenseIn | None = Field(default=None, description="Bias (rnn; cs231n LSTM).")
+    Wf: DenseIn | None = Field(default=None, description="Coursera LSTM: forget gate weights (H, H + D).")
+    Wi: DenseIn | None = Field(default=None, description="Coursera LSTM: update (input) gate weights.")
+    Wc: DenseIn | None = Field(default=None, description="Coursera LSTM: candidate weights.")
+    Wo: DenseIn | None = Field(default=None, description="Coursera LSTM: output gate weights.")
+    bf: DenseIn | None = Field(default=None, description="Coursera LSTM: forget gate bias (H, 1).")
+    bi: DenseIn | None = Field(default=None, description="Coursera LSTM: update gate bias.")
+    bc: DenseIn | None = Field(default=None, description="Coursera LSTM: candidate bias.")
+    bo: DenseIn | None = Field(default=None, description="Coursera LSTM: output gate bias.")
+    c0: DenseIn | None = Field(
+        default=None, description="LSTM: initial cell state, the shape of h0 (zeros if omitted)."
+    )
+    encoding: Literal["json", "base64"] = Field(default="json", description="How the answer's arrays are written.")
+
+
+class VjpResponse(BaseModel):
+    """The answer of ``POST /vjp``: the states and every gradient, in the request's layout."""
+
+    cell: str
+    layout: str
+    h: DenseOut = Field(description="The hidden states (Coursera's a).")
+    c: DenseOut | None = Field(default=None, description="The LSTM's cell states; null for the rnn.")
+    gradients: dict[str, DenseOut] = Field(
+        description="dx, dh0 and the weights' gradients by the request's names (dWx, dWh, db; Coursera's LSTM "
+        "dWf, ..., dbo), and dc0 for the LSTM."
+    )
+
+
+class VjpCompareRequest(VjpRequest):
+    """A learner's ``rnn_backward`` answer and its problem (the vanilla cell): the input of ``POST /vjp/compare``."""
+
+    dx: DenseIn | None = Field(default=None, description="Your dx, the shape of x.")
+    dh0: DenseIn | None = Field(default=None, description="Your dh0 (Coursera's da0), the shape of h0.")
+    dWx: DenseIn | None = Field(default=None, description="Your dWx (dWax).")
+    dWh: DenseIn | None = Field(default=None, description="Your dWh (dWaa).")
+    db: DenseIn | None = Field(default=None, description="Your db (dba).")
+    tolerance: Positive = Field(
+        default=1e-6, description="Largest error that passes, relative to the larger of the two arrays."
+    )
+
+
+class VjpGradientComparison(BaseModel):
+    max_absolute_error: float | None = Field(description="Null when the shapes differ.")
+    passed: bool
+
+
+class VjpMistake(BaseModel):
+    mistake: str = Field(description="The classic mistake's name (service.vjp.Mistake).")
+    explanation: str
+
+
+class VjpCompareResponse(BaseModel):
+    """The answer of ``POST /vjp/compare``."""
+
+    passed: bool
+    tolerance: float
+    parameters: dict[str, VjpGradientComparison]
+    diagnosis: list[VjpMistake] = Field(description="Every classic mistake your answer matches (several may fit).")
