@@ -15,9 +15,9 @@ import numpy as np
 
 from .codec import DTYPES, Array, Tokens, convert, from_base64
 from .errors import InputError
-from .schemas import BpttBatchRequest, BpttRequest, CompareRequest, GradientCheckRequest, Tensor
+from .schemas import BpttBatchRequest, BpttRequest, CompareRequest, FlowRequest, GradientCheckRequest, Tensor
 
-__all__ = ["array", "batch_arrays", "bptt_arrays", "check_arrays", "compare_arrays", "dense", "tokens"]
+__all__ = ["array", "batch_arrays", "bptt_arrays", "check_arrays", "compare_arrays", "dense", "flow_arrays", "tokens"]
 
 Floating = type[np.floating[Any]]
 
@@ -74,6 +74,16 @@ def bptt_arrays(request: BpttRequest) -> dict[str, Any]:
     }
 
 
+def flow_arrays(request: FlowRequest) -> dict[str, Any]:
+    """``flow.flow``'s arguments (float64) from a request."""
+    return {
+        **_weights(request, np.float64),
+        "x": tokens(request.x, "x"),
+        "y": tokens(request.y, "y"),
+        "s0": _optional_vector(request.s0, "s0", np.float64),
+    }
+
+
 def batch_arrays(request: BpttBatchRequest) -> dict[str, Any]:
     """``engine.bptt_batch``'s keyword arguments from a request."""
     dtype = DTYPES[request.dtype]
@@ -122,7 +132,9 @@ def compare_arrays(request: CompareRequest) -> tuple[dict[str, Any], dict[str, A
     return arrays, submitted
 
 
-def _weights(request: BpttRequest | BpttBatchRequest | GradientCheckRequest, dtype: Floating) -> dict[str, Any]:
+def _weights(
+    request: BpttRequest | BpttBatchRequest | GradientCheckRequest | FlowRequest, dtype: Floating
+) -> dict[str, Any]:
     """U, V, W, and the biases b, c when given."""
     weights: dict[str, Any] = {name: array(getattr(request, name), name, ndim=2, dtype=dtype) for name in "UVW"}
     return weights | {name: _optional_vector(getattr(request, name), name, dtype) for name in "bc"}

@@ -17,7 +17,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 
-from . import __version__, admission, checks, costs, engine, inputs, ops, vjp
+from . import __version__, admission, checks, costs, engine, flow, inputs, ops, vjp
 from .codec import Array, Encoding, dumps, require_finite, to_wire
 from .errors import BodyTimeout, InputError, LimitError, NotReady, UnsupportedMediaType
 from .handlers import parse
@@ -31,6 +31,8 @@ from .schemas import (
     CompareResponse,
     CostResponse,
     ErrorResponse,
+    FlowRequest,
+    FlowResponse,
     GradientCheckRequest,
     GradientCheckResponse,
     HealthResponse,
@@ -131,6 +133,21 @@ def _cost_route(route: str, model: type[Any]) -> None:
 
 
 @router.post(
+    "/bptt/flow",
+    response_model=FlowResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=json_body(FlowRequest),
+    summary="Vanishing and exploding gradients, measured: Jacobian norms, per-lag decay, truncation bias",
+    tags=["learning"],
+)
+async def post_bptt_flow(request: Request) -> Response:
+    """For one sequence: log10 of the norm of d s_t / d s_k for every pair k <= t, each step Jacobian's
+    largest singular value, W's spectral radius, the per-lag contributions to dL/dW and dL/dU, and the
+    relative error of every truncation K against full BPTT (computed in one pass)."""
+    return await run_json(request, lambda body, settings: flow_plan(body, settings).admitted(settings))
+
+
+@router.post(
     "/vjp",
     response_model=VjpResponse,
     responses=ERROR_RESPONSES,
@@ -164,6 +181,7 @@ for _route, _model in (
     ("/bptt/batch", BpttBatchRequest),
     ("/gradient-check", GradientCheckRequest),
     ("/bptt/compare", CompareRequest),
+    ("/bptt/flow", FlowRequest),
     ("/vjp", VjpRequest),
     ("/vjp/compare", VjpCompareRequest),
 ):
@@ -563,11 +581,56 @@ def vjp_compare_plan(body: bytes, settings: Settings) -> Plan:
     return Plan(what, estimate, _nbytes(arrays) + _nbytes(submitted), run)
 
 
+# Measured here (one BLAS thread): the products of step Jacobians cost about 60 ns per T^2 H^2
+# with the singular values of every pair (spectral), 16 ns without (Frobenius), or 1.2 and
+# 0.2 ns per pair x H^3 once H is large; the larger of the two terms bounds both regimes.
+FLOW_SECONDS = {"spectral": (60e-9, 1.2e-9), "frobenius": (16e-9, 0.2e-9)}
+
+
+def flow_plan(body: bytes, settings: Settings) -> Plan:
+    """``POST /bptt/flow``, parsed and priced (O(T^2 H^3): its own terms in the cost model)."""
+    request = parse(FlowRequest, body)
+    arrays = inputs.flow_arrays(request)
+    H, C = arrays["U"].shape
+    T = len(arrays["x"])
+    admission.check_work(settings, H=H, C=C, lengths=[T])
+    per_square, per_cube = FLOW_SECONDS[request.norm]
+    products = max(per_square * T * T * H * H, per_cube * T * (T + 1) / 2 * H**3) / settings.speed
+    rest = costs.bptt(lengths=[T], H=H, C=C, K=None, machine=admission.machine(settings))
+    estimate = rest + costs.Estimate(
+        seconds=2 * rest.seconds + products,
+        bytes=8 * (4 * T * H * H + 3 * T * T + 4 * H * C),
+        terms={"Jacobian products": products, "per-lag gradients": 2 * rest.seconds},
+    )
+
+    def run() -> dict[str, Any]:
+        with ops.engine_timer("flow"):
+            f = flow.flow(
+                arrays["U"], arrays["V"], arrays["W"], arrays["x"], arrays["y"],
+                s0=arrays["s0"], b=arrays["b"], c=arrays["c"], norm=request.norm,
+            )  # fmt: skip
+        norms = f.log10_jacobian_norms
+        table = [[float(v) if np.isfinite(v) else None for v in row] for row in norms]
+        return {
+            "norm": request.norm,
+            "log10_jacobian_norms": table,
+            "step_jacobian_sigma": f.step_jacobian_sigma,
+            "W_spectral_radius": f.W_spectral_radius,
+            "W_sigma_max": f.W_sigma_max,
+            "lag_contributions": f.lag_contributions,
+            "truncation_bias": f.truncation_bias,
+        }
+
+    answer = ANSWER_BYTES_PER_NUMBER * (T * T + 8 * T)
+    return Plan(_what([T], H, C, None), estimate, _nbytes(arrays) + answer, run)
+
+
 PLANS: dict[str, Callable[[bytes, Settings], Plan]] = {
     "/bptt": bptt_plan,
     "/bptt/batch": batch_plan,
     "/gradient-check": check_plan,
     "/bptt/compare": compare_plan,
+    "/bptt/flow": flow_plan,
     "/vjp": vjp_plan,
     "/vjp/compare": vjp_compare_plan,
 }

@@ -26,6 +26,8 @@ __all__ = [
     "Count",
     "ErrorItem",
     "ErrorResponse",
+    "FlowRequest",
+    "FlowResponse",
     "GradientCheckRequest",
     "GradientCheckResponse",
     "HealthResponse",
@@ -569,3 +571,50 @@ class VjpCompareResponse(BaseModel):
     tolerance: float
     parameters: dict[str, VjpGradientComparison]
     diagnosis: list[VjpMistake] = Field(description="Every classic mistake your answer matches (several may fit).")
+
+
+# -- gradient flow -------------------------------------------------------------------
+
+
+class FlowRequest(BaseModel):
+    """The vanilla RNN and one sequence, as for ``POST /bptt``: the input of ``POST /bptt/flow``."""
+
+    model_config = _REQUEST
+
+    U: MatrixIn = _U
+    V: MatrixIn = _V
+    W: MatrixIn = _W
+    b: VectorIn | None = _B
+    c: VectorIn | None = _C
+    x: list[TokenId] = _X
+    y: list[TokenId] = _Y
+    s0: VectorIn | None = _S0
+    norm: Literal["spectral", "frobenius"] = Field(
+        default="spectral",
+        description="The norm of the Jacobian products d s_t / d s_k: the largest singular value, or Frobenius "
+        "(cheaper: no singular values).",
+    )
+
+
+class FlowResponse(BaseModel):
+    """The answer of ``POST /bptt/flow``: how the error flows back through the sequence (docs/derivation.md)."""
+
+    norm: str = Field(description='"spectral" or "frobenius": which norm log10_jacobian_norms holds.')
+    log10_jacobian_norms: list[list[float | None]] = Field(
+        description="T rows of T: row t, column k <= t, log10 of the norm of d s_t / d s_k (on the diagonal the "
+        "identity's: 0 spectral, log10 sqrt(H) Frobenius). null above the diagonal, and where the product is "
+        "exactly zero. In logarithms, so products beyond float64's range still have numbers."
+    )
+    step_jacobian_sigma: list[float] = Field(
+        description="Per step k, the largest singular value of the step Jacobian diag(1 - s_k^2) W."
+    )
+    W_spectral_radius: float = Field(description="max |eigenvalue| of W: below 1 the products shrink (a bound).")
+    W_sigma_max: float = Field(description="The largest singular value of W.")
+    lag_contributions: dict[str, list[float]] = Field(
+        description='{"lag": [0..T-1], "dLdW": [...], "dLdU": [...]}: the Frobenius norms of the parts of dL/dW '
+        "and dL/dU brought by errors that travelled exactly `lag` steps back."
+    )
+    truncation_bias: dict[str, list[float]] = Field(
+        description='{"K": [0..T-1], "dLdU": [...], "dLdW": [...], "dLds0": [...]} (and "dLdb" with b): the '
+        "relative error ||g_K - g|| / ||g|| of bptt_truncate = K against full BPTT; 0 where both are 0."
+    )
