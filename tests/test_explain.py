@@ -112,3 +112,33 @@ def test_explain_page_shows_server_errors(browser, live_server):
         page.wait_for_function("document.getElementById('status').textContent.startsWith('The pasted')")
     finally:
         page.close()
+
+
+def test_explain_page_draws_the_gradient_flow_and_the_slider_scales_w(browser, live_server):
+    page = browser.new_page()
+    problems, bodies = [], []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("request", lambda r: bodies.append((r.url, r.post_data)) if r.method == "POST" else None)
+    try:
+        page.goto(f"{live_server.url}/explain")
+        page.wait_for_function("document.getElementById('status').textContent === 'done'", timeout=30_000)
+        for canvas in ("flowmap", "lagdecay", "bias"):
+            assert painted(page, canvas) > 500, canvas
+        sent = json.loads(next(body for url, body in bodies if url.endswith("/bptt/flow")))
+        rho = max(abs(np.linalg.eigvals(np.array(sent["W"]))))
+        assert float(page.get_attribute("body", "data-radius")) == pytest.approx(rho, rel=1e-12)
+        assert f"spectral radius {rho:.4f}" in page.text_content("#flowsummary")
+        # Slide W up: the radius the page shows grows with it.
+        bodies.clear()
+        page.evaluate("document.getElementById('status').textContent = ''")
+        page.fill("#slider", "3")
+        page.dispatch_event("#slider", "change")
+        page.wait_for_function("document.getElementById('status').textContent === 'done'", timeout=30_000)
+        scaled = json.loads(next(body for url, body in bodies if url.endswith("/bptt/flow")))
+        rho3 = max(abs(np.linalg.eigvals(np.array(scaled["W"]))))
+        assert rho3 == pytest.approx(3 * rho, rel=1e-9)
+        assert float(page.get_attribute("body", "data-radius")) == pytest.approx(rho3, rel=1e-12)
+    finally:
+        page.close()
+    assert not problems, problems

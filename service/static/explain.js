@@ -126,15 +126,125 @@ function drawLags(canvas, summary) {
   ctx.lineWidth = 1;
 }
 
+// log10 values in a T x T table (null where there is none), row t, column k.
+function drawLogMatrix(canvas, rows) {
+  const ctx = canvas.getContext("2d");
+  const T = rows.length;
+  const pad = { left: 44, top: 14, right: 84, bottom: 34 };
+  const w = (canvas.width - pad.left - pad.right) / T;
+  const h = (canvas.height - pad.top - pad.bottom) / T;
+  const values = rows.flat().filter((v) => v !== null);
+  const lo = Math.min(...values);
+  const hi = Math.max(...values);
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  rows.forEach((row, t) => {
+    row.forEach((v, k) => {
+      if (v === null) return;
+      ctx.fillStyle = colour((v - lo) / (hi - lo || 1));
+      ctx.fillRect(pad.left + k * w, pad.top + t * h, Math.ceil(w), Math.ceil(h));
+    });
+  });
+  ctx.fillStyle = "#222";
+  ctx.font = "12px sans-serif";
+  ctx.fillText("step k →", pad.left, canvas.height - 8);
+  ctx.fillText(`1e${hi.toFixed(1)}`, canvas.width - pad.right + 8, pad.top + 12);
+  ctx.fillText(`1e${lo.toFixed(1)}`, canvas.width - pad.right + 8, canvas.height - pad.bottom);
+}
+
+// Curves on a log scale over x = 0, 1, ...; `mark` draws a vertical line at that x.
+function drawCurves(canvas, series, { xlabel, mark }) {
+  const ctx = canvas.getContext("2d");
+  const pad = { left: 64, top: 16, right: 16, bottom: 40 };
+  const W = canvas.width - pad.left - pad.right;
+  const H = canvas.height - pad.top - pad.bottom;
+  const n = Math.max(...series.map((s) => s.values.length));
+  const logs = series.flatMap((s) => s.values).filter((v) => v > 0).map(Math.log10);
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  ctx.fillStyle = "#222";
+  ctx.font = "12px sans-serif";
+  ctx.fillText(xlabel, pad.left + W / 2 - 40, canvas.height - 6);
+  if (!logs.length) {
+    ctx.fillText("all zero", pad.left + W / 2 - 20, pad.top + H / 2);
+    return;
+  }
+  const lo = Math.floor(Math.min(...logs));
+  const hi = Math.ceil(Math.max(...logs)) + (Math.min(...logs) === Math.max(...logs) ? 1 : 0);
+  const px = (j) => pad.left + (n > 1 ? (j * W) / (n - 1) : W / 2);
+  const py = (v) => pad.top + H - ((Math.log10(v) - lo) / (hi - lo)) * H;
+  ctx.strokeStyle = "#ccd";
+  for (let e = lo; e <= hi; e++) {
+    ctx.beginPath();
+    ctx.moveTo(pad.left, py(10 ** e));
+    ctx.lineTo(pad.left + W, py(10 ** e));
+    ctx.stroke();
+    ctx.fillText(`1e${e}`, 8, py(10 ** e) + 4);
+  }
+  if (mark !== undefined && mark < n) {
+    ctx.strokeStyle = "#888";
+    ctx.setLineDash([4, 4]);
+    ctx.beginPath();
+    ctx.moveTo(px(mark), pad.top);
+    ctx.lineTo(px(mark), pad.top + H);
+    ctx.stroke();
+    ctx.setLineDash([]);
+    ctx.fillText(`K = ${mark}`, px(mark) + 4, pad.top + 12);
+  }
+  series.forEach(({ label, values, stroke }, i) => {
+    ctx.strokeStyle = stroke;
+    ctx.fillStyle = stroke;
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    let started = false;
+    values.forEach((v, j) => {
+      if (!(v > 0)) return;
+      if (started) ctx.lineTo(px(j), py(v));
+      else ctx.moveTo(px(j), py(v));
+      started = true;
+    });
+    ctx.stroke();
+    ctx.fillText(label, pad.left + W - 60, pad.top + 14 + 16 * i);
+  });
+  ctx.lineWidth = 1;
+}
+
+async function drawFlow(body, headers) {
+  const flowBody = {};
+  for (const k of ["U", "V", "W", "x", "y", "s0", "b", "c"]) if (body[k] !== undefined) flowBody[k] = body[k];
+  const response = await fetch("/bptt/flow", { method: "POST", headers, body: JSON.stringify(flowBody) });
+  const flow = await response.json();
+  if (!response.ok) {
+    $("flowsummary").textContent = `The flow was not computed: ${response.status}: ${flow.detail}`;
+    return;
+  }
+  const rho = flow.W_spectral_radius;
+  $("flowsummary").textContent =
+    `W: spectral radius ${rho.toFixed(4)}, largest singular value ${flow.W_sigma_max.toFixed(4)} ` +
+    `(${rho < 1 ? "below 1: products of Jacobians shrink, gradients vanish" : "1 or more: products can grow, gradients may explode"}; a bound, not an equality).`;
+  document.body.dataset.radius = String(rho);  // for tests
+  drawLogMatrix($("flowmap"), flow.log10_jacobian_norms);
+  const lags = flow.lag_contributions;
+  drawCurves($("lagdecay"), [
+    { label: "dL/dW", values: lags.dLdW, stroke: "#d62728" },
+    { label: "dL/dU", values: lags.dLdU, stroke: "#1f77b4" },
+  ], { xlabel: "lag l →" });
+  const bias = flow.truncation_bias;
+  drawCurves($("bias"), [
+    { label: "dL/dW", values: bias.dLdW, stroke: "#d62728" },
+    { label: "dL/dU", values: bias.dLdU, stroke: "#1f77b4" },
+  ], { xlabel: "bptt_truncate K →", mark: 4 });
+}
+
 // After an error, the previous drawing goes: it must not be taken for the new result.
 function clearResults() {
   $("results").hidden = true;
   $("summary").textContent = "";
-  for (const id of ["heatmap", "lags"]) {
+  $("flowsummary").textContent = "";
+  for (const id of ["heatmap", "lags", "flowmap", "lagdecay", "bias"]) {
     const c = $(id);
     c.getContext("2d").clearRect(0, 0, c.width, c.height);
   }
   delete document.body.dataset.loss;
+  delete document.body.dataset.radius;
 }
 
 function fail(message) {
@@ -171,9 +281,15 @@ async function compute(event) {
   drawHeatmap($("heatmap"), data.trace.delta_norms);
   drawLags($("lags"), data.trace.lag_summary);
   $("results").hidden = false;
+  await drawFlow(body, headers);
   status.textContent = "done";
   document.body.dataset.loss = String(data.loss);  // for tests
 }
 
 $("controls").addEventListener("submit", compute);
+// The slider scales W and recomputes at once: vanishing turns into exploding around a spectral radius of 1.
+$("slider").addEventListener("change", () => {
+  $("scale").value = $("slider").value;
+  compute();
+});
 compute();  // the default model, drawn on load
