@@ -473,6 +473,19 @@ class AsyncClient:
         body = self.wire.bptt_body(U, V, W, x, y, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c, trace=True)
         return Wire.trace(await self._http.post("/bptt", content=body, headers=_HEADERS))
 
+    async def vjp(self, x: Any, h0: Any, Wx: Any, Wh: Any, b: Any, dh: Any, *, layout: str = "cs231n") -> VjpResult:
+        """The vanilla recurrence's states and vector-Jacobian product; as ``Client.vjp``."""
+        arrays = {"x": x, "h0": h0, "Wx": Wx, "Wh": Wh, "b": b, "dh": dh}
+        body = self.wire.vjp_body(arrays, layout=layout, cell="rnn")
+        return Wire.vjp_result(await self._http.post("/vjp", content=body, headers=_HEADERS))
+
+    async def lstm_vjp(
+        self, x: Any, h0: Any, weights: dict[str, Any], dh: Any, *, layout: str = "cs231n", c0: Any = None
+    ) -> VjpResult:
+        """The LSTM's; as ``Client.lstm_vjp``."""
+        body = self.wire.vjp_body({"x": x, "h0": h0, "dh": dh, "c0": c0, **weights}, layout=layout, cell="lstm")
+        return Wire.vjp_result(await self._http.post("/vjp", content=body, headers=_HEADERS))
+
     async def health(self) -> bool:
         """True when ``GET /healthz`` answers 200."""
         return (await self._http.get("/healthz")).status_code == 200

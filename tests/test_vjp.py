@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import helpers
 import numpy as np
 import pytest
 import torch
@@ -24,26 +25,13 @@ GRADS = ("dx", "dh0", "dWx", "dWh", "db")
 
 
 def assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float = TORCH_RTOL) -> None:
-    """Same shape, and max|a - e| <= rtol * max|e| (the scale of the whole array)."""
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    assert actual.shape == expected.shape
-    scale = max(float(np.abs(expected).max()), 1e-300)
-    err = float(np.abs(actual - expected).max()) / scale
-    assert err <= rtol, f"relative error {err:.3g} > {rtol:g}"
+    """helpers.assert_close at the tolerance against PyTorch."""
+    helpers.assert_close(np.asarray(actual), np.asarray(expected), rtol)
 
 
 def numerical_gradient(f: Callable[[], float], a: np.ndarray, h: float = 1e-6) -> np.ndarray:
-    """Central differences (f(a + h e_i) - f(a - h e_i)) / 2h, entry by entry."""
-    g = np.zeros_like(a)
-    for i in np.ndindex(a.shape):
-        old = a[i]
-        a[i] = old + h
-        plus = f()
-        a[i] = old - h
-        minus = f()
-        a[i] = old
-        g[i] = (plus - minus) / (2 * h)
-    return g
+    """helpers.numerical_gradient with this file's step."""
+    return helpers.numerical_gradient(f, a, h)
 
 
 # --------------------------------------------------------------------------- problems

@@ -128,3 +128,22 @@ def test_vjp_is_priced(client, rng):
     r = client.post("/vjp/cost", json=body)
     assert r.status_code == 200 and r.json()["admitted"] is True
     assert r.json()["estimate"]["seconds"] > 0
+
+
+def test_async_client_vjp_equals_the_sync_one(live_server, rng):
+    import asyncio
+
+    from service.client import AsyncClient
+
+    p = problem(rng)
+    args = [p[k] for k in ("x", "h0", "Wx", "Wh", "b", "dh")]
+
+    async def run():
+        async with AsyncClient(live_server.url) as client:
+            return await client.vjp(*args)
+
+    with Client(live_server.url) as client:
+        sync = client.vjp(*args)
+    got = asyncio.run(run())
+    for name, a in sync.gradients.items():
+        np.testing.assert_array_equal(got.gradients[name], a)
