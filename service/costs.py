@@ -98,10 +98,12 @@ class Machine:
     """Seconds per unit of work, calibrated on one machine, and its speed.
 
     Measured by ``python benchmarks/bench_costs.py --fit`` on the development
-    machine (2 shared cores, OpenBLAS, numpy 2; medians of 3 runs under load
-    from other processes), then scaled up so that predictions sit between
-    the measured time and twice it (docs/cost-model.md). Every time divides
-    by ``speed``: 2.0 on a machine twice as fast, 0.5 on one twice as slow.
+    machine (2 shared cores, OpenBLAS on one thread, numpy 2; medians of 3 runs
+    under load from other processes), then scaled up so that predictions sit
+    between the measured time and twice it (docs/cost-model.md). A constant
+    the fit set to 0 is absorbed by others (exp and tanh by the element-wise
+    passes). Every time divides by ``speed``: 2.0 on a machine twice as fast,
+    0.5 on one twice as slow.
 
     Attributes
     ----------
@@ -116,16 +118,21 @@ class Machine:
     op : float
         Per numpy call in the tutorial's loop (service/checks.py) and other Python loops.
     lag_row : float
-        Per (B, H) x (H, H) slice of a stacked product (a truncated lag, a trace lag).
+        Per (B, H) x (H, H) slice of a truncated lag's stacked product (one BLAS call each).
     small_madd : float
-        Per multiply-add of the per-step (B, H) x (H, H) products of a batch (B > 1).
+        Per multiply-add of the per-step (B, H) x (H, H) products of a batch (B > 1)
+        and of a trace's (T - j, H) x (H, H) lags.
     large_madd : float
         Per multiply-add of the large products (output layer, dLdW).
     gemv_madd : float
         Per multiply-add of a matrix-vector product: the per-step products of one
-        sequence (B = 1), a trace's lags, the tutorial loop's products.
+        sequence (B = 1), the tutorial loop's products.
     weight_byte : float
-        Per byte of a weight matrix read by a product (W once per step, V per product).
+        Per byte of V read by an output-layer product.
+    w_byte : float
+        Per byte of a matrix read by a per-step product when it does not fit in
+        the cache (W with H > 512 in float64; the tutorial loop's V and W): those
+        products run at memory bandwidth.
     element : float
         Per element of an element-wise pass (add, multiply, copy, compare, zero).
     transcendental : float
@@ -147,27 +154,32 @@ class Machine:
     baseline_bytes : int
         Bytes of small arrays and Python objects a call makes besides the ones counted.
     speed : float
-        This machine's speed relative to the calibration machine; divides every time.
+        This machine's speed relative to the calibration machine; divides every
+        time. benchmarks/bench_costs.py measures it: its reference workload's time
+        there (REFERENCE_SECONDS) over its time here.
     """
 
-    call: float = 0.00115
-    loss_call: float = 0.000109
-    sequence: float = 3.46e-05
-    step: float = 3.95e-06
-    op: float = 1.08e-06
-    lag_row: float = 4.98e-08
-    small_madd: float = 4.32e-11
-    large_madd: float = 9.66e-11
-    gemv_madd: float = 1.78e-10
-    weight_byte: float = 1.01e-10
-    element: float = 1.63e-09
+    call: float = 0.00237
+    loss_call: float = 9.78e-05
+    sequence: float = 3.16e-05
+    step: float = 4.01e-06
+    op: float = 1.03e-06
+    lag_row: float = 6.01e-08
+    small_madd: float = 9.03e-11
+    large_madd: float = 6.17e-11
+    gemv_madd: float = 2.29e-10
+    w_byte: float = 1.03e-10
+    weight_byte: float = 2.24e-10
+    element: float = 1.65e-09
     transcendental: float = 0.0
-    gather: float = 1.54e-08
-    page_byte: float = 4.83e-10
-    sort: float = 3.02e-09
-    stack_row: float = 9.29e-07
-    subnormal_row: float = 1.27e-08
-    subnormal_madd: float = 0.0
+    gather: float = 2.39e-08
+    page_byte: float = 4.06e-10
+    sort: float = 5.31e-09
+    stack_row: float = 7.15e-07
+    subnormal_row: float = 1.11e-08
+    # The fit found no slowdown in its draws; the deltas of long truncations do become
+    # subnormal and slow (docs/cost-model.md): priced here so admission never under-estimates.
+    subnormal_madd: float = 1.0e-9
     baseline_bytes: int = 64 << 10
     speed: float = 1.0
 
@@ -198,7 +210,7 @@ def _fresh(*sizes: float) -> float:
 
 
 def _streamed(nbytes: float) -> float:
-    """Bytes of W read from memory by one step's product: none when it stays in the cache between steps."""
+    """Bytes of a matrix read from memory by one step's product: none when it stays in the cache between steps."""
     return nbytes if nbytes > _CACHE else 0.0
 
 
@@ -230,7 +242,7 @@ def _forward(T: int, B: int, H: int, s: int, G: int) -> _Work:
         "step": T,
         "gather": G * T * B * H,  # U.T[X]: (T, B, H)
         _per_step(B): G * T * B * H * H,  # (B, H) x (H, H) per step
-        "weight_byte": G * T * _streamed(H * H * s),  # W read once per step
+        "w_byte": G * T * _streamed(H * H * s),  # W read once per step
         "element": G * T * B * H + G * H * H,  # z_t = U x_t + W s_{t-1}; WT copy
         "transcendental": G * T * B * H,  # tanh
     }
@@ -268,7 +280,7 @@ def _engine_bptt(
         backward: _Work = {
             "step": T,
             _per_step(B): G * T * B * H * H,  # dz_k W per step
-            "weight_byte": G * T * _streamed(H * H * s),
+            "w_byte": G * T * _streamed(H * H * s),
             "element": 2 * TB * H + 2 * G * TB * H,  # dtanh = 1 - S*S; add, multiply per step
         }
     else:
@@ -278,7 +290,7 @@ def _engine_bptt(
             "step": K,
             "lag_row": R if H > 1 else 0,  # numpy multiplies 1 x 1 matrices without BLAS
             _per_step(B): G * R * B * H * H,  # delta[1:] @ W, (T-j, B, H) x (H, H)
-            "weight_byte": G * K * _streamed(H * H * s),
+            "w_byte": G * K * _streamed(H * H * s),
             "subnormal_row": G * _subnormal(T, K + 1, s) * B,
             "subnormal_madd": G * _subnormal(T, K + 1, s) * B * H * H,
             "element": 4 * TB * H + 2 * R * B * H,  # dtanh; delta, dz copy; *= dtanh, dz +=
@@ -324,7 +336,8 @@ def _engine_bptt(
     seq_of_row = N * _INDEX if B > 1 else 0  # a local of _bptt_unchecked: alive until it returns
     at_check = after + results + seq_of_row + N * H * s + max(N * H, H * H)  # dLdU[:, x_rows], isfinite's mask
     outputs = results + C * H * s + H * H * s  # what the call returns
-    at_clip = outputs + (max(H * C, H * H) * (s + 1) if clip else 0)  # abs(grad) and its mask, the largest grad
+    # _bptt clips after _bptt_unchecked returns, the batch (X, Y, S0) still alive: abs(grad) and its mask
+    at_clip = outputs + batch + (max(H * C, H * H) * (s + 1) if clip else 0)
     peak = max(hidden, at_softmax, at_dtanh, at_backward, at_columns, at_losses, at_check, at_clip)
     return phases, peak, outputs
 
@@ -343,7 +356,7 @@ def _engine_trace(T: int, H: int, C: int, K: int | None, s: int) -> tuple[list[t
         "sequence": 1,
         "step": L,
         "small_madd": R * H * H,  # lag[1:] @ W, (T-j, H) x (H, H), one product per lag
-        "weight_byte": (L - 1) * _streamed(H * H * s),
+        "w_byte": (L - 1) * _streamed(H * H * s),
         "subnormal_row": _subnormal(T, L, s),
         "subnormal_madd": _subnormal(T, L, s) * H * H,
         "stack_row": Q,  # np.stack per output t of its min(t + 1, L) rows
@@ -487,72 +500,73 @@ def gradient_check(
 def compare(*, T: int, H: int, C: int, K: int | None, machine: Machine = DEFAULT) -> Estimate:
     """Cost of ``checks.compare`` when the submission fails (the diagnosis runs).
 
-    One ``engine.bptt``, the report (per parameter: differences, a full
-    argsort of the errors), then the tutorial's loop once per candidate mistake
-    (``checks._mistakes``: four, and K - 1, K + 1 or K = 4), each a Python loop
-    of T forward steps and sum_t (min(t, k) + 1) backward steps. See
-    ``_tutorial_loop`` for the count of one loop.
+    ``checks.compare`` recomputes every classic mistake vectorised (docs/testing.md):
+    one ``engine.bptt`` for the expected gradients, one forward pass, then four
+    one-pass sweeps over T (full BPTT) or one loop of K + 1 lags and three of K
+    (truncated), and a T x H^2 product per mistake. Measured here against
+    ``engine.bptt`` alone: 3 to 4 times its time; priced as 3.5 times this module's
+    bptt estimate (itself above the measured bptt). Memory: the bptt's peak, plus
+    about six (T, H) arrays, one (T, C), the mistakes' (H, C) and (H, H) gradients.
     """
     _check_dims(H=H, C=C, K=K, itemsize=8)
     (T,) = _check_lengths([T])
-    first = bptt(lengths=[T], H=H, C=C, K=K, machine=machine)
-    n = (H * C, C * H, H * H)
-    report: _Work = {"element": 9 * sum(n), "sort": sum(m * math.log2(m + 1) for m in n), "op": 60}
-    full = T if K is None else K
-    mistakes = [(full, ""), (full, "tanh_wrong_step"), (full, "missing_t0"), (full, "double_counting")]
-    if K is None:
-        mistakes.append((4, ""))
-    else:
-        mistakes += [(k, "") for k in (K - 1, K + 1) if k >= 0]
-    work: _Work = {}
-    for k, mistake in mistakes:
-        for unit, count in _tutorial_loop(T, H, C, k, mistake).items():
-            work[unit] = work.get(unit, 0.0) + count
-    grads = 8 * (2 * H * C + H * H)  # one set of dLdU, dLdV, dLdW in float64
-    work["element"] += 6 * grads / 8 + grads / 8  # the match test per candidate; dividing by T (mean)
-    work["op"] += 12 * len(mistakes)
-    outputs = grads + 8 * (3 * H)  # engine.bptt's gradients, held throughout
-    worst = outputs + 3 * 8 * H * C + _INDEX * H * C  # _worst: differences, |err|, argsort's copy and order
-    in_loop = 8 * ((T + 1) * H + 2 * T * C + C * H + 4 * C)  # s, o, delta_o, np.outer's (C, H), exp's
-    loops = outputs + 2 * grads + max(in_loop, 3 * 8 * H * C)  # the last candidate and the current one
-    peak = max(worst, loops) + _LOOP_OBJECTS
-    rest = _estimate([("report", report), ("python steps", work)], peak, machine)
-    return first + rest
+    one = bptt(lengths=[T], H=H, C=C, K=K, machine=machine)
+    extra = 8 * (6 * T * H + T * C + 2 * H * C + H * H) + _LOOP_OBJECTS
+    sweeps = 2.5 * one.seconds
+    return Estimate(
+        seconds=one.seconds + sweeps,
+        bytes=one.bytes + extra,
+        terms={**one.terms, "mistakes' recomputations": sweeps},
+    )
 
 
-def _tutorial_loop(T: int, H: int, C: int, k: int, mistake: str) -> _Work:
-    """Work of one ``checks._loop`` (the tutorial's bptt loop) with truncation k and one mistake made.
+def vjp(*, N: int, T: int, D: int, H: int, G: int = 1, machine: Machine = DEFAULT) -> Estimate:
+    """Cost of ``service.vjp.rnn_vjp`` (G = 1) or ``lstm_vjp`` (G = 4), in the canonical layout.
 
-    Forward: per step about 11 numpy calls, W s (H^2) and V s (C H).
-    Backward: per output about 8 calls, np.outer (C H) and its sum, V^T delta_o;
-    per inner step about 9 calls, np.outer (H^2) and its sum, W^T delta.
-    The inner steps are I = sum_t (min(t, k) + 1) = m (m + 1) / 2 + (T - m)(k + 1)
-    with m = min(k, T), one fewer per t <= k for "missing_t0"; "double_counting"
-    adds V^T delta_o (C H) at every inner step with step > 0.
+    One loop over time forward and one backward: T steps of (N, H) x (H, G H) each
+    way; the products that do not recur (x Wx, dx, dWx) once, N T D G H each; the
+    element-wise passes and the nonlinearities over (T, N, G H). Memory: about six
+    (T, N, G H) arrays, three (T, N, D), and the weights' gradients.
     """
-    m = min(k, T)
-    inner = m * (m + 1) // 2 + (T - m) * (k + 1)
-    inner_after_0 = inner - min(T, k + 1)  # steps with step > 0
-    if mistake == "missing_t0":
-        inner = inner_after_0
+    for name, value in (("N", N), ("T", T), ("D", D), ("H", H)):
+        if value < 1:
+            raise InputError(f"{name} must be >= 1, got {value}", field=name)
     work: _Work = {
-        "op": 20 + 11 * T + 8 * T + 9 * inner,
-        "gemv_madd": T * (H * H + C * H) + T * C * H + inner * H * H,
-        "element": T * (5 * C + 4 * H) + 2 * T * C * H + inner * (2 * H * H + 5 * H) + 2 * (2 * H * C + H * H + T * C),
-        "transcendental": T * (H + C),
-        "weight_byte": 2 * T * _streamed(8 * C * H) + inner * _streamed(8 * H * H),  # V per step, W per inner one
-        # np.outer's (C, H) per output and (H, H) per inner step, o, delta_o, the gradients
-        "page_byte": T * _fresh(8 * C * H) + inner * _fresh(8 * H * H) + _fresh(*[8 * T * C] * 2, *[8 * H * C] * 2),
+        "step": 2 * T,
+        "gemv_madd" if N == 1 else "small_madd": 2 * G * T * N * H * H,
+        "large_madd": 3 * G * N * T * D * H,
+        "element": 12 * G * N * T * H,
+        "transcendental": 2 * G * N * T * H,
     }
-    if mistake == "double_counting":
-        work["op"] += 5 * inner_after_0
-        work["gemv_madd"] += inner_after_0 * C * H
-        work["weight_byte"] += inner_after_0 * _streamed(8 * C * H)
-        work["element"] += inner_after_0 * 4 * H
-    return work
+    peak = 8 * (6 * G * N * T * H + 3 * N * T * D + 3 * G * H * (H + D))
+    return _estimate([("recurrence and products", work)], peak, machine)
 
 
-# -- arguments --------------------------------------------------------------------
+# Measured here (one BLAS thread): the products of step Jacobians cost about 60 ns per T^2 H^2
+# with the singular values of every pair (spectral), 16 ns without (Frobenius), or 1.2 and
+# 0.2 ns per pair x H^3 once H is large; the larger of the two terms bounds both regimes.
+_FLOW_SECONDS = {"spectral": (60e-9, 1.2e-9), "frobenius": (16e-9, 0.2e-9)}
+
+
+def flow(*, T: int, H: int, C: int, norm: str = "spectral", machine: Machine = DEFAULT) -> Estimate:
+    """Cost of ``service.flow.flow`` for the vanilla cell: O(T^2 H^2) to O(T^2 H^3).
+
+    The Jacobian products of every pair k <= t (with a singular value decomposition
+    per pair for the spectral norm), and the per-lag gradients (about twice a bptt).
+    Memory: the T step Jacobians and a row of products (H^2 each), the T x T table.
+    """
+    if norm not in _FLOW_SECONDS:
+        raise InputError(f"norm must be 'spectral' or 'frobenius', got {norm!r}", field="norm")
+    (T,) = _check_lengths([T])
+    one = bptt(lengths=[T], H=H, C=C, K=None, machine=machine)
+    per_square, per_cube = _FLOW_SECONDS[norm]
+    products = max(per_square * T * T * H * H, per_cube * T * (T + 1) / 2 * H**3) / machine.speed
+    lags = 2 * one.seconds
+    return one + Estimate(
+        seconds=products + lags,
+        bytes=8 * (4 * T * H * H + 3 * T * T + 4 * H * C),
+        terms={"Jacobian products": products, "per-lag gradients": lags},
+    )
 
 
 def _gates(cell: str) -> int:

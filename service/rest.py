@@ -475,27 +475,16 @@ def _vjp_arrays(request: VjpRequest) -> dict[str, Any]:
 
 
 def _vjp_estimate(arrays: dict[str, Any], cell: str, layout: str, settings: Settings) -> costs.Estimate:
-    """The recurrence's forward and backward: T steps of (N, H) x (H, G H) both ways, and the
-    products that do not recur (x Wx, dx, dWx). Shapes that do not fit the layout are priced
-    from their sizes (the engine then names what is wrong)."""
+    """``costs.vjp`` from the layout's shapes; shapes that do not fit the layout are priced from
+    their sizes (the engine then names what is wrong)."""
     x, h0 = arrays["x"], arrays["h0"]
-    G = 4 if cell == "lstm" else 1
-    if x.ndim == 3 and h0.ndim == 2:
+    if x.ndim == 3 and h0.ndim == 2 and x.size and h0.size:
         N, T, D = x.shape if layout == "cs231n" else (x.shape[1], x.shape[2], x.shape[0])
         H = h0.shape[1] if layout == "cs231n" else h0.shape[0]
     else:
         N, T, D, H = 1, max(x.size, 1), 1, max(h0.size, 1)
-    m = admission.machine(settings)
-    work = {
-        "step": 2 * T,
-        "gemv_madd" if N == 1 else "small_madd": 2 * G * T * N * H * H,
-        "large_madd": 3 * G * N * T * D * H,
-        "element": 12 * G * N * T * H,
-        "transcendental": 2 * G * N * T * H,
-    }
-    seconds = m.seconds(work)
-    peak = 8 * (6 * G * N * T * H + 3 * N * T * D + 3 * G * H * (H + D))
-    return costs.Estimate(seconds=seconds, bytes=peak, terms={"recurrence and products": seconds})
+    G = 4 if cell == "lstm" else 1
+    return costs.vjp(N=N, T=T, D=D, H=H, G=G, machine=admission.machine(settings))
 
 
 def vjp_plan(body: bytes, settings: Settings) -> Plan:
@@ -581,12 +570,6 @@ def vjp_compare_plan(body: bytes, settings: Settings) -> Plan:
     return Plan(what, estimate, _nbytes(arrays) + _nbytes(submitted), run)
 
 
-# Measured here (one BLAS thread): the products of step Jacobians cost about 60 ns per T^2 H^2
-# with the singular values of every pair (spectral), 16 ns without (Frobenius), or 1.2 and
-# 0.2 ns per pair x H^3 once H is large; the larger of the two terms bounds both regimes.
-FLOW_SECONDS = {"spectral": (60e-9, 1.2e-9), "frobenius": (16e-9, 0.2e-9)}
-
-
 def flow_plan(body: bytes, settings: Settings) -> Plan:
     """``POST /bptt/flow``, parsed and priced (O(T^2 H^3): its own terms in the cost model)."""
     request = parse(FlowRequest, body)
@@ -594,14 +577,7 @@ def flow_plan(body: bytes, settings: Settings) -> Plan:
     H, C = arrays["U"].shape
     T = len(arrays["x"])
     admission.check_work(settings, H=H, C=C, lengths=[T])
-    per_square, per_cube = FLOW_SECONDS[request.norm]
-    products = max(per_square * T * T * H * H, per_cube * T * (T + 1) / 2 * H**3) / settings.speed
-    rest = costs.bptt(lengths=[T], H=H, C=C, K=None, machine=admission.machine(settings))
-    estimate = rest + costs.Estimate(
-        seconds=2 * rest.seconds + products,
-        bytes=8 * (4 * T * H * H + 3 * T * T + 4 * H * C),
-        terms={"Jacobian products": products, "per-lag gradients": 2 * rest.seconds},
-    )
+    estimate = costs.flow(T=T, H=H, C=C, norm=request.norm, machine=admission.machine(settings))
 
     def run() -> dict[str, Any]:
         with ops.engine_timer("flow"):

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
 
+from .checks import MistakeName
+
 __all__ = [
     "TENSOR_TAGS",
     "AdmittedExample",
@@ -406,11 +408,7 @@ class ParameterComparison(BaseModel):
 class Diagnosis(BaseModel):
     """A classic mistake your gradients match."""
 
-    mistake: str = Field(
-        description="mean_instead_of_sum, tanh_derivative_wrong_step, missing_t0_term, "
-        "output_error_double_counted, truncation_off_by_one_short, truncation_off_by_one_long, "
-        "truncated_instead_of_full."
-    )
+    mistake: MistakeName = Field(description="The mistake's name: one spelling, service.checks.MistakeName.")
     explanation: str = Field(description="What the mistake is and how to fix it.")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mistakes
 import numpy as np
 import orjson
 import pytest
@@ -49,23 +50,28 @@ def test_gradient_check_fails_truncated_gradients(rng):
 
 @pytest.mark.parametrize("K", [None, 3])
 def test_compare_names_each_classic_mistake(rng, K):
+    """The wrong gradients come from tests/mistakes.py (the seed's loop with the mistake made), not from checks."""
     p = make_problem(rng, H=4, C=5, T=9, scale=2.0)
     arrays = dict(U=p.U, V=p.V, W=p.W, x=p.x, y=p.y, s0=None, bptt_truncate=K)
-    right = dict(zip(("dLdU", "dLdV", "dLdW"), seed.bptt(p.U, p.V, p.W, p.x, p.y, 9 if K is None else K)))
+    right = dict(zip(("dLdU", "dLdV", "dLdW"), seed.bptt(p.U, p.V, p.W, p.x, p.y, 9 if K is None else K), strict=True))
     assert checks.compare(arrays, right) | {"parameters": None} == {
-        "passed": True, "tolerance": 1e-6, "parameters": None, "diagnosis": []}
-    mistakes = checks._mistakes(K, 9)
-    assert {m.name for m in mistakes} <= set(checks.MISTAKES)
-    for mistake in mistakes:
-        wrong = dict(zip(("dLdU", "dLdV", "dLdW"), mistake.gradients(p.U, p.V, p.W, p.x, p.y, None)))
+        "passed": True,
+        "tolerance": 1e-6,
+        "parameters": None,
+        "diagnosis": [],
+    }
+    for name in mistakes.applicable(K):
+        wrong = dict(
+            zip(("dLdU", "dLdV", "dLdW"), mistakes.bptt(p.U, p.V, p.W, p.x, p.y, K, mistake=name), strict=True)
+        )
         report = checks.compare(arrays, wrong)
-        assert not report["passed"], mistake.name
-        assert [d["mistake"] for d in report["diagnosis"]] == [mistake.name]
+        assert not report["passed"], name
+        assert [d["mistake"] for d in report["diagnosis"]] == [name]
 
 
 def test_compare_reports_worst_entries_without_a_diagnosis(rng):
     p = make_problem(rng, H=3, C=4, T=5)
-    right = dict(zip(("dLdU", "dLdV", "dLdW"), seed.bptt(p.U, p.V, p.W, p.x, p.y, 5)))
+    right = dict(zip(("dLdU", "dLdV", "dLdW"), seed.bptt(p.U, p.V, p.W, p.x, p.y, 5), strict=True))
     wrong = {k: v.copy() for k, v in right.items()}
     wrong["dLdV"][2, 1] += 0.5
     report = checks.compare(dict(U=p.U, V=p.V, W=p.W, x=p.x, y=p.y), wrong)
@@ -113,7 +119,9 @@ def test_checks_are_limited(rng):
         assert r.status_code == 413
         assert "BPTT_MAX_REQUEST_SECONDS" in r.json()["detail"]
         g = seed.bptt(p.U, p.V, p.W, p.x, p.y, 40)
-        r = c.post("/bptt/compare", content=orjson.dumps(p.body(dLdU=g[0].tolist(), dLdV=g[1].tolist(), dLdW=g[2].tolist())))
+        r = c.post(
+            "/bptt/compare", content=orjson.dumps(p.body(dLdU=g[0].tolist(), dLdV=g[1].tolist(), dLdW=g[2].tolist()))
+        )
         assert r.status_code == 413
 
 

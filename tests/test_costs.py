@@ -210,6 +210,7 @@ SHAPES = [
     ([80, 5, 3, 1, 12], 40, 200, 10, 4, True, False),
     ([1] * 40, 16, 2000, None, 8, False, False),  # many one-token sequences
     ([500], 8, 50, 499, 8, False, False),
+    ([2] + [1] * 80, 1505, 565, None, 8, False, True),  # clip with the batch's (B, H) S0 still alive
 ]
 
 
