@@ -31,6 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import engine
+from .deadline import checkpoint
 
 __all__ = ["ABS_FLOOR", "MistakeName", "compare", "gradient_check", "relative_error"]
 
@@ -68,7 +69,7 @@ def _worst(submitted: NDArray[Any], expected: NDArray[Any], count: int) -> list[
 def gradient_check(
     arrays: dict[str, Any],
     *,
-    h: float = 1e-5,
+    h: float | dict[str, float] = 1e-5,
     tolerance: float = 1e-6,
     samples: int = 50,
     seed: int = 0,
@@ -76,13 +77,17 @@ def gradient_check(
     """Central differences of ``engine.loss`` against ``engine.bptt``, per parameter.
 
     ``arrays`` are ``engine.bptt``'s keyword arguments. Up to ``samples`` entries
-    of each parameter are checked (all when it has fewer), drawn with ``seed``.
+    of each parameter are checked (all when it has fewer): half of them the
+    entries with the largest gradients (where a wrong derivative shows most), the
+    rest drawn at random with ``seed`` (reported with the results, so a check can
+    be repeated exactly). ``h`` is the step, or a step per parameter name.
     """
     g = engine.bptt(**arrays)
     params = {"U": arrays["U"], "V": arrays["V"], "W": arrays["W"]}
     for name in ("b", "c", "s0"):
         if arrays.get(name) is not None:
             params[name] = arrays[name]
+    steps = {name: (h.get(name, 1e-5) if isinstance(h, dict) else h) for name in params}
     analytic = {"U": g.dLdU, "V": g.dLdV, "W": g.dLdW, "b": g.dLdb, "c": g.dLdc, "s0": g.dLds0}
     rng = np.random.default_rng(seed)
     inputs = {k: np.array(v, dtype=np.float64, copy=True) for k, v in params.items()}
@@ -96,17 +101,20 @@ def gradient_check(
     report: dict[str, Any] = {}
     for name, p in inputs.items():
         flat = p.reshape(-1)
-        picks = np.arange(flat.size) if flat.size <= samples else rng.choice(flat.size, samples, replace=False)
-        a = np.asarray(analytic[name], dtype=np.float64).reshape(-1)[picks]
+        gradient = np.asarray(analytic[name], dtype=np.float64).reshape(-1)
+        picks = _picks(gradient, samples, rng)
+        a = gradient[picks]
+        step = steps[name]
         n = np.empty(len(picks))
         for i, k in enumerate(picks):
+            checkpoint()
             old = flat[k]
-            flat[k] = old + h
+            flat[k] = old + step
             plus = loss()
-            flat[k] = old - h
+            flat[k] = old - step
             minus = loss()
             flat[k] = old
-            n[i] = (plus - minus) / (2 * h)
+            n[i] = (plus - minus) / (2 * step)
         ok = np.isfinite(a) & np.isfinite(n)  # (picks,)
         finite = bool(ok.all())
         with np.errstate(invalid="ignore"):
@@ -115,6 +123,7 @@ def gradient_check(
         report[name] = {
             "checked": len(picks),
             "entries": int(flat.size),
+            "h": step,
             "max_relative_error": float(rel.max()) if finite else None,
             "max_absolute_error": float(np.abs(a - n).max()) if finite else None,
             "passed": bool(finite and rel.max() <= tolerance),
@@ -125,6 +134,18 @@ def gradient_check(
             },
         }
     return report
+
+
+def _picks(gradient: NDArray[np.float64], samples: int, rng: np.random.Generator) -> NDArray[np.intp]:
+    """The entries to check: all of a small parameter; else the (samples + 1) // 2 largest |gradient| (where a
+    wrong derivative shows most), and the rest at random among the others."""
+    if gradient.size <= samples:
+        return np.arange(gradient.size)
+    largest = (samples + 1) // 2  # at least one: the largest gradient is always checked
+    order = np.argsort(-np.abs(np.nan_to_num(gradient, nan=np.inf)), kind="stable")
+    top, others = order[:largest], order[largest:]
+    drawn = rng.choice(others, samples - largest, replace=False)
+    return np.concatenate([top, drawn]).astype(np.intp)
 
 
 # -- the learner's mistakes -------------------------------------------------------
@@ -145,6 +166,7 @@ class MistakeName(enum.StrEnum):
     NO_RECURRENCE = "no_recurrence"
     OUTER_WITH_CURRENT_STATE = "outer_with_current_state"
     DLDU_NEXT_TOKEN = "dLdU_next_token"
+    ALREADY_CLIPPED = "already_clipped"
 
 
 @dataclass(frozen=True)
@@ -498,4 +520,49 @@ def compare(
                 for n, c in zip(("dLdU", "dLdV", "dLdW"), candidate, strict=True)
             ):
                 diagnosis.append({"mistake": str(mistake.name), "explanation": mistake.explanation})
-    return {"passed": passed, "tolerance": tolerance, "parameters": report, "diagnosis": diagnosis}
+        clipped_at = _clipped_at(submitted, expected, tolerance)
+        if clipped_at is not None:
+            diagnosis.append(
+                {
+                    "mistake": str(MistakeName.ALREADY_CLIPPED),
+                    "explanation": f"Your gradients are the expected ones clipped to [-{clipped_at:.6g}, "
+                    f"{clipped_at:.6g}]: check the gradients before clipping them (clipping is a step of the "
+                    "update, after the gradient; this service clips only when asked with `clip`).",
+                }
+            )
+    disagreement = None if passed or diagnosis else _disagreement(report, submitted["dLdU"], expected["dLdU"])
+    return {
+        "passed": passed,
+        "tolerance": tolerance,
+        "parameters": report,
+        "diagnosis": diagnosis,
+        "disagreement": disagreement,
+    }
+
+
+def _clipped_at(submitted: dict[str, NDArray[Any]], expected: dict[str, Array], tolerance: float) -> float | None:
+    """The value c at which the expected gradients, clipped to [-c, c], give the submission; None if none does.
+
+    Clipped gradients reach c in their largest entry, so c is the submission's largest magnitude.
+    """
+    c = max(float(np.abs(a).max()) for a in submitted.values())
+    if not c > 0 or c >= max(float(np.abs(a).max()) for a in expected.values()):
+        return None  # nothing was clipped
+    for name, want in expected.items():
+        clipped = np.clip(want, -c, c)
+        if float(np.abs(submitted[name] - clipped).max()) > tolerance * max(float(np.abs(clipped).max()), ABS_FLOOR):
+            return None
+    return c
+
+
+def _disagreement(report: dict[str, Any], dLdU: NDArray[Any], want: Array, columns: int = 5) -> dict[str, Any]:
+    """Where a submission no mistake explains is furthest off: the parameters by relative error, and the
+    token columns of dLdU (the only place a summed gradient still shows the time steps: column c collects
+    the steps that read token c)."""
+    order = sorted(report, key=lambda n: report[n]["max_relative_error"], reverse=True)
+    err = np.abs(dLdU - want).max(axis=0)  # (C,): each token column's largest error
+    top = np.argsort(err)[::-1][:columns]
+    return {
+        "parameters": order,
+        "dLdU_columns": [{"token": int(c), "max_absolute_error": float(err[c])} for c in top if err[c] > 0],
+    }

@@ -432,8 +432,11 @@ def check_plan(body: bytes, settings: Settings) -> Plan:
 
     def run() -> dict[str, Any]:
         with ops.engine_timer("gradient_check"):
+            steps: float | dict[str, float] = (
+                {str(k): v for k, v in request.h.items()} if isinstance(request.h, dict) else request.h
+            )
             report = checks.gradient_check(
-                arrays, h=request.h, tolerance=request.tolerance, samples=request.samples, seed=request.seed
+                arrays, h=steps, tolerance=request.tolerance, samples=request.samples, seed=request.seed
             )
         note = None
         if K is not None:
@@ -446,6 +449,7 @@ def check_plan(body: bytes, settings: Settings) -> Plan:
             "passed": all(r["passed"] for r in report.values()),
             "h": request.h,
             "tolerance": request.tolerance,
+            "seed": request.seed,
             "parameters": report,
             "note": note,
         }

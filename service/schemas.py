@@ -85,7 +85,7 @@ def _matrix_or_tensor(value: Any) -> str:
 
 # Tags of the two forms of an array field; they appear in pydantic's error
 # locations (("U", "lists", 3, 5)) and are dropped from the field names we report.
-TENSOR_TAGS = ("lists", "tensor", "rank1", "rank2", "rank3")
+TENSOR_TAGS = ("lists", "tensor", "rank1", "rank2", "rank3", "step", "steps")
 
 # Nested lists with at least one row of at least one number: what JSON Schema can say
 # of a matrix (rows of equal length, and shapes that agree, are checked after parsing).
@@ -305,6 +305,17 @@ class IndexResponse(BaseModel):
 # -- checking gradients ---------------------------------------------------------
 
 
+def _step_or_steps(value: Any) -> str:
+    return "steps" if isinstance(value, dict) else "step"
+
+
+_OneStep = Annotated[Positive, Field(le=1.0)]
+Step = Annotated[
+    Annotated[_OneStep, Tag("step")] | Annotated[dict[Literal["U", "V", "W", "b", "c", "s0"], _OneStep], Tag("steps")],
+    Discriminator(_step_or_steps),
+]
+
+
 class GradientCheckRequest(BaseModel):
     """The engine's gradients against central differences: the input of ``POST /gradient-check``."""
 
@@ -323,15 +334,19 @@ class GradientCheckRequest(BaseModel):
         description="null (default) checks the exact gradient. With K, the truncated gradients are "
         "checked against the derivatives of the loss, and differ: see how much.",
     )
-    h: Annotated[Positive, Field(le=1.0)] = Field(
-        default=1e-5, description="Step of the central differences (f(p+h) - f(p-h)) / 2h, at most 1."
+    h: Step = Field(
+        default=1e-5,
+        description="Step of the central differences (f(p+h) - f(p-h)) / 2h, at most 1; or a step per parameter, "
+        '{"U": 1e-5, "W": 1e-6} (1e-5 for the others).',
     )
     tolerance: Positive = Field(default=1e-6, description="Largest relative error that passes.")
     samples: Annotated[int, Field(strict=True, ge=1, le=1000), BeforeValidator(_integral_float_to_int)] = Field(
-        default=50, description="Entries checked per parameter (all of a smaller one), drawn at random."
+        default=50,
+        description="Entries checked per parameter (all of a smaller one): half of them those with the largest "
+        "gradients, the rest drawn at random.",
     )
     seed: Annotated[int, Field(strict=True, ge=0, le=2**32 - 1), BeforeValidator(_integral_float_to_int)] = Field(
-        default=0, description="Seed of the random draw of entries."
+        default=0, description="Seed of the random draw of entries (reported in the answer: the check repeats exactly)."
     )
 
 
@@ -348,6 +363,7 @@ class ParameterCheck(BaseModel):
 
     checked: int = Field(description="Entries checked.")
     entries: int = Field(description="Entries of the parameter.")
+    h: float = Field(description="The step used for this parameter.")
     max_relative_error: float | None = Field(
         description="Largest |a - n| / max(|a|, |n|, 1e-8): 0 when equal, never NaN (unlike "
         "|a - n| / (|a| + |n|) at 0/0); null (and failed) when a central difference is not finite."
@@ -361,8 +377,13 @@ class GradientCheckResponse(BaseModel):
     """The answer of ``POST /gradient-check``."""
 
     passed: bool = Field(description="Every parameter passed.")
-    h: float
-    tolerance: float
+    h: float | dict[str, float] = Field(description="The step(s) asked for.")
+    tolerance: float = Field(
+        description="Largest relative error that passes, |a - n| / max(|a|, |n|, 1e-8). The tutorial's "
+        "gradient_check uses |a - n| / (|a| + |n|) with a threshold of 0.01: the same scale within a factor "
+        "of 2, and 1e-6 is 10,000 times stricter (central differences reach about 1e-9 here)."
+    )
+    seed: int = Field(description="The seed of the entries drawn: the same request checks the same entries.")
     parameters: dict[str, ParameterCheck] = Field(description="U, V, W, and b, c, s0 when given.")
     note: str | None = Field(default=None, description="What to expect, when bptt_truncate was given.")
 
@@ -412,6 +433,23 @@ class Diagnosis(BaseModel):
     explanation: str = Field(description="What the mistake is and how to fix it.")
 
 
+class TokenColumn(BaseModel):
+    """One column of dL/dU: the steps that read this token."""
+
+    token: int
+    max_absolute_error: float
+
+
+class Disagreement(BaseModel):
+    """Where a submission that no classic mistake explains is furthest off."""
+
+    parameters: list[str] = Field(description="dLdU, dLdV, dLdW from the largest relative error to the smallest.")
+    dLdU_columns: list[TokenColumn] = Field(
+        description="The token columns of dL/dU furthest off (a summed gradient's only view of the time steps: "
+        "column c collects every step that read token c)."
+    )
+
+
 class CompareResponse(BaseModel):
     """The answer of ``POST /bptt/compare``."""
 
@@ -419,7 +457,11 @@ class CompareResponse(BaseModel):
     tolerance: float
     parameters: dict[str, ParameterComparison] = Field(description="dLdU, dLdV, dLdW.")
     diagnosis: list[Diagnosis] = Field(
-        description="The classic mistakes your gradients match (empty when they pass, or when none fits)."
+        description="Every classic mistake your gradients match (empty when they pass, or when none fits; several "
+        "when several fit, e.g. with a symmetric W or T = 1)."
+    )
+    disagreement: Disagreement | None = Field(
+        default=None, description="When they fail and no mistake fits: which parameters and token columns are off."
     )
 
 

@@ -27,6 +27,7 @@ NAMES = (
     "no_recurrence",
     "outer_with_current_state",
     "dLdU_next_token",
+    "already_clipped",
 )
 
 
@@ -92,4 +93,7 @@ def bptt(U, V, W, x, y, K, s0=None, *, mistake: str = "", also: str = ""):
         dLdW = dLdW.T  # mistake: np.outer(s[bptt_step - 1], delta_t)
     if "mean_instead_of_sum" in made:
         return [dLdU / T, dLdV / T, dLdW / T]  # mistake: the gradient of the mean loss
+    if "already_clipped" in made:  # mistake: checked after clipping, at half the largest entry
+        c = 0.5 * max(np.abs(g).max() for g in (dLdU, dLdV, dLdW))
+        return [np.clip(g, -c, c) for g in (dLdU, dLdV, dLdW)]
     return [dLdU, dLdV, dLdW]

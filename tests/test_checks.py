@@ -57,6 +57,7 @@ def test_compare_names_each_classic_mistake(rng, K):
     assert checks.compare(arrays, right) | {"parameters": None} == {
         "passed": True,
         "tolerance": 1e-6,
+        "disagreement": None,
         "parameters": None,
         "diagnosis": [],
     }
@@ -139,7 +140,9 @@ def test_regression_non_finite_central_difference_is_null_and_fails(rng, monkeyp
     p = make_problem(rng, H=2, C=3, T=3)
     monkeypatch.setattr(checks.engine, "loss", lambda *a, **k: float("inf"))
     report = checks.gradient_check(dict(U=p.U, V=p.V, W=p.W, x=p.x, y=p.y), samples=3)
-    GradientCheckResponse.model_validate({"passed": False, "h": 1e-5, "tolerance": 1e-6, "parameters": report})
+    GradientCheckResponse.model_validate(
+        {"passed": False, "h": 1e-5, "tolerance": 1e-6, "seed": 0, "parameters": report}
+    )
     assert report["W"]["max_relative_error"] is None and not report["W"]["passed"]
 
 
@@ -154,3 +157,44 @@ def test_regression_float32_clip_beyond_its_range(rng):
         warnings.simplefilter("error")
         g = engine.bptt(*(a.astype(np.float32) for a in (p.U, p.V, p.W)), p.x, p.y, clip=1e307)
     assert g.clipped == {"dLdU": 0, "dLdV": 0, "dLdW": 0}
+
+
+def test_compare_without_a_fitting_mistake_says_where_it_is_off(client, rng):
+    """A submission no mistake explains: the parameters by relative error, and dLdU's token columns."""
+    p = make_problem(rng, H=4, C=6, T=8)
+    g = seed.bptt(p.U, p.V, p.W, p.x, p.y, 8)
+    dLdU = g[0].copy()
+    token = int(p.x[2])
+    dLdU[:, token] += 0.5  # one column off: the steps that read that token
+    body = p.body(dLdU=dLdU.tolist(), dLdV=g[1].tolist(), dLdW=g[2].tolist())
+    r = client.post("/bptt/compare", content=orjson.dumps(body))
+    data = CompareResponse.model_validate(r.json())
+    assert data.diagnosis == []
+    assert data.disagreement is not None
+    assert data.disagreement.parameters[0] == "dLdU"
+    assert data.disagreement.dLdU_columns[0].token == token
+    assert data.disagreement.dLdU_columns[0].max_absolute_error == pytest.approx(0.5)
+
+
+def test_gradient_check_takes_a_step_per_parameter_and_reports_its_seed(client, rng):
+    p = make_problem(rng, H=3, C=4, T=5)
+    r = client.post("/gradient-check", content=orjson.dumps(p.body(h={"W": 1e-6}, seed=7, samples=4)))
+    assert r.status_code == 200, r.text
+    data = GradientCheckResponse.model_validate(r.json())
+    assert data.seed == 7 and data.h == {"W": 1e-6}
+    assert data.parameters["W"].h == 1e-6 and data.parameters["U"].h == 1e-5
+    assert data.passed
+    again = client.post("/gradient-check", content=orjson.dumps(p.body(h={"W": 1e-6}, seed=7, samples=4)))
+    assert again.json() == r.json()  # the reported seed repeats the check exactly
+
+
+def test_gradient_check_always_checks_the_largest_gradient(rng):
+    """With 2 samples of 40 entries, the entry with the largest |dL/dU| is one of them."""
+    p = make_problem(rng, H=4, C=10, T=6, scale=2.0)
+    report = checks.gradient_check(dict(U=p.U, V=p.V, W=p.W, x=p.x, y=p.y), samples=2, seed=3)
+    dLdU = seed.bptt(p.U, p.V, p.W, p.x, p.y, 6)[0]
+    top = np.unravel_index(int(np.argmax(np.abs(dLdU))), dLdU.shape)
+    # The report names the worst of the two checked; recheck with one sample: it must be the largest.
+    one = checks.gradient_check(dict(U=p.U, V=p.V, W=p.W, x=p.x, y=p.y), samples=1, seed=3)
+    assert one["U"]["worst"]["index"] == [int(i) for i in top]
+    assert report["U"]["checked"] == 2

@@ -55,7 +55,7 @@ def test_compare_names_each_mistake_made_in_the_seed_loop(rng, K, with_s0):
     """T = 9, K = 3 or full: every mistake changes the gradients and is the only one that fits."""
     p = make_problem(rng, H=4, C=5, T=9, scale=2.0, s0=with_s0)
     names = mistakes.applicable(K)
-    assert len(names) == (10 if K is None else 11)
+    assert len(names) == (11 if K is None else 12)
     for name in names:
         report = checks.compare(arrays_of(p, K), submission(p, K, name))
         assert not report["passed"], name
@@ -393,6 +393,9 @@ def test_compare_explanations_word_for_word(rng):
         for made in mistakes.applicable(K):
             (d,) = checks.compare(arrays_of(p, K), submission(p, K, made))["diagnosis"]
             got[d["mistake"]] = d["explanation"]
+    clipped = got.pop("already_clipped")  # names the value: half the largest entry of the oracle's gradients
+    c = 0.5 * max(np.abs(g).max() for g in seed.bptt(p.U, p.V, p.W, p.x, p.y, 6))
+    assert clipped.startswith(f"Your gradients are the expected ones clipped to [-{c:.6g}, {c:.6g}]: check")
     assert got == EXPLANATIONS
 
 
@@ -449,9 +452,10 @@ def test_gradient_check_default_tolerance_is_1e_6(rng):
 
 def test_gradient_check_draws_with_numpy_choice_in_parameter_order(rng, monkeypatch):
     """The sample: parameters in order U, V, W, b, c, s0; one with at most ``samples`` entries is checked
-    whole without drawing; the others draw ``default_rng(seed).choice(size, samples, replace=False)``.
+    whole without drawing; the others check their ``(samples + 1) // 2`` largest |gradient| entries, then
+    draw the rest with ``default_rng(seed).choice(others, samples // 2, replace=False)``.
 
-    H = 5, C = 3, samples = 15: U and V (15 entries) are whole, W (25) is drawn first."""
+    H = 5, C = 3, samples = 15: U and V (15 entries) are whole, W (25) draws first."""
     rng2 = np.random.default_rng(3)
     p = make_problem(rng2, H=5, C=3, T=6)
     arrays = dict(U=p.U, V=p.V, W=p.W, x=p.x, y=p.y)
@@ -467,8 +471,12 @@ def test_gradient_check_draws_with_numpy_choice_in_parameter_order(rng, monkeypa
     monkeypatch.setattr(checks.engine, "loss", loss)
     report = checks.gradient_check(arrays, samples=15, seed=11)
     assert report["U"]["checked"] == report["V"]["checked"] == 15 and report["W"]["checked"] == 15
-    expected = np.random.default_rng(11).choice(25, 15, replace=False)
+    dLdW = seed.bptt(p.U, p.V, p.W, p.x, p.y, 6)[2].ravel()
+    order = np.argsort(-np.abs(dLdW), kind="stable")
+    top, others = order[:8], order[8:]
+    expected = [*top, *np.random.default_rng(11).choice(others, 7, replace=False)]
     assert seen[::2] == [int(i) for i in expected]
+    assert report["W"]["h"] == 1e-5
 
 
 @pytest.mark.parametrize(
