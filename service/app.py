@@ -19,7 +19,7 @@ from fastapi_offline import FastAPIOffline
 
 from . import __version__, handlers, openapi, ops, rest, runtime
 from .compute import Pool
-from .middleware import BearerAuth, BodyLimit, TrailingSlash
+from .middleware import BearerAuth, BodyLimit, RequestId, TrailingSlash
 from .openapi import ERROR_RESPONSES
 from .settings import Settings
 from .v2 import routes as v2_routes
@@ -73,7 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.api_keys:
         app.add_middleware(BearerAuth, keys=settings.api_keys)
     app.add_middleware(TrailingSlash)
-    app.add_middleware(ops.RequestObserver)  # outermost: it also counts and logs 401s
+    app.add_middleware(ops.RequestObserver)  # it also counts and logs 401s
+    app.add_middleware(RequestId)  # outermost: every answer and log line carries the request's id
     app.mount("/static", StaticFiles(directory=rest.STATIC), name="static")
     app.include_router(rest.router)
     app.include_router(v2_routes.router)

@@ -40,16 +40,22 @@ def json_response(content: Any, status: int = 200, headers: dict[str, str] | Non
     return Response(dumps(content), status_code=status, media_type="application/json", headers=headers)
 
 
-def error_response(exc: BpttError, path: str) -> Response:
+def error_response(exc: BpttError, path: str, request_id: str | None = None) -> Response:
     """The answer to ``exc`` on ``path``: status from the error table, the one error body."""
     v2 = is_v2(path)
     row = errors.outcome(exc)
-    return json_response(errors.body(exc, v2=v2), row.v2 if v2 else row.http, headers=exc.headers or None)
+    body = errors.body(exc, v2=v2, request_id=request_id)
+    return json_response(body, row.v2 if v2 else row.http, headers=exc.headers or None)
+
+
+def _request_id(scope: Scope) -> str | None:
+    value = (scope.get("state") or {}).get("request_id")
+    return value if isinstance(value, str) else None
 
 
 async def send_error(scope: Scope, send: Send, exc: BpttError) -> None:
     """Answer ``exc`` from an ASGI middleware, before the app (and its handlers) run."""
-    await error_response(exc, scope["path"])(scope, _no_receive, send)
+    await error_response(exc, scope["path"], _request_id(scope))(scope, _no_receive, send)
 
 
 async def _no_receive() -> dict[str, Any]:  # an answer sent before the body is read never reads it
@@ -69,25 +75,29 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(BpttError)
     async def bptt_error(request: Request, exc: BpttError) -> Response:
-        return error_response(exc, request.url.path)
+        return error_response(exc, request.url.path, _request_id(request.scope))
 
     @app.exception_handler(RequestValidationError)
     async def request_validation_error(request: Request, exc: RequestValidationError) -> Response:
-        return error_response(reword(list(exc.errors()), prefix=("body",)), request.url.path)
+        error = reword(list(exc.errors()), prefix=("body",))
+        return error_response(error, request.url.path, _request_id(request.scope))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_exception(request: Request, exc: StarletteHTTPException) -> Response:
+        rid = _request_id(request.scope)
         error = _from_starlette(request, exc)
         if error is not None:
-            return error_response(error, request.url.path)
+            return error_response(error, request.url.path, rid)
         other = BpttError(str(exc.detail), headers=dict(exc.headers or {}))
-        return json_response(errors.body(other, v2=is_v2(request.url.path)), exc.status_code, other.headers or None)
+        body = errors.body(other, v2=is_v2(request.url.path), request_id=rid)
+        return json_response(body, exc.status_code, other.headers or None)
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception) -> Response:
-        request_id = uuid.uuid4().hex
+        request_id = _request_id(request.scope) or uuid.uuid4().hex
         log.error("unhandled error, request id %s", request_id, exc_info=exc)
-        return error_response(BpttError(f"internal server error; report request id {request_id}"), request.url.path)
+        error = BpttError(f"internal server error; report request id {request_id}")
+        return error_response(error, request.url.path, request_id)
 
 
 def _from_starlette(request: Request, exc: StarletteHTTPException) -> BpttError | None:

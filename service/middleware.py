@@ -13,6 +13,7 @@ Pure ASGI (no ``BaseHTTPMiddleware``): nothing is buffered or copied.
 from __future__ import annotations
 
 import hmac
+import uuid
 from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -20,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .errors import BodyTooLarge, Busy, Unauthorised
 from .handlers import send_error
 
-__all__ = ["OPEN_PATHS", "BearerAuth", "BodyLimit", "TrailingSlash"]
+__all__ = ["OPEN_PATHS", "BearerAuth", "BodyLimit", "RequestId", "TrailingSlash", "request_id"]
 
 # Reachable without a key: probes and the metrics scraper.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -127,3 +128,34 @@ class TrailingSlash:
         if scope["type"] == "http" and len(path) > 1 and path.endswith("/"):
             scope = dict(scope, path=path.rstrip("/") or "/", raw_path=path.rstrip("/").encode() or b"/")
         await self.app(scope, receive, send)
+
+
+def request_id(scope: Scope) -> str | None:
+    """The request's id (``RequestId`` puts it in the scope's state)."""
+    state = scope.get("state") or {}
+    value = state.get("request_id")
+    return value if isinstance(value, str) else None
+
+
+class RequestId:
+    """``X-Request-Id``: the client's (printable, at most 128 characters) or a new one, echoed in the
+    answer's headers; the access log and every error body carry it too."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode("latin-1")
+        rid = given if 0 < len(given) <= 128 and given.isprintable() and " " not in given else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", []) if h[0].lower() != b"x-request-id"]
+                message = {**message, "headers": [*headers, (b"x-request-id", rid.encode("latin-1"))]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)

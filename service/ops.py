@@ -131,14 +131,17 @@ class RequestObserver:
             REQUESTS.labels(method, route, str(status)).inc()
             DURATION.labels(method, route).observe(elapsed)
             REQUEST_BYTES.labels(route).observe(size)
+            rid = (scope.get("state") or {}).get("request_id", "-")
             access_log.info(
-                "%s %s %d %.1fms %dB",
+                "%s %s %d %.1fms %dB id=%s",
                 method,
                 path,
                 status,
                 elapsed * 1e3,
                 size,
+                rid,
                 extra={
+                    "request_id": rid,
                     "method": method,
                     "path": path,
                     "route": route,

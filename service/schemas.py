@@ -283,6 +283,9 @@ class ErrorResponse(BaseModel):
     errors: list[ErrorItem] = Field(
         default_factory=list, description="Each problem found (the first 20), for programs."
     )
+    request_id: str | None = Field(
+        default=None, description="The request's X-Request-Id (the client's, or one the service made): quote it."
+    )
 
 
 class HealthResponse(BaseModel):

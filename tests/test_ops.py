@@ -164,3 +164,33 @@ def test_readyz_is_503_when_the_engine_is_broken(monkeypatch):
         assert r.json()["detail"].startswith("engine self-check failed: gradients differ from central differences")
         assert c.get("/v2/health/ready").status_code == 503
         assert c.get("/healthz").status_code == 200  # alive, not ready
+
+
+def test_request_id_is_echoed_in_answers_errors_and_the_log(client, rng):
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    access = logging.getLogger("service.access")
+    access.addHandler(handler)
+    try:
+        p = make_problem(rng, H=2, C=3, T=2)
+        ok = client.post("/bptt", content=json.dumps(p.body()), headers={"x-request-id": "trace-42"})
+        bad = client.post("/bptt", content=b"{", headers={"x-request-id": "trace-43"})
+        made = client.get("/nope")
+        forged = client.get("/healthz", headers={"x-request-id": "a b\tc"})
+    finally:
+        access.removeHandler(handler)
+    assert ok.headers["x-request-id"] == "trace-42"
+    assert bad.headers["x-request-id"] == "trace-43" and bad.json()["request_id"] == "trace-43"
+    generated = made.headers["x-request-id"]
+    assert len(generated) == 32 and made.json()["request_id"] == generated
+    assert forged.headers["x-request-id"] != "a b\tc"  # not printable as one token: replaced
+    ids = [r.request_id for r in records]
+    assert "trace-42" in ids and "trace-43" in ids and generated in ids
+    assert any(r.getMessage().endswith("id=trace-42") for r in records)
+
+
+def test_v2_errors_carry_the_request_id(client):
+    r = client.post("/v2/models/other/infer", json={"inputs": []}, headers={"x-request-id": "v2-1"})
+    assert r.status_code == 404
+    assert r.json()["request_id"] == "v2-1" and r.json()["error"].startswith("unknown model")

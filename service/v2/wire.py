@@ -141,3 +141,4 @@ class V2ErrorResponse(BaseModel):
     error: str = Field(description="What was wrong, naming the tensor (the protocol's field).")
     detail: str = Field(description="The same sentence, as in every error body of this service.")
     errors: list[ErrorItem] = Field(default_factory=list)
+    request_id: str | None = Field(default=None, description="The request's X-Request-Id.")
