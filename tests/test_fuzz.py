@@ -86,7 +86,10 @@ def agree(case: schemathesis.Case) -> None:
         return
     if not isinstance(body, dict):
         return
-    if path in ("/bptt", "/bptt/batch", "/gradient-check", "/bptt/compare"):
+    if path in ("/vjp", "/vjp/compare"):
+        _agree_vjp(body, compare=path == "/vjp/compare")
+        return
+    if path in ("/bptt", "/bptt/batch", "/gradient-check", "/bptt/compare", "/bptt/flow"):
         H, C, pool, weights = _weights(body)
         body.update(weights)
         for name, n in (("b", H), ("c", C)):
@@ -114,6 +117,37 @@ def agree(case: schemathesis.Case) -> None:
             }
             for name, a in arrays.items()
         ]
+
+
+def _agree_vjp(body: dict, *, compare: bool) -> None:
+    """A /vjp body whose arrays fit its layout and cell (keeping the generated numbers where it can)."""
+    pool = itertools.cycle(_numbers([body.get(k) for k in ("x", "h0", "dh", "Wx", "Wh", "b")]))
+    layout = body.get("layout") if body.get("layout") in ("cs231n", "coursera") else "cs231n"
+    cell = "rnn" if compare or body.get("cell") not in ("rnn", "lstm") else body["cell"]
+    N, T, D, H = 2, 3, 2, 2
+
+    def arr(*shape: int) -> list:
+        return np.array([next(pool) for _ in range(int(np.prod(shape)))]).reshape(shape).tolist()
+
+    cs = layout == "cs231n"
+    for name in ("Wx", "Wh", "b", "Wf", "Wi", "Wc", "Wo", "bf", "bi", "bc", "bo", "c0"):
+        body.pop(name, None)
+    body.update(layout=layout, cell=cell)
+    body["x"] = arr(N, T, D) if cs else arr(D, N, T)
+    body["h0"] = arr(N, H) if cs else arr(H, N)
+    body["dh"] = arr(N, T, H) if cs else arr(H, N, T)
+    if cell == "rnn":
+        body.update(Wx=arr(D, H) if cs else arr(H, D), Wh=arr(H, H), b=arr(H) if cs else arr(H, 1))
+    elif cs:
+        body.update(Wx=arr(D, 4 * H), Wh=arr(H, 4 * H), b=arr(4 * H))
+    else:
+        body.update(
+            {w: arr(H, H + D) for w in ("Wf", "Wi", "Wc", "Wo")} | {g: arr(H, 1) for g in ("bf", "bi", "bc", "bo")}
+        )
+    if compare:
+        for name in ("dx", "dh0", "dWx", "dWh", "db"):
+            body.pop(name, None)
+        body["dx"] = arr(N, T, D) if cs else arr(D, N, T)
 
 
 def _binary_infer(seed: bytes) -> tuple[bytes, int]:
