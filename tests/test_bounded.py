@@ -37,6 +37,7 @@ def quick_body(rng: np.random.Generator) -> bytes:
     return Wire("base64", "float64").bptt_body(p.U, p.V, p.W, p.x, p.y)
 
 
+@pytest.mark.slow  # a real server held busy for seconds
 def test_deadline_stops_the_work_with_504_and_frees_the_thread(rng):
     with LocalServer(env={"BPTT_REQUEST_TIMEOUT": "1", "BPTT_THREADS": "1", **UNPRICED}) as server:
         start = time.monotonic()
@@ -49,6 +50,7 @@ def test_deadline_stops_the_work_with_504_and_frees_the_thread(rng):
         assert httpx.post(f"{server.url}/bptt", content=quick_body(rng), headers=JSON, timeout=5).status_code == 200
 
 
+@pytest.mark.slow  # a real server held busy for seconds
 def test_client_disconnect_cancels_running_work(rng):
     with LocalServer(env={"BPTT_REQUEST_TIMEOUT": "600", "BPTT_THREADS": "1", **UNPRICED}) as server:
         with pytest.raises(httpx.ReadTimeout):
@@ -58,6 +60,7 @@ def test_client_disconnect_cancels_running_work(rng):
         assert r.status_code == 200
 
 
+@pytest.mark.slow  # a real server held busy for seconds
 def test_a_body_that_does_not_arrive_gets_408():
     with (
         LocalServer(env={"BPTT_BODY_TIMEOUT": "1"}) as server,
@@ -78,6 +81,7 @@ def test_a_body_that_does_not_arrive_gets_408():
         assert time.monotonic() - start < 5
 
 
+@pytest.mark.slow  # a real server held busy for seconds
 def test_queue_bound_holds_under_simultaneous_arrivals(rng):
     """threads = 1, max_queue = 2, twelve requests at once: exactly three admitted (no check-then-act)."""
     body = slow_body(rng, T=400, H=200)
@@ -173,6 +177,7 @@ def test_error_bodies_stay_small_whatever_the_request(client):
     assert len(r.content) < 8_000, len(r.content)
 
 
+@pytest.mark.slow  # a real server held busy for seconds
 def test_bytes_in_flight_are_bounded_across_connections(rng):
     """Bodies held at once (arriving or waiting) count against BPTT_MAX_BYTES_IN_FLIGHT: past it, 503 early."""
     limit = 200_000

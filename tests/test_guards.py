@@ -131,6 +131,7 @@ def test_v2_work_limit_is_413_with_error(rng):
 # -- the queue ------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a real server held busy for seconds
 def test_full_queue_is_503_with_retry_after_and_healthz_still_answers():
     server = LocalServer(env={"BPTT_THREADS": "1", "BPTT_MAX_QUEUE": "1"})
     rng = np.random.default_rng(2)
