@@ -200,3 +200,35 @@ def test_bytes_in_flight_are_bounded_across_connections(rng):
             assert time.monotonic() < deadline
             time.sleep(0.1)
         assert r.status_code == 200
+
+
+@pytest.mark.slow  # a real server held busy for seconds
+def test_sigterm_exits_within_the_deadline_while_a_long_request_runs(rng):
+    """Graceful shutdown waits for requests in flight; none runs past its deadline, so the stop is bounded."""
+    import signal
+    import threading
+
+    server = LocalServer(env={"BPTT_REQUEST_TIMEOUT": "2", "BPTT_THREADS": "1", **UNPRICED})
+    answer: dict[str, object] = {}
+
+    def post() -> None:
+        try:
+            answer["r"] = httpx.post(f"{server.url}/bptt", content=slow_body(rng, T=3000), headers=JSON, timeout=60)
+        except httpx.HTTPError as exc:
+            answer["error"] = exc
+
+    worker = threading.Thread(target=post)
+    worker.start()
+    try:
+        time.sleep(0.8)  # the request is computing (it would take minutes)
+        start = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        status = server.proc.wait(timeout=20)
+        took = time.monotonic() - start
+    finally:
+        server.stop()
+        worker.join(timeout=30)
+    assert status == 0
+    assert took < 2 + 5, f"stopped after {took:.1f} s"
+    r = answer.get("r")
+    assert isinstance(r, httpx.Response) and r.status_code == 504, answer
