@@ -1,4 +1,5 @@
-"""The REST routes: parse -> admit -> compute -> encode, and the probes.
+"""The REST routes: read the body, run its plan (``service.plans``) in the compute pool, write the answer;
+and the probes, the limits, the /explain page.
 
 Request bodies are parsed from the raw bytes by pydantic (``model_validate_json``)
 inside a compute thread, not by FastAPI in the event loop: a 30 MB body of
@@ -8,19 +9,15 @@ weights then neither blocks other requests nor passes through Python's json.
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 
-from . import __version__, admission, checks, costs, engine, flow, inputs, ops, vjp
-from .codec import Array, Encoding, dumps, require_finite, to_wire
-from .errors import BodyTimeout, InputError, LimitError, NotReady, UnsupportedMediaType
-from .handlers import parse
+from . import __version__, admission, ops, plans
+from .codec import dumps, require_finite
+from .errors import BodyTimeout, NotReady, UnsupportedMediaType
 from .openapi import ERROR_RESPONSES, json_body
 from .schemas import (
     BpttBatchRequest,
@@ -49,8 +46,6 @@ __all__ = ["STATIC", "disconnected", "read_body", "readiness", "router", "run_js
 
 STATIC = pathlib.Path(__file__).parent / "static"
 
-Answer = Callable[[bytes, Settings], dict[str, Any]]
-
 router = APIRouter()
 
 
@@ -67,7 +62,7 @@ async def post_bptt(request: Request) -> Response:
     Any of `U`, `V`, `W`, `s0` may be a base64 tensor object instead of nested
     lists; `encoding` chooses the form of the answer's arrays.
     """
-    return await run_json(request, bptt_answer)
+    return await run_json(request, plans.bptt_answer)
 
 
 @router.post(
@@ -80,7 +75,7 @@ async def post_bptt(request: Request) -> Response:
 async def post_bptt_batch(request: Request) -> Response:
     """The weights once and B sequences of any lengths, computed together: the losses,
     and the gradients of their sum (equal to the sum of `POST /bptt` over the sequences)."""
-    return await run_json(request, batch_answer)
+    return await run_json(request, plans.batch_answer)
 
 
 @router.post(
@@ -94,7 +89,7 @@ async def post_bptt_batch(request: Request) -> Response:
 async def post_gradient_check(request: Request) -> Response:
     """Compare BPTT's gradients with (f(p + h) - f(p - h)) / 2h on a sample of entries of each
     parameter, and report the largest relative error with a formula that cannot pass 0/0."""
-    return await run_json(request, check_answer)
+    return await run_json(request, plans.check_answer)
 
 
 @router.post(
@@ -108,14 +103,14 @@ async def post_gradient_check(request: Request) -> Response:
 async def post_bptt_compare(request: Request) -> Response:
     """Submit your dLdU, dLdV, dLdW with the inputs: the answer gives the errors, the worst
     entries, and which classic mistake your gradients match, when one does."""
-    return await run_json(request, compare_answer)
+    return await run_json(request, plans.compare_answer)
 
 
 def _cost_route(route: str, model: type[Any]) -> None:
     """``POST {route}/cost``: the dry run of ``route``, with that route's request body."""
 
     async def post_cost(request: Request) -> Response:
-        return await run_json(request, cost_answer(route))
+        return await run_json(request, plans.cost_answer(route))
 
     post_cost.__name__ = "post" + route.replace("/", "_").replace("-", "_") + "_cost"
     post_cost.__doc__ = (
@@ -144,7 +139,7 @@ async def post_bptt_flow(request: Request) -> Response:
     """For one sequence: log10 of the norm of d s_t / d s_k for every pair k <= t, each step Jacobian's
     largest singular value, W's spectral radius, the per-lag contributions to dL/dW and dL/dU, and the
     relative error of every truncation K against full BPTT (computed in one pass)."""
-    return await run_json(request, lambda body, settings: flow_plan(body, settings).admitted(settings))
+    return await run_json(request, lambda body, settings: plans.flow_plan(body, settings).admitted(settings))
 
 
 @router.post(
@@ -159,7 +154,7 @@ async def post_vjp(request: Request) -> Response:
     """The states and the vector-Jacobian product of the recurrence alone, given the upstream gradient
     `dh` of every hidden state: what CS231n's `rnn_backward` / `lstm_backward` and the Coursera
     specialisation's `rnn_backward` / `lstm_backward` return, in their layouts (`layout`)."""
-    return await run_json(request, lambda body, settings: vjp_plan(body, settings).admitted(settings))
+    return await run_json(request, lambda body, settings: plans.vjp_plan(body, settings).admitted(settings))
 
 
 @router.post(
@@ -173,7 +168,7 @@ async def post_vjp(request: Request) -> Response:
 async def post_vjp_compare(request: Request) -> Response:
     """Submit your dx, dh0, dWx, dWh, db with the problem: the answer gives each one's error and every
     classic mistake of these assignments your answer matches."""
-    return await run_json(request, lambda body, settings: vjp_compare_plan(body, settings).admitted(settings))
+    return await run_json(request, lambda body, settings: plans.vjp_compare_plan(body, settings).admitted(settings))
 
 
 for _route, _model in (
@@ -267,7 +262,7 @@ def readiness(request: Request) -> None:
         raise NotReady(state.not_ready_reason)
 
 
-async def run_json(request: Request, answer: Answer) -> Response:
+async def run_json(request: Request, answer: plans.Answer) -> Response:
     """Admit (a queue slot before the body is read), read the JSON body within its timeout, then
     price the parse, parse, compute and serialise in a compute thread within the deadline."""
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
@@ -305,379 +300,3 @@ async def disconnected(request: Request) -> None:
     """Return once the client has gone (the body is read: the next message is the disconnect)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-# -- answers: parse -> admit -> compute -> encode, in a compute thread ----------
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A parsed request, priced: what it is, what it will cost, and the computation itself."""
-
-    what: str  # the shapes, for messages: "this request (T = 50, H = 100, C = 8000)"
-    estimate: costs.Estimate
-    inputs: int  # bytes of the request's own arrays, and of its answer as it is written
-    run: Callable[[], dict[str, Any]]
-
-    def admitted(self, settings: Settings) -> dict[str, Any]:
-        """Admit (413 over a budget), then compute."""
-        admission.admit(settings, self.estimate, inputs=self.inputs, what=self.what)
-        return self.run()
-
-
-def _nbytes(arrays: dict[str, Any]) -> int:
-    total = 0
-    for value in arrays.values():
-        for a in value if isinstance(value, list) else [value]:
-            total += getattr(a, "nbytes", 0)
-    return total
-
-
-# Writing an answer holds, per number, its text (JSON: up to 24 characters; base64: 10.7) and
-# the output buffer orjson builds: 32 bytes a number bounds both encodings.
-ANSWER_BYTES_PER_NUMBER = 32
-
-
-def _answer_bytes(H: int, C: int, B: int = 1, *, biases: bool = False, trace_values: int = 0) -> int:
-    """Bytes of an answer being written: dLdU, dLdV (C x H each), dLdW, dLds0 and final_state (B x H),
-    dLdb and dLdc, a trace's values."""
-    numbers = 2 * H * C + H * H + 2 * B * H + (H + C if biases else 0) + B + trace_values
-    return ANSWER_BYTES_PER_NUMBER * numbers
-
-
-def _what(lengths: list[int], H: int, C: int, K: int | None) -> str:
-    T = f"T = {lengths[0]:,}" if len(lengths) == 1 else f"B = {len(lengths):,}, longest T = {max(lengths):,}"
-    truncate = "" if K is None else f", bptt_truncate = {K:,}"
-    return f"this request ({T}, H = {H:,}, C = {C:,}{truncate})"
-
-
-def bptt_plan(body: bytes, settings: Settings) -> Plan:
-    """``POST /bptt``, parsed and priced."""
-    request = parse(BpttRequest, body)
-    arrays = inputs.bptt_arrays(request)
-    H, C = arrays["U"].shape
-    T, K = len(arrays["x"]), request.bptt_truncate
-    admission.check_work(settings, H=H, C=C, lengths=[T])
-    if request.trace:
-        admission.check_trace(settings, H=H, T=T, K=K)
-    estimate = costs.bptt(
-        lengths=[T],
-        H=H,
-        C=C,
-        K=K,
-        itemsize=arrays["U"].itemsize,
-        biases=arrays["b"] is not None or arrays["c"] is not None,
-        clip=request.clip is not None,
-        trace=request.trace,
-        machine=admission.machine(settings),
-    )
-
-    def run() -> dict[str, Any]:
-        with ops.engine_timer("bptt") as counts:
-            result = engine.bptt(**arrays)
-            counts["tokens"] = result.tokens
-        answer = _gradients_body(result, request.encoding)
-        if request.trace:
-            trace = engine.trace(**{k: v for k, v in arrays.items() if k != "clip"})
-            keep = trace.delta_o.size <= settings.max_trace_delta_o
-            answer["trace"] = _trace_body(trace, request.encoding, keep_delta_o=keep)
-        return answer
-
-    biases = arrays["b"] is not None or arrays["c"] is not None
-    trace_values = T * (T if K is None else min(T, K + 1)) * H + 2 * T * C if request.trace else 0
-    answer = _answer_bytes(H, C, biases=biases, trace_values=trace_values)
-    return Plan(_what([T], H, C, K), estimate, _nbytes(arrays) + answer, run)
-
-
-def batch_plan(body: bytes, settings: Settings) -> Plan:
-    """``POST /bptt/batch``, parsed and priced (padding to the longest sequence included)."""
-    request = parse(BpttBatchRequest, body)
-    arrays = inputs.batch_arrays(request)
-    H, C = arrays["U"].shape
-    lengths = [len(x) for x in arrays["xs"]]
-    admission.check_work(settings, H=H, C=C, lengths=lengths)
-    estimate = costs.bptt(
-        lengths=lengths,
-        H=H,
-        C=C,
-        K=request.bptt_truncate,
-        itemsize=arrays["U"].itemsize,
-        biases=arrays["b"] is not None or arrays["c"] is not None,
-        clip=request.clip is not None,
-        machine=admission.machine(settings),
-    )
-
-    def run() -> dict[str, Any]:
-        with ops.engine_timer("bptt_batch") as counts:
-            result = engine.bptt_batch(**arrays)
-            counts["tokens"] = result.tokens
-        return {**_gradients_body(result, request.encoding), "losses": result.losses}
-
-    biases = arrays["b"] is not None or arrays["c"] is not None
-    answer = _answer_bytes(H, C, len(lengths), biases=biases)
-    return Plan(_what(lengths, H, C, request.bptt_truncate), estimate, _nbytes(arrays) + answer, run)
-
-
-def check_plan(body: bytes, settings: Settings) -> Plan:
-    """``POST /gradient-check``, parsed and priced."""
-    request = parse(GradientCheckRequest, body)
-    arrays = inputs.check_arrays(request)
-    H, C = arrays["U"].shape
-    T, K = len(arrays["x"]), request.bptt_truncate
-    admission.check_work(settings, H=H, C=C, lengths=[T])
-    sizes = [a.size for k, a in arrays.items() if k in ("U", "V", "W", "b", "c", "s0") and a is not None]
-    estimate = costs.gradient_check(
-        T=T, H=H, C=C, K=K, samples=request.samples, sizes=sizes, machine=admission.machine(settings)
-    )
-
-    def run() -> dict[str, Any]:
-        with ops.engine_timer("gradient_check"):
-            steps: float | dict[str, float] = (
-                {str(k): v for k, v in request.h.items()} if isinstance(request.h, dict) else request.h
-            )
-            report = checks.gradient_check(
-                arrays, h=steps, tolerance=request.tolerance, samples=request.samples, seed=request.seed
-            )
-        note = None
-        if K is not None:
-            note = (
-                f"bptt_truncate = {K}: the truncated gradients of U and W are not the "
-                "derivatives of the loss, so they are expected to fail where outputs reach back further "
-                "than K steps (docs/derivation.md, section 6)."
-            )
-        return {
-            "passed": all(r["passed"] for r in report.values()),
-            "h": request.h,
-            "tolerance": request.tolerance,
-            "seed": request.seed,
-            "parameters": report,
-            "note": note,
-        }
-
-    return Plan(_what([T], H, C, K), estimate, _nbytes(arrays), run)
-
-
-def compare_plan(body: bytes, settings: Settings) -> Plan:
-    """``POST /bptt/compare``, parsed and priced (the diagnosis's recomputations included)."""
-    request = parse(CompareRequest, body)
-    arrays, submitted = inputs.compare_arrays(request)
-    H, C = arrays["U"].shape
-    T, K = len(arrays["x"]), request.bptt_truncate
-    admission.check_work(settings, H=H, C=C, lengths=[T])
-    estimate = costs.compare(T=T, H=H, C=C, K=K, machine=admission.machine(settings))
-
-    def run() -> dict[str, Any]:
-        with ops.engine_timer("compare"):
-            return checks.compare(arrays, submitted, tolerance=request.tolerance)
-
-    return Plan(_what([T], H, C, K), estimate, _nbytes(arrays) + _nbytes(submitted), run)
-
-
-def _vjp_arrays(request: VjpRequest) -> dict[str, Any]:
-    names = ("x", "h0", "dh", "Wx", "Wh", "b", "Wf", "Wi", "Wc", "Wo", "bf", "bi", "bc", "bo", "c0")
-    return {n: inputs.dense(getattr(request, n), n) for n in names if getattr(request, n) is not None}
-
-
-def _vjp_estimate(arrays: dict[str, Any], cell: str, layout: str, settings: Settings) -> costs.Estimate:
-    """``costs.vjp`` from the layout's shapes; shapes that do not fit the layout are priced from
-    their sizes (the engine then names what is wrong)."""
-    x, h0 = arrays["x"], arrays["h0"]
-    if x.ndim == 3 and h0.ndim == 2 and x.size and h0.size:
-        N, T, D = x.shape if layout == "cs231n" else (x.shape[1], x.shape[2], x.shape[0])
-        H = h0.shape[1] if layout == "cs231n" else h0.shape[0]
-    else:
-        N, T, D, H = 1, max(x.size, 1), 1, max(h0.size, 1)
-    G = 4 if cell == "lstm" else 1
-    return costs.vjp(N=N, T=T, D=D, H=H, G=G, machine=admission.machine(settings))
-
-
-def vjp_plan(body: bytes, settings: Settings) -> Plan:
-    """``POST /vjp``, parsed and priced."""
-    request = parse(VjpRequest, body)
-    arrays = _vjp_arrays(request)
-    estimate = _vjp_estimate(arrays, request.cell, request.layout, settings)
-    what = f"this request (x of shape {list(arrays['x'].shape)}, h0 of shape {list(arrays['h0'].shape)})"
-
-    def run() -> dict[str, Any]:
-        with ops.engine_timer("vjp"):
-            if request.cell == "rnn":
-                extra = sorted(set(arrays) - {"x", "h0", "dh", "Wx", "Wh", "b"})
-                if extra:
-                    raise InputError(f"{extra[0]} is for the LSTM; cell is 'rnn'", field=extra[0])
-                missing = [n for n in ("Wx", "Wh", "b") if n not in arrays]
-                if missing:
-                    raise InputError(f"{missing[0]} is required for cell 'rnn'", field=missing[0])
-                r = vjp.rnn_vjp(*(arrays[n] for n in ("x", "h0", "Wx", "Wh", "b", "dh")), layout=request.layout)
-                states, grads = {"h": r.h, "c": None}, {n: getattr(r, n) for n in ("dx", "dh0", "dWx", "dWh", "db")}
-            else:
-                names = vjp.LSTM_WEIGHTS[vjp.Layout(request.layout)]
-                weights = {n: arrays[n] for n in names if n in arrays}
-                missing = [n for n in names if n not in arrays]
-                if missing:
-                    raise InputError(
-                        f"{missing[0]} is required for the LSTM in the {request.layout} layout", field=missing[0]
-                    )
-                lstm = vjp.lstm_vjp(arrays["x"], arrays["h0"], weights, arrays["dh"], layout=request.layout,
-                                    c0=arrays.get("c0"))  # fmt: skip
-                states = {"h": lstm.h, "c": lstm.c}
-                grads = {"dx": lstm.dx, "dh0": lstm.dh0, "dc0": lstm.dc0, **lstm.dW}
-        wire = {k: None if v is None else to_wire(v, request.encoding) for k, v in states.items()}
-        return {"cell": request.cell, "layout": request.layout, **wire,
-                "gradients": {k: to_wire(v, request.encoding) for k, v in grads.items()}}  # fmt: skip
-
-    answer = ANSWER_BYTES_PER_NUMBER * 3 * sum(a.size for a in arrays.values())
-    return Plan(what, estimate, _nbytes(arrays) + answer, run)
-
-
-def vjp_compare_plan(body: bytes, settings: Settings) -> Plan:
-    """``POST /vjp/compare``, parsed and priced (the diagnosis recomputes once per classic mistake)."""
-    request = parse(VjpCompareRequest, body)
-    if request.cell != "rnn":
-        raise InputError(
-            "POST /vjp/compare diagnoses the vanilla cell's rnn_backward; cell must be 'rnn'", field="cell"
-        )
-    arrays = _vjp_arrays(request)
-    submitted = {n: inputs.dense(getattr(request, n), n) for n in ("dx", "dh0", "dWx", "dWh", "db")
-                 if getattr(request, n) is not None}  # fmt: skip
-    if not submitted:
-        raise InputError("send at least one of your gradients: dx, dh0, dWx, dWh, db", field="dx")
-    single = _vjp_estimate(arrays, "rnn", request.layout, settings)
-    rounds = 1 + len(vjp.Mistake) + 1
-    estimate = costs.Estimate(single.seconds * rounds, 2 * single.bytes, {"recomputations": single.seconds * rounds})
-    what = f"this comparison (x of shape {list(arrays['x'].shape)})"
-
-    def run() -> dict[str, Any]:
-        missing = [n for n in ("Wx", "Wh", "b") if n not in arrays]
-        if missing:
-            raise InputError(f"{missing[0]} is required for cell 'rnn'", field=missing[0])
-        problem = [arrays[n] for n in ("x", "h0", "Wx", "Wh", "b", "dh")]
-        with ops.engine_timer("vjp_compare"):
-            correct = vjp.rnn_vjp(*problem, layout=request.layout)
-            report = {}
-            for name, mine in submitted.items():
-                want = getattr(correct, name)
-                same = mine.shape == want.shape
-                report[name] = {
-                    "max_absolute_error": float(np.abs(mine - want).max()) if same else None,
-                    "passed": vjp.matches(mine, want, request.tolerance),
-                }
-            passed = all(r["passed"] for r in report.values())
-            found = [] if passed else vjp.diagnose(submitted, *problem, layout=request.layout,
-                                                   tolerance=request.tolerance)  # fmt: skip
-        return {
-            "passed": passed,
-            "tolerance": request.tolerance,
-            "parameters": report,
-            "diagnosis": [{"mistake": str(m), "explanation": vjp.DESCRIPTIONS[m]} for m in found],
-        }
-
-    return Plan(what, estimate, _nbytes(arrays) + _nbytes(submitted), run)
-
-
-def flow_plan(body: bytes, settings: Settings) -> Plan:
-    """``POST /bptt/flow``, parsed and priced (O(T^2 H^3): its own terms in the cost model)."""
-    request = parse(FlowRequest, body)
-    arrays = inputs.flow_arrays(request)
-    H, C = arrays["U"].shape
-    T = len(arrays["x"])
-    admission.check_work(settings, H=H, C=C, lengths=[T])
-    estimate = costs.flow(T=T, H=H, C=C, norm=request.norm, machine=admission.machine(settings))
-
-    def run() -> dict[str, Any]:
-        with ops.engine_timer("flow"):
-            f = flow.flow(
-                arrays["U"], arrays["V"], arrays["W"], arrays["x"], arrays["y"],
-                s0=arrays["s0"], b=arrays["b"], c=arrays["c"], norm=request.norm,
-            )  # fmt: skip
-        norms = f.log10_jacobian_norms
-        table = [[float(v) if np.isfinite(v) else None for v in row] for row in norms]
-        return {
-            "norm": request.norm,
-            "log10_jacobian_norms": table,
-            "step_jacobian_sigma": f.step_jacobian_sigma,
-            "W_spectral_radius": f.W_spectral_radius,
-            "W_sigma_max": f.W_sigma_max,
-            "lag_contributions": f.lag_contributions,
-            "truncation_bias": f.truncation_bias,
-        }
-
-    answer = ANSWER_BYTES_PER_NUMBER * (T * T + 8 * T)
-    return Plan(_what([T], H, C, None), estimate, _nbytes(arrays) + answer, run)
-
-
-PLANS: dict[str, Callable[[bytes, Settings], Plan]] = {
-    "/bptt": bptt_plan,
-    "/bptt/batch": batch_plan,
-    "/gradient-check": check_plan,
-    "/bptt/compare": compare_plan,
-    "/bptt/flow": flow_plan,
-    "/vjp": vjp_plan,
-    "/vjp/compare": vjp_compare_plan,
-}
-
-
-def bptt_answer(body: bytes, settings: Settings) -> dict[str, Any]:
-    """``POST /bptt``."""
-    return bptt_plan(body, settings).admitted(settings)
-
-
-def batch_answer(body: bytes, settings: Settings) -> dict[str, Any]:
-    """``POST /bptt/batch``."""
-    return batch_plan(body, settings).admitted(settings)
-
-
-def check_answer(body: bytes, settings: Settings) -> dict[str, Any]:
-    """``POST /gradient-check``."""
-    return check_plan(body, settings).admitted(settings)
-
-
-def compare_answer(body: bytes, settings: Settings) -> dict[str, Any]:
-    """``POST /bptt/compare``."""
-    return compare_plan(body, settings).admitted(settings)
-
-
-def cost_answer(route: str) -> Answer:
-    """``POST {route}/cost``: the plan's price and verdict, computing nothing."""
-
-    def answer(body: bytes, settings: Settings) -> dict[str, Any]:
-        try:
-            plan = PLANS[route](body, settings)
-        except LimitError as exc:  # a shape limit: refused before any price
-            return {"route": route, "admitted": False, "refusal": exc.message, "estimate": None}
-        refused = admission.refusal(settings, plan.estimate, inputs=plan.inputs, what=plan.what)
-        return {
-            "route": route,
-            "admitted": refused is None,
-            "refusal": None if refused is None else refused.message,
-            "estimate": {
-                "seconds": plan.estimate.seconds,
-                "bytes": plan.estimate.bytes + plan.inputs,
-                "compute_bytes": plan.estimate.bytes,
-                "input_bytes": plan.inputs,  # the request's arrays and its answer
-                "terms": plan.estimate.terms,
-            },
-        }
-
-    return answer
-
-
-def _gradients_body(g: engine.Gradients | engine.BatchGradients, encoding: Encoding) -> dict[str, Any]:
-    def wire(a: Array | None) -> Any:
-        return None if a is None else to_wire(a, encoding)
-
-    return {
-        "loss": g.loss,
-        "mean_loss": g.mean_loss,
-        "tokens": g.tokens,
-        **{name: wire(getattr(g, name)) for name in ("dLdU", "dLdV", "dLdW", "dLds0", "final_state", "dLdb", "dLdc")},
-        "clipped": g.clipped,
-    }
-
-
-def _trace_body(trace: engine.Trace, encoding: Encoding, *, keep_delta_o: bool) -> dict[str, Any]:
-    return {
-        "delta_o": to_wire(trace.delta_o, encoding) if keep_delta_o else None,
-        "deltas": [to_wire(d, encoding) for d in trace.deltas],
-        "delta_norms": [row[~np.isnan(row)] for row in trace.norms],
-        "lag_summary": trace.lag_summary(),
-    }

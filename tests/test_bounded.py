@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from helpers import LocalServer, make_problem
 
-from service import admission, codec, engine, rest
+from service import admission, codec, engine, plans
 from service.app import create_app
 from service.client import Wire
 from service.errors import ComputeError, LimitError
@@ -126,7 +126,7 @@ def test_no_non_finite_number_in_a_200(client, rng, monkeypatch):
         g.dLdb[1] = np.inf
         return g
 
-    monkeypatch.setattr(rest.engine, "bptt", overflowing)
+    monkeypatch.setattr(plans.engine, "bptt", overflowing)
     r = client.post("/bptt", json=p.body(b=[0.1, 0.2, 0.3]))
     assert r.status_code == 422
     assert r.json()["errors"][0]["field"] == "dLdb"

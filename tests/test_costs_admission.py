@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from helpers import make_problem
 
-from service import admission, costs, rest
+from service import admission, costs, plans
 from service.app import create_app
 from service.client import Wire
 from service.settings import Settings
@@ -32,7 +32,7 @@ def test_cost_answers_the_models_estimate_without_computing(client, rng):
     assert answer["estimate"]["compute_bytes"] == want.bytes
     arrays = 8 * (5 * 7 * 2 + 25) + 2 * 8 * 9  # U, V, W; x, y
     answer_numbers = 2 * 5 * 7 + 25 + 2 * 5 + 1  # dLdU, dLdV, dLdW, dLds0 and final_state, loss
-    assert answer["estimate"]["input_bytes"] == arrays + rest.ANSWER_BYTES_PER_NUMBER * answer_numbers
+    assert answer["estimate"]["input_bytes"] == arrays + plans.ANSWER_BYTES_PER_NUMBER * answer_numbers
     assert sum(answer["estimate"]["terms"].values()) == pytest.approx(answer["estimate"]["seconds"])
 
 

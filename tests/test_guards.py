@@ -198,7 +198,7 @@ def test_client_sends_api_key(rng):
 
 
 def test_unexpected_error_is_generic_500_and_server_keeps_serving(rng, monkeypatch, caplog):
-    from service import rest as app_module
+    from service import plans as app_module
 
     calls = {"n": 0}
     real = engine.bptt
