@@ -14,12 +14,13 @@ from collections.abc import AsyncIterator
 
 import anyio.to_thread
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from . import __version__, handlers, openapi, ops, rest, runtime
 from .compute import Pool
-from .middleware import BearerAuth, BodyLimit, RequestId, TrailingSlash
+from .middleware import BearerAuth, BodyLimit, GzipRequest, RequestId, TrailingSlash
 from .openapi import ERROR_RESPONSES
 from .settings import Settings
 from .v2 import routes as v2_routes
@@ -70,8 +71,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.not_ready_reason = "starting: the engine self-check has not run yet"
     app.state.pool = Pool(threads=settings.threads, max_queue=settings.max_queue, timeout=settings.request_timeout)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, max_in_flight=settings.max_bytes_in_flight)
+    app.add_middleware(GzipRequest)  # outside BodyLimit: the limits count the decompressed bytes
     if settings.api_keys:
         app.add_middleware(BearerAuth, keys=settings.api_keys)
+    if settings.cors_allowed:  # outside the key check: a browser's preflight carries no key
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allowed,
+            allow_methods=["GET", "POST"],
+            allow_headers=[
+                "authorization",
+                "content-type",
+                "content-encoding",
+                "x-request-id",
+                "inference-header-content-length",
+            ],
+            expose_headers=["x-request-id", "retry-after", "inference-header-content-length"],
+            max_age=600,
+        )
     app.add_middleware(TrailingSlash)
     app.add_middleware(ops.RequestObserver)  # it also counts and logs 401s
     app.add_middleware(RequestId)  # outermost: every answer and log line carries the request's id

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import hmac
 import uuid
+import zlib
 from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import BodyTooLarge, Busy, Unauthorised
+from .errors import BodyTooLarge, Busy, InputError, Unauthorised
 from .handlers import send_error
 
-__all__ = ["OPEN_PATHS", "BearerAuth", "BodyLimit", "RequestId", "TrailingSlash", "request_id"]
+__all__ = ["OPEN_PATHS", "BearerAuth", "BodyLimit", "GzipRequest", "RequestId", "TrailingSlash", "request_id"]
 
 # Reachable without a key: probes and the metrics scraper.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -159,3 +160,59 @@ class RequestId:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+class GzipRequest:
+    """``Content-Encoding: gzip`` request bodies, decompressed as they arrive.
+
+    At most ``CHUNK`` decompressed bytes come out per ``receive``, the rest of the
+    compressed input kept for the next one: the body limits inside (``BodyLimit``)
+    count the decompressed bytes, so a zip bomb is refused with 413 after at most
+    the limit was produced, whatever its ratio. The Content-Length of the
+    compressed body is dropped (the app reads until the end).
+    """
+
+    CHUNK = 1 << 16
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = scope.get("headers", []) if scope["type"] == "http" else []
+        encoding = next((v for k, v in headers if k == b"content-encoding"), None)
+        if encoding is None or encoding.strip().lower() not in (b"gzip", b"x-gzip"):
+            await self.app(scope, receive, send)
+            return
+        kept = [(k, v) for k, v in headers if k not in (b"content-encoding", b"content-length")]
+        scope = dict(scope, headers=kept)
+        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip framing
+        pending = b""  # compressed bytes not yet decompressed
+        more = True  # the client has more to send
+        done = False  # the whole body was handed on: later reads wait for the disconnect
+
+        async def inflating_receive() -> Message:
+            nonlocal pending, more, done
+            if done:
+                return await receive()
+            while True:
+                if pending:
+                    try:
+                        out = inflate.decompress(pending, self.CHUNK)
+                    except zlib.error as exc:
+                        raise InputError(f"the gzip body is not valid gzip: {exc}", field="body") from None
+                    pending = inflate.unconsumed_tail
+                    if out:
+                        return {"type": "http.request", "body": out, "more_body": True}
+                if not more:
+                    rest = inflate.flush()  # output zlib still holds (at most its window)
+                    if not inflate.eof:
+                        raise InputError("the gzip body ends before its gzip stream does", field="body")
+                    done = True
+                    return {"type": "http.request", "body": rest, "more_body": False}
+                message = await receive()
+                if message["type"] != "http.request":
+                    return message
+                pending += message.get("body", b"")
+                more = message.get("more_body", False)
+
+        await self.app(scope, inflating_receive, send)

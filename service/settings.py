@@ -111,12 +111,24 @@ class Settings(BaseSettings):
         "(base64 tensors parse in milliseconds)",
     )
 
+    # -- browsers on other origins ---------------------------------------------------
+    # Empty: no cross-origin access. "https://a.example,http://localhost:8888": those pages may call.
+    cors_origins: str = Field(
+        default="",
+        description="origins allowed to call from a browser (CORS), comma-separated; empty: none",
+    )
+
     # -- authentication ---------------------------------------------------------
     api_key: SecretStr | None = Field(
         default=None,
         description="API key(s), `key` or `key1,key2`: every route but /healthz, /readyz and /metrics then needs "
         "`Authorization: Bearer <key>` (401 otherwise); unset, the service is open",
     )
+
+    @property
+    def cors_allowed(self) -> list[str]:
+        """The origins allowed by CORS (empty: no cross-origin access)."""
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def api_keys(self) -> list[str]:

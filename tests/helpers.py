@@ -5,6 +5,7 @@ Imported by test modules (``from helpers import make_problem``); fixtures live i
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +14,31 @@ import numpy as np
 
 from service.local import LocalServer, free_port
 
-__all__ = ["RTOL", "LocalServer", "Problem", "assert_close", "free_port", "make_problem", "numerical_gradient"]
+# Debian's Chromium, driven headless by Playwright (tests/test_explain.py, tests/test_cors.py).
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# No background networking in a closed network.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+__all__ = [
+    "CHROMIUM",
+    "CHROMIUM_ARGS",
+    "RTOL",
+    "LocalServer",
+    "Problem",
+    "assert_close",
+    "free_port",
+    "make_problem",
+    "numerical_gradient",
+]
 
 RTOL = 1e-12  # float64, against the seed's loop
 
