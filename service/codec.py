@@ -89,9 +89,11 @@ def element_count(shape: Sequence[int], field: str) -> int:
     if any(type(n) is not int or n < 0 for n in shape):
         raise InputError(f"{field}.shape must hold integers >= 0, got {list(shape)[:8]}", field=f"{field}.shape")
     count = math.prod(shape)
-    if count >= 2**62:
+    # numpy refuses a shape whose nonzero dimensions multiply past its range even when another
+    # dimension is 0 (the array would be empty): refused here, naming the field.
+    if math.prod(n for n in shape if n) * 8 >= 2**62:
         raise InputError(
-            f"{field}.shape {list(shape)} holds more elements than any request can", field=f"{field}.shape"
+            f"{field}.shape {list(shape)[:8]} holds more elements than any request can", field=f"{field}.shape"
         )
     return count
 

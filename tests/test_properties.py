@@ -169,3 +169,22 @@ def test_random_v2_batches_reach_lengths_s0_and_fp32():
         seen[fp] += 1
     for branch in ("lengths=True", "lengths=False", "s0=True", "s0=False", "FP32", "FP64"):
         assert seen[branch] > 0, f"never reached: {branch}"
+
+
+def test_regression_empty_shape_with_huge_dimensions_is_a_named_4xx(rng):
+    """Found by hypothesis (under mutmut's profile): [2417, 120633, ..., 0, ...] holds 0 elements, but numpy
+    refuses to reshape into it (its other dimensions overflow): a 500 before, a named 400 now."""
+    p = make_problem(rng, H=2, C=3, T=2)
+    shape = [2417, 120633, 120633, 18852253, 120633, 2, 0, 120633]
+    inputs = [{"name": "U", "shape": shape, "datatype": "FP64", "data": []}]
+    inputs += [
+        {"name": n, "shape": list(getattr(p, n).shape), "datatype": "FP64" if n in "VW" else "INT64",
+         "data": getattr(p, n).ravel().tolist()}
+        for n in ("V", "W", "x", "y")
+    ]  # fmt: skip
+    r = app_client.post("/v2/models/bptt/infer", json={"inputs": inputs})
+    assert r.status_code == 400
+    assert r.json()["errors"][0]["field"] == "U.shape"
+    tensor = {"dtype": "float64", "shape": shape, "data": ""}
+    r = app_client.post("/bptt", content=_body(p, U=tensor), headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "U.shape"
