@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     except pydantic.ValidationError as exc:
         for e in exc.errors(include_url=False):
             name = ".".join(str(p) for p in e["loc"])
+            if not name:  # a rule across settings
+                print(f"invalid settings: {e['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+                continue
             print(
                 f"invalid setting {name} (--{name.replace('_', '-')} or {ENV_PREFIX}{name.upper()}): "
                 f"{e['msg']}, got {e['input']!r}",

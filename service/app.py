@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.not_ready_reason = "starting: the engine self-check has not run yet"
     app.state.pool = Pool(threads=settings.threads, max_queue=settings.max_queue, timeout=settings.request_timeout)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, max_in_flight=settings.max_bytes_in_flight)
-    app.add_middleware(GzipRequest)  # outside BodyLimit: the limits count the decompressed bytes
+    app.add_middleware(GzipRequest, max_bytes=settings.max_body_bytes)  # outside BodyLimit: it counts the inflated
     if settings.api_keys:
         app.add_middleware(BearerAuth, keys=settings.api_keys)
     if settings.cors_allowed:  # outside the key check: a browser's preflight carries no key

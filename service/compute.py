@@ -8,7 +8,8 @@ A slot is taken at admission, before the body is read, in the event loop with
 no ``await`` between the check and the count: simultaneous arrivals cannot all
 pass the bound, and uploads in progress count as queued.
 
-Every request has a deadline (queue wait + compute, BPTT_REQUEST_TIMEOUT): the
+Every request has a deadline once its body has arrived (queue wait + compute,
+BPTT_REQUEST_TIMEOUT; the upload has BPTT_BODY_TIMEOUT): the
 work checks it between steps (``service.deadline``) and stops with 504; a client
 that disconnects has its queued or running work cancelled the same way.
 """
@@ -39,13 +40,17 @@ class Slot:
 
     def __init__(self, pool: Pool, seconds: float) -> None:
         self.pool = pool
-        self.deadline = Deadline(seconds)
+        self.seconds = seconds
 
     async def run(
         self, work: Callable[[], Result], *, disconnected: Callable[[], Awaitable[None]] | None = None
     ) -> Result:
-        """Run ``work`` in a compute thread within the deadline; stop it if ``disconnected`` returns first."""
-        deadline = self.deadline
+        """Run ``work`` in a compute thread within the deadline; stop it if ``disconnected`` returns first.
+
+        The deadline starts here, once the body has arrived (its upload has its own
+        timeout): it covers the wait for a compute thread and the computation.
+        """
+        deadline = Deadline(self.seconds)
 
         def job() -> Result:
             with bounded(deadline):
@@ -90,7 +95,6 @@ class Pool:
         self.max_queue = max_queue
         self.timeout = timeout
         self.admitted = 0  # computing + waiting (+ bodies being read)
-        self.draining = False
         self._limiter: anyio.CapacityLimiter | None = None
 
     @property
@@ -102,8 +106,6 @@ class Pool:
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[Slot]:
         """Admit one request, or raise ``Busy``; the slot is held until the block ends."""
-        if self.draining:
-            raise Busy("the server is shutting down; retry on another replica", retry_after=1)
         if self.admitted >= self.threads + self.max_queue:
             waiting = self.admitted - self.threads
             raise Busy(

@@ -13,7 +13,7 @@ the ``field`` it blames)::
     +-- Unauthorised               missing or wrong API key                401
     +-- NotFound                   no such route, model or version         404
     +-- MethodNotAllowed           the route takes another method          405
-    +-- Busy                       the queue is full, or draining          503 + Retry-After
+    +-- Busy                       the queue or the bytes in flight full   503 + Retry-After
     +-- NotReady                   starting, or the self-check failed      503
     +-- DeadlineExceeded           the request's deadline passed           504
     +-- BodyTimeout                the body did not arrive in time         408
@@ -174,7 +174,7 @@ class MethodNotAllowed(BpttError):
 
 
 class Busy(BpttError):
-    """At capacity (queue full, or request bytes held at their limit) or shutting down: retry after Retry-After."""
+    """At capacity (queue full, or request bytes held at their limit): retry after Retry-After."""
 
     type = "busy"
 

@@ -1,11 +1,15 @@
-"""ASGI middleware that answers before the app runs: body size, API keys, trailing slashes.
+"""ASGI middleware that acts before the app runs: body size, gzip, API keys, trailing slashes, request ids.
 
 - ``BodyLimit``: 413 before the body is read when Content-Length is over
-  ``max_bytes``, or as soon as a chunked body passes it.
+  ``max_bytes``, or as soon as a chunked body passes it; the bytes of every
+  body held count against ``max_in_flight`` (503 past it).
+- ``GzipRequest``: ``Content-Encoding: gzip`` bodies decompressed as they
+  arrive, the limits applied to the compressed and the decompressed bytes.
 - ``BearerAuth``: with ``BPTT_API_KEY`` set, every route but the probes and
   metrics needs ``Authorization: Bearer <key>``.
 - ``TrailingSlash``: ``/bptt/`` is served as ``/bptt`` (plain curl prints
   nothing for a redirect).
+- ``RequestId``: ``X-Request-Id`` echoed in every answer.
 
 Pure ASGI (no ``BaseHTTPMiddleware``): nothing is buffered or copied.
 """
@@ -19,10 +23,10 @@ from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import BodyTooLarge, Busy, InputError, Unauthorised
+from .errors import BodyTooLarge, Busy, RequestInvalid, Unauthorised
 from .handlers import send_error
 
-__all__ = ["OPEN_PATHS", "BearerAuth", "BodyLimit", "GzipRequest", "RequestId", "TrailingSlash", "request_id"]
+__all__ = ["OPEN_PATHS", "BearerAuth", "BodyLimit", "GzipRequest", "RequestId", "TrailingSlash"]
 
 # Reachable without a key: probes and the metrics scraper.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -64,7 +68,9 @@ class BodyLimit:
         if declared and self.in_flight + declared > self.max_in_flight:
             await send_error(scope, send, self._busy())
             return
-        self.in_flight += declared  # reserved before the first byte: trickling uploads cannot pile up
+        # Reserved before the first byte: uploads cannot pile up past the bound. The price: a few
+        # slow clients that declare large bodies hold the reservation (up to BPTT_BODY_TIMEOUT).
+        self.in_flight += declared
         held = declared
         seen = 0
 
@@ -131,13 +137,6 @@ class TrailingSlash:
         await self.app(scope, receive, send)
 
 
-def request_id(scope: Scope) -> str | None:
-    """The request's id (``RequestId`` puts it in the scope's state)."""
-    state = scope.get("state") or {}
-    value = state.get("request_id")
-    return value if isinstance(value, str) else None
-
-
 class RequestId:
     """``X-Request-Id``: the client's (printable, at most 128 characters) or a new one, echoed in the
     answer's headers; the access log and every error body carry it too."""
@@ -174,8 +173,9 @@ class GzipRequest:
 
     CHUNK = 1 << 16
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
         self.app = app
+        self.max_bytes = max_bytes  # the compressed bytes too: a stream that inflates to nothing still costs
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = scope.get("headers", []) if scope["type"] == "http" else []
@@ -183,36 +183,54 @@ class GzipRequest:
         if encoding is None or encoding.strip().lower() not in (b"gzip", b"x-gzip"):
             await self.app(scope, receive, send)
             return
+        declared = next((v for k, v in headers if k == b"content-length"), b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await send_error(scope, send, BodyTooLarge(self.max_bytes))
+            return
         kept = [(k, v) for k, v in headers if k not in (b"content-encoding", b"content-length")]
         scope = dict(scope, headers=kept)
         inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip framing
         pending = b""  # compressed bytes not yet decompressed
         more = True  # the client has more to send
+        compressed = 0  # compressed bytes received
         done = False  # the whole body was handed on: later reads wait for the disconnect
 
         async def inflating_receive() -> Message:
-            nonlocal pending, more, done
+            nonlocal pending, more, done, compressed
             if done:
                 return await receive()
             while True:
                 if pending:
+                    if inflate.eof:
+                        raise _broken("the gzip body has data after its gzip stream ends")
                     try:
                         out = inflate.decompress(pending, self.CHUNK)
                     except zlib.error as exc:
-                        raise InputError(f"the gzip body is not valid gzip: {exc}", field="body") from None
+                        raise _broken(f"the gzip body is not valid gzip: {exc}") from None
                     pending = inflate.unconsumed_tail
+                    if inflate.unused_data:  # bytes past the end of the stream
+                        raise _broken("the gzip body has data after its gzip stream ends")
                     if out:
                         return {"type": "http.request", "body": out, "more_body": True}
                 if not more:
                     rest = inflate.flush()  # output zlib still holds (at most its window)
                     if not inflate.eof:
-                        raise InputError("the gzip body ends before its gzip stream does", field="body")
+                        raise _broken("the gzip body ends before its gzip stream does")
                     done = True
                     return {"type": "http.request", "body": rest, "more_body": False}
                 message = await receive()
                 if message["type"] != "http.request":
                     return message
-                pending += message.get("body", b"")
+                chunk = message.get("body", b"")
+                compressed += len(chunk)
+                if compressed > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+                pending += chunk
                 more = message.get("more_body", False)
 
         await self.app(scope, inflating_receive, send)
+
+
+def _broken(message: str) -> RequestInvalid:
+    """A gzip body that does not decompress: a 400, like JSON that does not parse."""
+    return RequestInvalid([{"field": "body", "message": message, "type": "gzip_invalid"}], broken_json=True)

@@ -51,7 +51,7 @@ class Plan:
 
     what: str  # the shapes, for messages: "this request (T = 50, H = 100, C = 8000)"
     estimate: costs.Estimate
-    inputs: int  # bytes of the request's own arrays, and of its answer as it is written
+    inputs: int  # bytes of the request's arrays, and of its answer where that is large (gradients, tables)
     run: Callable[[], dict[str, Any]]
 
     def admitted(self, settings: Settings) -> dict[str, Any]:

@@ -14,10 +14,11 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
+from starlette.requests import ClientDisconnect
 
 from . import __version__, admission, ops, plans
 from .codec import dumps, require_finite
-from .errors import BodyTimeout, NotReady, UnsupportedMediaType
+from .errors import BodyTimeout, Cancelled, NotReady, UnsupportedMediaType
 from .openapi import ERROR_RESPONSES, json_body
 from .schemas import (
     BpttBatchRequest,
@@ -289,6 +290,8 @@ async def read_body(request: Request, settings: Settings) -> bytes:
     try:
         with anyio.fail_after(settings.body_timeout):
             return await request.body()
+    except ClientDisconnect:
+        raise Cancelled("the client disconnected while sending its body") from None
     except TimeoutError:
         raise BodyTimeout(
             f"the request body did not arrive within {settings.body_timeout:g} s (setting BPTT_BODY_TIMEOUT)",

@@ -477,7 +477,9 @@ class CostEstimate(BaseModel):
     seconds: float = Field(description="Predicted compute time on this server (scaled by BPTT_SPEED).")
     bytes: int = Field(description="Predicted peak memory: compute_bytes + input_bytes.")
     compute_bytes: int = Field(description="Peak bytes of the arrays the computation makes.")
-    input_bytes: int = Field(description="Bytes of the request's own arrays and of its answer as it is written.")
+    input_bytes: int = Field(
+        description="Bytes of the request's own arrays, and of its answer as it is written where that is large."
+    )
     terms: dict[str, float] = Field(description="Seconds by part (recurrence, output layer, ...), summing to seconds.")
 
 

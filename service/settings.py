@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["ENV_PREFIX", "Settings", "settings_table"]
@@ -124,6 +124,18 @@ class Settings(BaseSettings):
         description="API key(s), `key` or `key1,key2`: every route but /healthz, /readyz and /metrics then needs "
         "`Authorization: Bearer <key>` (401 otherwise); unset, the service is open",
     )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        """Limits that contradict each other, and a key setting with no key, stop the start."""
+        if self.max_bytes_in_flight < self.max_body_bytes:
+            raise ValueError(
+                f"max_bytes_in_flight ({self.max_bytes_in_flight:,}) must be at least max_body_bytes "
+                f"({self.max_body_bytes:,}): a body the limit admits could never be held"
+            )
+        if self.api_key is not None and not self.api_keys:
+            raise ValueError("api_key is set but holds no key (only commas or spaces): the service would be open")
+        return self
 
     @property
     def cors_allowed(self) -> list[str]:

@@ -181,7 +181,8 @@ def test_error_bodies_stay_small_whatever_the_request(client):
 def test_bytes_in_flight_are_bounded_across_connections(rng):
     """Bodies held at once (arriving or waiting) count against BPTT_MAX_BYTES_IN_FLIGHT: past it, 503 early."""
     limit = 200_000
-    with LocalServer(env={"BPTT_MAX_BYTES_IN_FLIGHT": str(limit), "BPTT_BODY_TIMEOUT": "10"}) as server:
+    env = {"BPTT_MAX_BYTES_IN_FLIGHT": str(limit), "BPTT_MAX_BODY_BYTES": str(limit), "BPTT_BODY_TIMEOUT": "10"}
+    with LocalServer(env=env) as server:
         with socket.create_connection(("127.0.0.1", server.port)) as slow:
             # A slow upload that declared 150 kB holds them from its first byte.
             slow.sendall(b"POST /bptt HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
@@ -232,3 +233,28 @@ def test_sigterm_exits_within_the_deadline_while_a_long_request_runs(rng):
     assert took < 2 + 5, f"stopped after {took:.1f} s"
     r = answer.get("r")
     assert isinstance(r, httpx.Response) and r.status_code == 504, answer
+
+
+def test_a_client_that_leaves_during_the_upload_is_no_server_error():
+    """Starlette's ClientDisconnect becomes Cancelled (499 in the log), not a 500 with a traceback."""
+    app = create_app(Settings())
+    sent: list[dict] = []
+    messages = [
+        {"type": "http.request", "body": b'{"U": ', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> dict:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/bptt", "raw_path": b"/bptt", "query_string": b"", "root_path": "",
+        "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1), "server": ("t", 80),
+    }  # fmt: skip
+    asyncio.run(app(scope, receive, send))
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    assert status == 499

@@ -38,13 +38,33 @@ def test_a_zip_bomb_is_refused_after_at_most_the_limit(rng):
     assert "larger than the limit of 1,048,576 bytes" in r.json()["detail"]
 
 
-def test_broken_gzip_is_a_named_4xx(client):
+def test_broken_gzip_is_a_400_like_broken_json(client):
     r = client.post("/bptt", content=b"not gzip at all", headers=GZ)
-    assert r.status_code == 422
+    assert r.status_code == 400
     assert r.json()["detail"].startswith("the gzip body is not valid gzip")
     truncated = gzip.compress(b'{"U": [[1.0]]}')[:-6]
     r = client.post("/bptt", content=truncated, headers=GZ)
-    assert r.status_code == 422 and "ends before its gzip stream does" in r.json()["detail"]
+    assert r.status_code == 400 and "ends before its gzip stream does" in r.json()["detail"]
+
+
+def test_data_after_the_gzip_stream_is_refused_not_kept(client, rng):
+    """Bytes past the end of the stream would be held uncounted: a 400 instead."""
+    p = make_problem(rng, H=2, C=3, T=2)
+    body = gzip.compress(orjson.dumps(p.body())) + gzip.compress(b"garbage" * 1000)
+    r = client.post("/bptt", content=body, headers=GZ)
+    assert r.status_code == 400 and "after its gzip stream ends" in r.json()["detail"]
+
+
+def test_the_compressed_bytes_count_too():
+    """A stream that inflates to almost nothing (a huge gzip comment) is still bounded: 413 on its own size."""
+    comment = b"\x1f\x8b\x08\x10" + b"\x00" * 6 + b"c" * 3_000_000 + b"\x00"  # FCOMMENT, then the comment
+    body = comment + zlib.compress(b"{}")[2:-4]
+    with TestClient(create_app(Settings(max_body_bytes=1 << 20))) as c:
+        r = c.post("/bptt", content=body, headers=GZ)  # Content-Length over the limit: refused before reading
+        assert r.status_code == 413
+        chunks = (body[i : i + 65536] for i in range(0, len(body), 65536))
+        r = c.post("/bptt", content=chunks, headers=GZ)  # chunked: refused as the compressed bytes pass it
+        assert r.status_code == 413
 
 
 def test_the_client_sends_gzip_to_a_real_server(rng):

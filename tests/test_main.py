@@ -44,3 +44,12 @@ def test_main_serves_and_stops_on_sigterm():
         assert server.proc.wait(timeout=15) == 0
     finally:
         server.stop()
+
+
+def test_main_refuses_settings_that_contradict_each_other():
+    out = run(env={"BPTT_MAX_BYTES_IN_FLIGHT": "2000", "BPTT_MAX_BODY_BYTES": "4000"})
+    assert out.returncode == 2
+    assert "invalid settings: max_bytes_in_flight (2,000) must be at least max_body_bytes (4,000)" in out.stderr
+    out = run(env={"BPTT_API_KEY": " , "})
+    assert out.returncode == 2
+    assert "api_key is set but holds no key" in out.stderr
