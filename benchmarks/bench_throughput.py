@@ -20,7 +20,7 @@ import numpy as np
 from common import problem, serve, table
 
 from service import engine
-from service.client import Client, _Wire
+from service.client import Client, Wire
 
 LUA = """
 wrk.method = "POST"
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> str:
         return ""
     C, H, T = 65, 32, 25
     U, V, W, x, y = problem(C, H, T)
-    body = _Wire(args.encoding, "float64").bptt_body(U, V, W, x, y)
+    body = Wire(args.encoding, "float64").bptt_body(U, V, W, x, y)
     results = {}
     with tempfile.TemporaryDirectory() as tmp, serve("service.app:create_app") as url:
         with Client(url) as client:  # the answer is right before it is fast
