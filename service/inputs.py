@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from .codec import DTYPES, Array, Tokens, convert, from_base64
+from .codec import DTYPES, Array, convert, from_base64, token_ids
 from .errors import InputError
 from .schemas import BpttBatchRequest, BpttRequest, CompareRequest, FlowRequest, GradientCheckRequest, Tensor
 
-__all__ = ["array", "batch_arrays", "bptt_arrays", "check_arrays", "compare_arrays", "dense", "flow_arrays", "tokens"]
+__all__ = ["array", "batch_arrays", "bptt_arrays", "check_arrays", "compare_arrays", "dense", "flow_arrays"]
 
 Floating = type[np.floating[Any]]
 
@@ -49,25 +49,13 @@ def _from_lists(value: list[Any], field: str, *, ndim: int) -> Array:
         ) from None
 
 
-def tokens(value: list[int], field: str) -> Tokens:
-    """An int64 (T,) array of validated token ids; ids beyond int64 are out of range for any vocabulary."""
-    try:
-        return np.array(value, dtype=np.int64)
-    except OverflowError:
-        i = next(i for i, v in enumerate(value) if v >= 2**63)
-        raise InputError(
-            f"{field}[{i}] = {value[i]} is out of range: token ids must be in [0, C), C the vocabulary size",
-            field=f"{field}[{i}]",
-        ) from None
-
-
 def bptt_arrays(request: BpttRequest) -> dict[str, Any]:
     """``engine.bptt``'s keyword arguments from a request (the engine checks the shapes)."""
     dtype = DTYPES[request.dtype]
     return {
         **_weights(request, dtype),
-        "x": tokens(request.x, "x"),
-        "y": tokens(request.y, "y"),
+        "x": token_ids(request.x, "x"),
+        "y": token_ids(request.y, "y"),
         "s0": _optional_vector(request.s0, "s0", dtype),
         "bptt_truncate": request.bptt_truncate,
         "clip": request.clip,
@@ -78,8 +66,8 @@ def flow_arrays(request: FlowRequest) -> dict[str, Any]:
     """``flow.flow``'s arguments (float64) from a request."""
     return {
         **_weights(request, np.float64),
-        "x": tokens(request.x, "x"),
-        "y": tokens(request.y, "y"),
+        "x": token_ids(request.x, "x"),
+        "y": token_ids(request.y, "y"),
         "s0": _optional_vector(request.s0, "s0", np.float64),
     }
 
@@ -90,8 +78,8 @@ def batch_arrays(request: BpttBatchRequest) -> dict[str, Any]:
     seqs = request.sequences
     return {
         **_weights(request, dtype),
-        "xs": [tokens(s.x, f"sequences[{b}].x") for b, s in enumerate(seqs)],
-        "ys": [tokens(s.y, f"sequences[{b}].y") for b, s in enumerate(seqs)],
+        "xs": [token_ids(s.x, f"sequences[{b}].x") for b, s in enumerate(seqs)],
+        "ys": [token_ids(s.y, f"sequences[{b}].y") for b, s in enumerate(seqs)],
         "s0": [_optional_vector(s.s0, f"sequences[{b}].s0", dtype) for b, s in enumerate(seqs)],
         "bptt_truncate": request.bptt_truncate,
         "clip": request.clip,
@@ -102,8 +90,8 @@ def check_arrays(request: GradientCheckRequest) -> dict[str, Any]:
     """``engine.bptt``'s keyword arguments (float64) for a gradient check."""
     return {
         **_weights(request, np.float64),
-        "x": tokens(request.x, "x"),
-        "y": tokens(request.y, "y"),
+        "x": token_ids(request.x, "x"),
+        "y": token_ids(request.y, "y"),
         "s0": _optional_vector(request.s0, "s0", np.float64),
         "bptt_truncate": request.bptt_truncate,
     }
@@ -113,8 +101,8 @@ def compare_arrays(request: CompareRequest) -> tuple[dict[str, Any], dict[str, A
     """(``engine.bptt``'s keyword arguments, the submitted gradients), shapes checked against U, V, W."""
     arrays: dict[str, Any] = {name: array(getattr(request, name), name, ndim=2) for name in "UVW"}
     arrays |= {
-        "x": tokens(request.x, "x"),
-        "y": tokens(request.y, "y"),
+        "x": token_ids(request.x, "x"),
+        "y": token_ids(request.y, "y"),
         "s0": _optional_vector(request.s0, "s0", np.float64),
         "bptt_truncate": request.bptt_truncate,
     }

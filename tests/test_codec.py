@@ -107,4 +107,4 @@ def test_array_ragged_lists_are_named():
 
 def test_tokens_beyond_int64_are_named():
     with pytest.raises(InputError, match=r"x\[1\] = 18446744073709551616 is out of range"):
-        inputs.tokens([1, 2**64], "x")
+        codec.token_ids([1, 2**64], "x")
