@@ -165,11 +165,9 @@ def examples(settings: Settings) -> list[dict[str, Any]]:
     m = machine(settings)
 
     def fits(lengths: list[int], H: int, C: int, K: int | None) -> bool:
-        if max(lengths) > settings.max_tokens or settings.max_weights < C * H or len(lengths) > settings.max_batch:
-            return False
-        if len(lengths) > 1 and sum(lengths) > settings.max_batch_tokens:
-            return False
-        if sum(lengths) * C > settings.max_probabilities:
+        try:
+            check_work(settings, H=H, C=C, lengths=lengths)  # the shape limits, as a request meets them
+        except LimitError:
             return False
         estimate = costs.bptt(lengths=lengths, H=H, C=C, K=K, machine=m)
         inputs = 8 * (2 * H * C + H * H) + 16 * sum(lengths)
