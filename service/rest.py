@@ -9,7 +9,8 @@ weights then neither blocks other requests nor passes through Python's json.
 from __future__ import annotations
 
 import pathlib
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import anyio
 from fastapi import APIRouter, Request
@@ -18,6 +19,7 @@ from starlette.requests import ClientDisconnect
 
 from . import __version__, admission, ops, plans
 from .codec import dumps, require_finite
+from .compute import Pool
 from .errors import BodyTimeout, Cancelled, NotReady, UnsupportedMediaType
 from .openapi import ERROR_RESPONSES, json_body
 from .schemas import (
@@ -43,7 +45,9 @@ from .schemas import (
 )
 from .settings import Settings
 
-__all__ = ["STATIC", "disconnected", "read_body", "readiness", "router", "run_json"]
+Result = TypeVar("Result")
+
+__all__ = ["STATIC", "compute", "disconnected", "read_body", "readiness", "router", "run_json"]
 
 STATIC = pathlib.Path(__file__).parent / "static"
 
@@ -279,10 +283,17 @@ async def run_json(request: Request, answer: plans.Answer) -> Response:
         require_finite(content)
         return dumps(content)
 
-    async with request.app.state.pool.slot() as slot:
+    return Response(await compute(request, work), media_type="application/json")
+
+
+async def compute(request: Request, work: Callable[[bytes], Result]) -> Result:
+    """Take a queue slot before the body is read, read it within BPTT_BODY_TIMEOUT, then run
+    ``work(body)`` in a compute thread within the deadline, stopped if the client leaves."""
+    settings: Settings = request.app.state.settings
+    pool: Pool = request.app.state.pool
+    async with pool.slot() as slot:
         body = await read_body(request, settings)
-        content = await slot.run(lambda: work(body), disconnected=lambda: disconnected(request))
-    return Response(content, media_type="application/json")
+        return await slot.run(lambda: work(body), disconnected=lambda: disconnected(request))
 
 
 async def read_body(request: Request, settings: Settings) -> bytes:

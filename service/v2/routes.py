@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from .. import admission, costs, ops
 from ..codec import require_finite
 from ..openapi import ERROR_RESPONSES, V2_ERRORS, V2_INFER_RESPONSES
-from ..rest import disconnected, read_body, readiness
+from ..rest import compute, readiness
 from ..settings import Settings
 from . import protocol
 from .wire import ModelMetadata, ServerMetadata
@@ -150,11 +150,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     protocol.check_model(name, version)
     header_length = request.headers.get(protocol.HEADER_LENGTH)
     settings: Settings = request.app.state.settings
-    async with request.app.state.pool.slot() as slot:
-        body = await read_body(request, settings)
-        content, headers = await slot.run(
-            lambda: _answer(body, header_length, settings), disconnected=lambda: disconnected(request)
-        )
+    content, headers = await compute(request, lambda body: _answer(body, header_length, settings))
     return Response(content, headers=headers)
 
 
