@@ -23,7 +23,7 @@ from .codec import describe, dumps
 from .errors import BpttError, ErrorItem, MethodNotAllowed, NotFound, RequestInvalid
 from .schemas import TENSOR_TAGS
 
-__all__ = ["error_response", "install", "is_v2", "json_response", "parse", "reword", "send_error"]
+__all__ = ["error_response", "install", "is_v2", "json_response", "parse", "request_id", "reword", "send_error"]
 
 log = logging.getLogger("service")
 
@@ -48,14 +48,15 @@ def error_response(exc: BpttError, path: str, request_id: str | None = None) -> 
     return json_response(body, row.v2 if v2 else row.http, headers=exc.headers or None)
 
 
-def _request_id(scope: Scope) -> str | None:
+def request_id(scope: Scope) -> str | None:
+    """The request's id, put in the scope's state by ``middleware.RequestId``."""
     value = (scope.get("state") or {}).get("request_id")
     return value if isinstance(value, str) else None
 
 
 async def send_error(scope: Scope, send: Send, exc: BpttError) -> None:
     """Answer ``exc`` from an ASGI middleware, before the app (and its handlers) run."""
-    await error_response(exc, scope["path"], _request_id(scope))(scope, _no_receive, send)
+    await error_response(exc, scope["path"], request_id(scope))(scope, _no_receive, send)
 
 
 async def _no_receive() -> dict[str, Any]:  # an answer sent before the body is read never reads it
@@ -75,16 +76,16 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(BpttError)
     async def bptt_error(request: Request, exc: BpttError) -> Response:
-        return error_response(exc, request.url.path, _request_id(request.scope))
+        return error_response(exc, request.url.path, request_id(request.scope))
 
     @app.exception_handler(RequestValidationError)
     async def request_validation_error(request: Request, exc: RequestValidationError) -> Response:
         error = reword(list(exc.errors()), prefix=("body",))
-        return error_response(error, request.url.path, _request_id(request.scope))
+        return error_response(error, request.url.path, request_id(request.scope))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_exception(request: Request, exc: StarletteHTTPException) -> Response:
-        rid = _request_id(request.scope)
+        rid = request_id(request.scope)
         error = _from_starlette(request, exc)
         if error is not None:
             return error_response(error, request.url.path, rid)
@@ -94,10 +95,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception) -> Response:
-        request_id = _request_id(request.scope) or uuid.uuid4().hex
-        log.error("unhandled error, request id %s", request_id, exc_info=exc)
-        error = BpttError(f"internal server error; report request id {request_id}")
-        return error_response(error, request.url.path, request_id)
+        rid = request_id(request.scope) or uuid.uuid4().hex
+        log.error("unhandled error, request id %s", rid, exc_info=exc)
+        error = BpttError(f"internal server error; report request id {rid}")
+        return error_response(error, request.url.path, rid)
 
 
 def _from_starlette(request: Request, exc: StarletteHTTPException) -> BpttError | None:

@@ -38,6 +38,7 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import checks
+from .handlers import request_id
 
 __all__ = [
     "CONTENT_TYPE_LATEST",
@@ -131,7 +132,7 @@ class RequestObserver:
             REQUESTS.labels(method, route, str(status)).inc()
             DURATION.labels(method, route).observe(elapsed)
             REQUEST_BYTES.labels(route).observe(size)
-            rid = (scope.get("state") or {}).get("request_id", "-")
+            rid = request_id(scope) or "-"
             access_log.info(
                 "%s %s %d %.1fms %dB id=%s",
                 method,
