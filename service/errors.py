@@ -5,7 +5,8 @@ the ``field`` it blames)::
 
     BpttError                      base; status 500, "internal"
     +-- InputError (ValueError)    a field malformed or inconsistent       422 (V2: 400)
-    |   +-- RequestInvalid         pydantic's findings, several at once    422, or 400 for broken JSON
+    |   +-- RequestInvalid         pydantic's findings, several at once    422
+    |       +-- BrokenBody         JSON that does not parse, bad gzip      400
     +-- ComputeError               the computation overflowed              422 (V2: 400)
     +-- LimitError                 over a limit, refused at admission      413
     |   +-- BodyTooLarge           the body, before or while reading it    413
@@ -40,6 +41,7 @@ __all__ = [
     "BodyTimeout",
     "BodyTooLarge",
     "BpttError",
+    "BrokenBody",
     "Busy",
     "Cancelled",
     "ComputeError",
@@ -105,18 +107,23 @@ class RequestInvalid(InputError):
 
     type = "value_error"
 
-    def __init__(self, problems: Sequence[ErrorItem], *, broken_json: bool = False) -> None:
+    def __init__(self, problems: Sequence[ErrorItem]) -> None:
         shown = list(problems[:MAX_ITEMS])
         detail = "; ".join(p["message"] for p in shown[:3])
         if len(problems) > 3:
             detail += f"; and {len(problems) - 3} more"
         super().__init__(detail, field=shown[0]["field"] if shown else "body")
         self.problems = shown
-        self.broken_json = broken_json
 
     @property
     def items(self) -> list[ErrorItem]:
         return self.problems
+
+
+class BrokenBody(RequestInvalid):
+    """The body does not decode: JSON that does not parse, gzip that does not inflate."""
+
+    type = "json_invalid"
 
 
 class ComputeError(BpttError, ArithmeticError):
@@ -229,6 +236,7 @@ class Outcome:
 # nearest listed ancestor unless it has a row of its own.
 TABLE: dict[type[BpttError], Outcome] = {
     InputError: Outcome(422, 400, "INVALID_ARGUMENT"),
+    BrokenBody: Outcome(400, 400, "INVALID_ARGUMENT"),
     ComputeError: Outcome(422, 400, "INVALID_ARGUMENT"),
     LimitError: Outcome(413, 413, "RESOURCE_EXHAUSTED"),
     UnsupportedMediaType: Outcome(415, 415, "INVALID_ARGUMENT"),
@@ -245,9 +253,7 @@ TABLE: dict[type[BpttError], Outcome] = {
 
 
 def outcome(exc: BpttError) -> Outcome:
-    """The row of ``TABLE`` for ``exc`` (broken JSON is 400 on every protocol)."""
-    if isinstance(exc, RequestInvalid) and exc.broken_json:
-        return Outcome(400, 400, "INVALID_ARGUMENT")
+    """The row of ``TABLE`` for ``exc``: its class's, or its nearest listed ancestor's."""
     for cls in type(exc).__mro__:
         if cls in TABLE:
             return TABLE[cls]
@@ -262,8 +268,6 @@ def status_table() -> str:
         if cls is BpttError:
             when = "A fault of the service: a generic message with a request id, the traceback only in the log"
         lines.append(f"| `{cls.__name__}` | `{cls.type}` | {row.http} | {row.v2} | `{row.grpc}` | {when} |")
-    lines.append("| `RequestInvalid` with broken JSON | `json_invalid` | 400 | 400 | `INVALID_ARGUMENT` | "
-                 "the body is not valid JSON |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

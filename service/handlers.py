@@ -20,7 +20,7 @@ from starlette.types import Scope, Send
 
 from . import errors
 from .codec import describe, dumps
-from .errors import BpttError, ErrorItem, MethodNotAllowed, NotFound, RequestInvalid
+from .errors import BpttError, BrokenBody, ErrorItem, MethodNotAllowed, NotFound, RequestInvalid
 from .schemas import TENSOR_TAGS
 
 __all__ = ["error_response", "install", "is_v2", "json_response", "parse", "request_id", "reword", "send_error"]
@@ -127,7 +127,7 @@ def reword(problems: list[Any], *, prefix: tuple[str, ...]) -> RequestInvalid:
         field = _field_name(loc)
         broken |= e["type"] == "json_invalid"
         items.append({"field": field, "message": _message(field, e), "type": e["type"]})
-    return RequestInvalid(items, broken_json=broken)
+    return BrokenBody(items) if broken else RequestInvalid(items)
 
 
 def _field_name(loc: tuple[Any, ...]) -> str:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import BodyTooLarge, Busy, RequestInvalid, Unauthorised
+from .errors import BodyTooLarge, BrokenBody, Busy, Unauthorised
 from .handlers import send_error
 
 __all__ = ["OPEN_PATHS", "BearerAuth", "BodyLimit", "GzipRequest", "RequestId", "TrailingSlash"]
@@ -231,6 +231,6 @@ class GzipRequest:
         await self.app(scope, inflating_receive, send)
 
 
-def _broken(message: str) -> RequestInvalid:
+def _broken(message: str) -> BrokenBody:
     """A gzip body that does not decompress: a 400, like JSON that does not parse."""
-    return RequestInvalid([{"field": "body", "message": message, "type": "gzip_invalid"}], broken_json=True)
+    return BrokenBody([{"field": "body", "message": message, "type": "gzip_invalid"}])
