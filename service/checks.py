@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from . import engine
+from . import engine, gated
 from .deadline import checkpoint
 
 __all__ = ["ABS_FLOOR", "MistakeName", "compare", "gradient_check", "relative_error"]
@@ -74,29 +74,38 @@ def gradient_check(
     samples: int = 50,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Central differences of ``engine.loss`` against ``engine.bptt``, per parameter.
+    """Central differences of the loss against BPTT's gradients, per parameter.
 
-    ``arrays`` are ``engine.bptt``'s keyword arguments. Up to ``samples`` entries
-    of each parameter are checked (all when it has fewer): half of them the
+    ``arrays`` are ``engine.bptt``'s keyword arguments, or ``gated.bptt``'s (with
+    ``cell``, and the gated cell's ``b_hh``, ``c0``, ``reset_after``). Up to ``samples``
+    entries of each parameter are checked (all when it has fewer): half of them the
     entries with the largest gradients (where a wrong derivative shows most), the
     rest drawn at random with ``seed`` (reported with the results, so a check can
     be repeated exactly). ``h`` is the step, or a step per parameter name.
     """
-    g = engine.bptt(**arrays)
+    cell = arrays.get("cell")
+    g = engine.bptt(**arrays) if cell is None else gated.bptt(**arrays)
     params = {"U": arrays["U"], "V": arrays["V"], "W": arrays["W"]}
-    for name in ("b", "c", "s0"):
+    for name in ("b", "b_hh", "c", "s0", "c0"):
         if arrays.get(name) is not None:
             params[name] = arrays[name]
     steps = {name: (h.get(name, 1e-5) if isinstance(h, dict) else h) for name in params}
     analytic = {"U": g.dLdU, "V": g.dLdV, "W": g.dLdW, "b": g.dLdb, "c": g.dLdc, "s0": g.dLds0}
+    if isinstance(g, gated.GatedGradients):
+        analytic |= {"b_hh": g.dLdb_hh, "c0": g.dLdc0}
     rng = np.random.default_rng(seed)
     inputs = {k: np.array(v, dtype=np.float64, copy=True) for k, v in params.items()}
     x, y = arrays["x"], arrays["y"]
 
     def loss() -> float:
-        return engine.loss(
-            inputs["U"], inputs["V"], inputs["W"], x, y, inputs.get("s0"), b=inputs.get("b"), c=inputs.get("c")
-        )
+        if cell is None:
+            return engine.loss(
+                inputs["U"], inputs["V"], inputs["W"], x, y, inputs.get("s0"), b=inputs.get("b"), c=inputs.get("c")
+            )
+        return gated.loss(
+            cell, inputs["U"], inputs["V"], inputs["W"], x, y, reset_after=arrays.get("reset_after", False),
+            **{name: inputs.get(name) for name in ("s0", "c0", "b", "b_hh", "c")},
+        )  # fmt: skip
 
     report: dict[str, Any] = {}
     for name, p in inputs.items():

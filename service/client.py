@@ -55,6 +55,12 @@ class BpttResult:
         Only when the request had the bias ``c``.
     clipped : dict or None
         Only with ``clip``: entries clipped per gradient.
+    dLdb_hh : (G, H) ndarray or None
+        Gated cells, when the request had ``b_hh``.
+    dLdc0, final_cell : (H,) ndarrays or None
+        The LSTM's: the gradient of the initial cell state and the last cell state.
+
+    With ``cell="gru"`` or ``"lstm"``, dLdU is (G, H, C), dLdW (G, H, H) and dLdb (G, H).
     """
 
     loss: float
@@ -68,6 +74,9 @@ class BpttResult:
     dLdb: Array | None = None
     dLdc: Array | None = None
     clipped: dict[str, int] | None = None
+    dLdb_hh: Array | None = None
+    dLdc0: Array | None = None
+    final_cell: Array | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,16 +96,25 @@ class TraceResult:
     Attributes
     ----------
     delta_o : (T, C) ndarray or None
-        None when the server left it out (T x C over its BPTT_MAX_TRACE_DELTA_O).
+        None when the server left it out (T x C over its BPTT_MAX_TRACE_DELTA_O), and for the gated cells.
     deltas : list of T ndarrays
-        ``deltas[t]`` is (L_t, H): row j is dE_t/dz_{t-j}.
+        ``deltas[t]`` is (L_t, H): row j is dE_t/dz_{t-j}. The vanilla cell's; empty for the gated cells.
     norms : (T, L) ndarray
         ``norms[t, j]`` = ||deltas[t][j]||, NaN where output t does not reach back j steps.
+    dLds : (T, H) ndarray
+        Every cell: dL/ds_k, the gradient of the loss with respect to the hidden state after step k.
+    dLdc : (T, H) ndarray or None
+        The LSTM's dL/dc_k, with respect to the cell state.
+    state_norms : (T, L) ndarray
+        Every cell: ``state_norms[t, j]`` = ||dE_t/ds_{t-j}||, NaN where output t does not reach back j steps.
     """
 
     delta_o: Array | None
     deltas: list[Array]
     norms: Array
+    dLds: Array
+    dLdc: Array | None
+    state_norms: Array
 
 
 @dataclass(frozen=True)
@@ -130,9 +148,23 @@ class Wire:
         return to_wire(np.asarray(a, dtype=DTYPES[self.dtype]), self.encoding)
 
     def _common(
-        self, U: Any, V: Any, W: Any, *, bptt_truncate: int | None, b: Any, c: Any, clip: float | None
+        self,
+        U: Any,
+        V: Any,
+        W: Any,
+        *,
+        bptt_truncate: int | None,
+        b: Any,
+        c: Any,
+        clip: float | None,
+        cell: str = "rnn",
+        b_hh: Any = None,
+        reset_after: bool = False,
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {
+        body: dict[str, Any] = {} if cell == "rnn" else {"cell": cell}
+        if reset_after:
+            body["reset_after"] = True
+        body |= {
             "U": self.array(U),
             "V": self.array(V),
             "W": self.array(W),
@@ -140,17 +172,18 @@ class Wire:
             "dtype": self.dtype,
             "bptt_truncate": bptt_truncate,
         }
-        for name, value in (("b", b), ("c", c)):
+        for name, value in (("b", b), ("b_hh", b_hh), ("c", c)):
             if value is not None:
                 body[name] = self.array(value)
         if clip is not None:
             body["clip"] = float(clip)
         return body
 
-    def _sequence(self, x: Any, y: Any, s0: Any, where: str = "") -> dict[str, Any]:
+    def _sequence(self, x: Any, y: Any, s0: Any, where: str = "", c0: Any = None) -> dict[str, Any]:
         seq: dict[str, Any] = {"x": token_ids(x, f"{where}x"), "y": token_ids(y, f"{where}y")}
-        if s0 is not None:
-            seq["s0"] = self.array(s0)
+        for name, value in (("s0", s0), ("c0", c0)):
+            if value is not None:
+                seq[name] = self.array(value)
         return seq
 
     def bptt_body(
@@ -167,9 +200,12 @@ class Wire:
         c: Any = None,
         clip: float | None = None,
         trace: bool = False,
+        **gated: Any,
     ) -> bytes:
-        """The body of ``POST /bptt``."""
-        body = self._common(U, V, W, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip) | self._sequence(x, y, s0)
+        """The body of ``POST /bptt``; ``gated``: cell, b_hh, c0, reset_after."""
+        c0 = gated.pop("c0", None)
+        body = self._common(U, V, W, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip, **gated)
+        body |= self._sequence(x, y, s0, c0=c0)
         if trace:
             body["trace"] = True
         return dumps(body)
@@ -187,14 +223,18 @@ class Wire:
         b: Any = None,
         c: Any = None,
         clip: float | None = None,
+        **gated: Any,
     ) -> bytes:
-        """The body of ``POST /bptt/batch``."""
+        """The body of ``POST /bptt/batch``; ``gated``: cell, b_hh, c0 (one per sequence), reset_after."""
         if len(xs) != len(ys):
             raise ValueError(f"need one y per x: {len(xs)} x, got {len(ys)} y")
+        c0 = gated.pop("c0", None)
         s0s = [None] * len(xs) if s0 is None else list(s0)
-        body = self._common(U, V, W, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip)
+        c0s = [None] * len(xs) if c0 is None else list(c0)
+        body = self._common(U, V, W, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip, **gated)
         body["sequences"] = [
-            self._sequence(x, y, s, f"sequences[{i}].") for i, (x, y, s) in enumerate(zip(xs, ys, s0s, strict=True))
+            self._sequence(x, y, s, f"sequences[{i}].", c0=cs)
+            for i, (x, y, s, cs) in enumerate(zip(xs, ys, s0s, c0s, strict=True))
         ]
         return dumps(body)
 
@@ -232,13 +272,24 @@ class Wire:
     def trace(response: httpx.Response) -> TraceResult:
         """The ``TraceResult`` of an answer of ``POST /bptt`` with ``trace``, or ``ServerError``."""
         data = decode(response)["trace"]
-        deltas = [from_wire(d, "deltas") for d in data["deltas"]]
-        lags = max(len(d) for d in deltas)
-        norms = np.full((len(deltas), lags), np.nan)
-        for t, row in enumerate(data["delta_norms"]):
-            norms[t, : len(row)] = row
-        delta_o = None if data["delta_o"] is None else from_wire(data["delta_o"], "delta_o")
-        return TraceResult(delta_o=delta_o, deltas=deltas, norms=norms)
+        deltas = [from_wire(d, "deltas") for d in data.get("deltas") or []]
+        delta_o = None if data.get("delta_o") is None else from_wire(data["delta_o"], "delta_o")
+        return TraceResult(
+            delta_o=delta_o,
+            deltas=deltas,
+            norms=_ragged_rows(data.get("delta_norms") or []),
+            dLds=from_wire(data["dLds"], "dLds"),
+            dLdc=None if data.get("dLdc") is None else from_wire(data["dLdc"], "dLdc"),
+            state_norms=_ragged_rows(data["state_norms"]),
+        )
+
+
+def _ragged_rows(rows: list[list[float]]) -> Array:
+    """Rows of different lengths as one array, NaN-padded on the right."""
+    out = np.full((len(rows), max((len(r) for r in rows), default=0)), np.nan)
+    for t, row in enumerate(rows):
+        out[t, : len(row)] = row
+    return out
 
 
 def _scalars(data: dict[str, Any]) -> dict[str, Any]:
@@ -248,7 +299,7 @@ def _scalars(data: dict[str, Any]) -> dict[str, Any]:
 def _arrays(data: dict[str, Any]) -> dict[str, Any]:
     """The answer's arrays (the optional ones None when absent) and ``clipped``."""
     out: dict[str, Any] = {n: from_wire(data[n], n) for n in ("dLdU", "dLdV", "dLdW", "dLds0", "final_state")}
-    for name in ("dLdb", "dLdc"):
+    for name in ("dLdb", "dLdc", "dLdb_hh", "dLdc0", "final_cell"):
         out[name] = None if data.get(name) is None else from_wire(data[name], name)
     out["clipped"] = data.get("clipped")
     return out
@@ -319,14 +370,21 @@ class Client:
         b: Any = None,
         c: Any = None,
         clip: float | None = None,
+        cell: str = "rnn",
+        b_hh: Any = None,
+        c0: Any = None,
+        reset_after: bool = False,
     ) -> BpttResult:
         """Loss and gradients of one sequence (``POST /bptt``).
 
         U (H, C), V (C, H), W (H, H); x, y (T,) integer token ids; s0 (H,);
         biases b (H,), c (C,); ``bptt_truncate`` None (full BPTT) or K >= 0;
-        ``clip`` > 0 clips every gradient entry.
+        ``clip`` > 0 clips every gradient entry. ``cell="gru"`` or ``"lstm"``: U (G, H, C),
+        W (G, H, H), b and b_hh (G, H), c0 (H,) for the LSTM, ``reset_after`` for the GRU
+        (README, "Gated cells").
         """
-        body = self.wire.bptt_body(U, V, W, x, y, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip)
+        gated = {"cell": cell, "b_hh": b_hh, "c0": c0, "reset_after": reset_after}
+        body = self.wire.bptt_body(U, V, W, x, y, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip, **gated)
         return Wire.result(self._post("/bptt", body))
 
     def bptt_batch(
@@ -342,9 +400,14 @@ class Client:
         b: Any = None,
         c: Any = None,
         clip: float | None = None,
+        cell: str = "rnn",
+        b_hh: Any = None,
+        c0: Sequence[Any] | None = None,
+        reset_after: bool = False,
     ) -> BatchResult:
         """Losses and summed gradients of several sequences (``POST /bptt/batch``); options as ``bptt``."""
-        body = self.wire.batch_body(U, V, W, xs, ys, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip)
+        gated = {"cell": cell, "b_hh": b_hh, "c0": c0, "reset_after": reset_after}
+        body = self.wire.batch_body(U, V, W, xs, ys, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip, **gated)
         return Wire.batch_result(self._post("/bptt/batch", body))
 
     def trace(
@@ -359,9 +422,11 @@ class Client:
         bptt_truncate: int | None = None,
         b: Any = None,
         c: Any = None,
+        **gated: Any,
     ) -> TraceResult:
-        """The tutorial's deltas for one sequence (``POST /bptt`` with ``trace``)."""
-        body = self.wire.bptt_body(U, V, W, x, y, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c, trace=True)
+        """The tutorial's deltas for one sequence (``POST /bptt`` with ``trace``); ``gated`` as in ``bptt``:
+        cell, b_hh, c0, reset_after."""
+        body = self.wire.bptt_body(U, V, W, x, y, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c, trace=True, **gated)
         return Wire.trace(self._post("/bptt", body))
 
     def vjp(self, x: Any, h0: Any, Wx: Any, Wh: Any, b: Any, dh: Any, *, layout: str = "cs231n") -> VjpResult:
@@ -452,9 +517,14 @@ class AsyncClient:
         b: Any = None,
         c: Any = None,
         clip: float | None = None,
+        cell: str = "rnn",
+        b_hh: Any = None,
+        c0: Any = None,
+        reset_after: bool = False,
     ) -> BpttResult:
         """Loss and gradients of one sequence (``POST /bptt``); as ``Client.bptt``."""
-        body = self.wire.bptt_body(U, V, W, x, y, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip)
+        gated = {"cell": cell, "b_hh": b_hh, "c0": c0, "reset_after": reset_after}
+        body = self.wire.bptt_body(U, V, W, x, y, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip, **gated)
         return Wire.result(await self._post("/bptt", body))
 
     async def bptt_batch(
@@ -470,9 +540,14 @@ class AsyncClient:
         b: Any = None,
         c: Any = None,
         clip: float | None = None,
+        cell: str = "rnn",
+        b_hh: Any = None,
+        c0: Sequence[Any] | None = None,
+        reset_after: bool = False,
     ) -> BatchResult:
         """Losses and summed gradients of several sequences (``POST /bptt/batch``)."""
-        body = self.wire.batch_body(U, V, W, xs, ys, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip)
+        gated = {"cell": cell, "b_hh": b_hh, "c0": c0, "reset_after": reset_after}
+        body = self.wire.batch_body(U, V, W, xs, ys, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip, **gated)
         return Wire.batch_result(await self._post("/bptt/batch", body))
 
     async def trace(
@@ -487,9 +562,10 @@ class AsyncClient:
         bptt_truncate: int | None = None,
         b: Any = None,
         c: Any = None,
+        **gated: Any,
     ) -> TraceResult:
         """The tutorial's deltas for one sequence; as ``Client.trace``."""
-        body = self.wire.bptt_body(U, V, W, x, y, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c, trace=True)
+        body = self.wire.bptt_body(U, V, W, x, y, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c, trace=True, **gated)
         return Wire.trace(await self._post("/bptt", body))
 
     async def vjp(self, x: Any, h0: Any, Wx: Any, Wh: Any, b: Any, dh: Any, *, layout: str = "cs231n") -> VjpResult:

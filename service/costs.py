@@ -36,7 +36,7 @@ from dataclasses import dataclass, fields, replace
 
 from .errors import InputError
 
-__all__ = ["CELLS", "DEFAULT", "UNITS", "Estimate", "Machine", "bptt", "compare", "gradient_check"]
+__all__ = ["CELLS", "DEFAULT", "UNITS", "Estimate", "Machine", "bptt", "compare", "gates", "gradient_check"]
 
 # Gates per cell: the recurrence of a gated cell does about G times the work of
 # the vanilla cell's (G products with W per step, G element-wise nonlinearities).
@@ -444,19 +444,31 @@ def bptt(
     """
     lengths = _check_lengths(lengths)
     _check_dims(H=H, C=C, K=K, itemsize=itemsize)
-    G = _gates(cell)
+    G = gates(cell)
     phases, peak, outputs = _engine_bptt(lengths, H, C, K, itemsize, biases, clip, G)
     estimate = _estimate(phases, peak, machine)
     if trace:
         if len(lengths) != 1:
             raise InputError(f"trace needs one sequence, got {len(lengths)} lengths", field="trace")
-        trace_phases, trace_peak = _engine_trace(lengths[0], H, C, K, itemsize)
+        # A gated cell's trace is of full BPTT (gated.trace: every lag), about G times the vanilla one's work.
+        trace_phases, trace_peak = _engine_trace(lengths[0], H, C, K if G == 1 else None, itemsize)
+        if G > 1:
+            trace_phases = [(name, {u: G * n for u, n in work.items()}) for name, work in trace_phases]
+            trace_peak *= G
         estimate = estimate + _estimate(trace_phases, trace_peak + outputs, machine)
     return estimate
 
 
 def gradient_check(
-    *, T: int, H: int, C: int, K: int | None, samples: int, sizes: Sequence[int], machine: Machine = DEFAULT
+    *,
+    T: int,
+    H: int,
+    C: int,
+    K: int | None,
+    samples: int,
+    sizes: Sequence[int],
+    cell: str = "rnn",
+    machine: Machine = DEFAULT,
 ) -> Estimate:
     """Cost of ``checks.gradient_check``: one ``engine.bptt``, then 2 losses per sampled entry.
 
@@ -467,7 +479,10 @@ def gradient_check(
         Entries checked per parameter (all of a smaller one).
     sizes : sequence of int
         Each checked parameter's number of entries: H C, C H, H H, and H, C,
-        H for b, c, s0 when given (more than three: biases are assumed).
+        H for b, c, s0 when given (more than three: biases are assumed); G times
+        more for U, W, b and b_hh of a gated cell.
+    cell : "rnn", "gru" or "lstm"
+        A gated cell's forward pass does about G times the recurrence's work.
     machine : Machine
 
     Notes
@@ -481,17 +496,18 @@ def gradient_check(
     if samples < 1:
         raise InputError(f"samples must be an integer >= 1, got {samples}", field="samples")
     (T,) = _check_lengths([T])
-    first = bptt(lengths=[T], H=H, C=C, K=K, biases=len(sizes) > 3, machine=machine)
+    G = gates(cell)
+    first = bptt(lengths=[T], H=H, C=C, K=K, biases=len(sizes) > 3, cell=cell, machine=machine)
     E = 2 * sum(min(n, samples) for n in sizes)
-    loss: _Work = {"loss_call": 1, "element": 6 * T, "page_byte": _fresh(8 * T * C, 8 * T * H)}
-    forward, output = _forward(T, 1, H, 8, 1), _output_layer(T, H, C, 8, 1)
+    loss: _Work = {"loss_call": 1, "element": 6 * T, "page_byte": _fresh(8 * T * C, 8 * G * T * H)}
+    forward, output = _forward(T, 1, H, 8, G), _output_layer(T, H, C, 8, 1)
     work = {unit: E * (loss.get(unit, 0.0) + forward.get(unit, 0.0) + output.get(unit, 0.0)) for unit in UNITS}
     report: _Work = {"element": 3 * sum(sizes), "op": 40 * len(sizes)}  # copies; picks, errors per parameter
     # engine.loss: X, Y, S0, S, then WT (hidden) or the (T, C) logits and softmax temporaries.
-    loss_peak = 2 * T * _INDEX + 8 * H + 8 * T * H + max(8 * H * H + 8 * H, 8 * T * C + 2 * T * _INDEX + 48 * T)
+    loss_peak = 2 * T * _INDEX + 8 * H + 8 * G * T * H + max(8 * G * H * H + 8 * H, 8 * T * C + 2 * T * _INDEX + 48 * T)
     # rng.choice without replacement permutes the whole parameter unless it is large and sparsely sampled.
     choice = max((_INDEX * n for n in sizes if n > samples and (n <= 10_000 or samples * 50 > n)), default=0)
-    held = 8 * (2 * H * C + H * H + 3 * H + C) + 8 * sum(sizes) + 4 * 8 * samples  # g, copies, picks/a/n/rel
+    held = 8 * ((G + 1) * H * C + G * H * H + 3 * G * H + C) + 8 * sum(sizes) + 4 * 8 * samples  # g, copies, picks
     peak = held + max(loss_peak, choice) + _LOOP_OBJECTS
     loop = _estimate([("loss evaluations", work), ("python steps", report)], peak, machine)
     return first + loop
@@ -569,7 +585,8 @@ def flow(*, T: int, H: int, C: int, norm: str = "spectral", machine: Machine = D
     )
 
 
-def _gates(cell: str) -> int:
+def gates(cell: str) -> int:
+    """G, the gates of a cell: 1 for "rnn", 3 for "gru", 4 for "lstm"."""
     if cell not in CELLS:
         raise InputError(f"cell must be one of {', '.join(map(repr, CELLS))}, got {cell!r}", field="cell")
     return CELLS[cell]

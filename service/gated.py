@@ -67,6 +67,7 @@ __all__ = [
     "GatedTrace",
     "bptt",
     "bptt_batch",
+    "loss",
     "trace",
 ]
 
@@ -354,6 +355,42 @@ def bptt_batch(
     clip = _check_clip(clip)
     inputs = _Inputs.of(cell, U, V, W, xs, ys, s0, c0, b=b, b_hh=b_hh, c=c, reset_after=reset_after, batched=True)
     return _bptt(inputs, K, clip)
+
+
+def loss(
+    cell: Cell,
+    U: ArrayLike,
+    V: ArrayLike,
+    W: ArrayLike,
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    s0: ArrayLike | None = None,
+    c0: ArrayLike | None = None,
+    b: ArrayLike | None = None,
+    b_hh: ArrayLike | None = None,
+    c: ArrayLike | None = None,
+    reset_after: bool = False,
+) -> float:
+    """The loss ``sum_t -ln o_t[y_t]`` of one sequence, forward pass only (for central differences);
+    arguments as for ``bptt``. Not finite when the weights overflow the dtype: no error is raised."""
+    inputs = _Inputs.of(
+        cell,
+        U,
+        V,
+        W,
+        [x],
+        [y],
+        None if s0 is None else [s0],
+        None if c0 is None else [c0],
+        b=b,
+        b_hh=b_hh,
+        c=c,
+        reset_after=reset_after,
+    )
+    with np.errstate(over="ignore", invalid="ignore"):
+        fwd = _forward(inputs)
+        return float(_output_layer(inputs, fwd.S).token_loss.sum())
 
 
 def trace(

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import admission, checks, costs, engine, flow, inputs, ops, vjp
+from . import admission, checks, costs, engine, flow, gated, inputs, ops, vjp
 from .codec import Array, Encoding, to_wire
 from .errors import InputError, LimitError
 from .handlers import parse
@@ -73,62 +73,75 @@ def _nbytes(arrays: dict[str, Any]) -> int:
 ANSWER_BYTES_PER_NUMBER = 32
 
 
-def _answer_bytes(H: int, C: int, B: int = 1, *, biases: bool = False, trace_values: int = 0) -> int:
-    """Bytes of an answer being written: dLdU, dLdV (C x H each), dLdW, dLds0 and final_state (B x H),
-    dLdb and dLdc, a trace's values."""
-    numbers = 2 * H * C + H * H + 2 * B * H + (H + C if biases else 0) + B + trace_values
+def _answer_bytes(H: int, C: int, B: int = 1, *, biases: bool = False, trace_values: int = 0, G: int = 1) -> int:
+    """Bytes of an answer being written: dLdU (G x H x C), dLdV (C x H), dLdW (G x H x H), dLds0 and
+    final_state (B x H; also dLdc0 and final_cell for a gated cell), dLdb, dLdb_hh and dLdc, a trace's values."""
+    states = 2 * B * H * (2 if G > 1 else 1)
+    numbers = (G + 1) * H * C + G * H * H + states + (2 * G * H + C if biases else 0) + B + trace_values
     return ANSWER_BYTES_PER_NUMBER * numbers
 
 
-def _what(lengths: list[int], H: int, C: int, K: int | None) -> str:
+def _cell(arrays: dict[str, Any]) -> tuple[str, int, int, int]:
+    """(cell, G, H, C) of a request's arrays: U is H x C, or G x H x C for a gated cell."""
+    U = arrays["U"]
+    H, C = U.shape[-2:]
+    cell = arrays.get("cell", "rnn")
+    return cell, costs.gates(cell), H, C
+
+
+def _has_biases(arrays: dict[str, Any]) -> bool:
+    return any(arrays.get(name) is not None for name in ("b", "b_hh", "c"))
+
+
+def _what(lengths: list[int], H: int, C: int, K: int | None, cell: str = "rnn") -> str:
     T = f"T = {lengths[0]:,}" if len(lengths) == 1 else f"B = {len(lengths):,}, longest T = {max(lengths):,}"
     truncate = "" if K is None else f", bptt_truncate = {K:,}"
-    return f"this request ({T}, H = {H:,}, C = {C:,}{truncate})"
+    kind = "" if cell == "rnn" else f"cell {cell!r}, "
+    return f"this request ({kind}{T}, H = {H:,}, C = {C:,}{truncate})"
 
 
 def bptt_plan(body: bytes, settings: Settings) -> Plan:
     """``POST /bptt``, parsed and priced."""
     request = parse(BpttRequest, body)
     arrays = inputs.bptt_arrays(request)
-    H, C = arrays["U"].shape
+    cell, G, H, C = _cell(arrays)
     T, K = len(arrays["x"]), request.bptt_truncate
     admission.check_work(settings, H=H, C=C, lengths=[T])
     if request.trace:
-        admission.check_trace(settings, H=H, T=T, K=K)
+        admission.check_trace(settings, H=H, T=T, K=None if cell != "rnn" else K)
     estimate = costs.bptt(
         lengths=[T],
         H=H,
         C=C,
         K=K,
         itemsize=arrays["U"].itemsize,
-        biases=arrays["b"] is not None or arrays["c"] is not None,
+        biases=_has_biases(arrays),
         clip=request.clip is not None,
         trace=request.trace,
+        cell=cell,
         machine=admission.machine(settings),
     )
 
     def run() -> dict[str, Any]:
-        with ops.engine_timer("bptt") as counts:
-            result = engine.bptt(**arrays)
+        with ops.engine_timer("bptt" if cell == "rnn" else f"bptt_{cell}") as counts:
+            result = engine.bptt(**arrays) if cell == "rnn" else gated.bptt(**arrays)
             counts["tokens"] = result.tokens
         answer = _gradients_body(result, request.encoding)
         if request.trace:
-            trace = engine.trace(**{k: v for k, v in arrays.items() if k != "clip"})
-            keep = trace.delta_o.size <= settings.max_trace_delta_o
-            answer["trace"] = _trace_body(trace, request.encoding, keep_delta_o=keep)
+            answer["trace"] = _trace(arrays, request.encoding, settings)
         return answer
 
-    biases = arrays["b"] is not None or arrays["c"] is not None
-    trace_values = T * (T if K is None else min(T, K + 1)) * H + 2 * T * C if request.trace else 0
-    answer = _answer_bytes(H, C, biases=biases, trace_values=trace_values)
-    return Plan(_what([T], H, C, K), estimate, _nbytes(arrays) + answer, run)
+    lags = T if K is None or cell != "rnn" else min(T, K + 1)
+    trace_values = 2 * T * lags * H + 2 * T * C + 2 * T * H if request.trace else 0
+    answer = _answer_bytes(H, C, biases=_has_biases(arrays), trace_values=trace_values, G=G)
+    return Plan(_what([T], H, C, K, cell), estimate, _nbytes(arrays) + answer, run)
 
 
 def batch_plan(body: bytes, settings: Settings) -> Plan:
     """``POST /bptt/batch``, parsed and priced (padding to the longest sequence included)."""
     request = parse(BpttBatchRequest, body)
     arrays = inputs.batch_arrays(request)
-    H, C = arrays["U"].shape
+    cell, G, H, C = _cell(arrays)
     lengths = [len(x) for x in arrays["xs"]]
     admission.check_work(settings, H=H, C=C, lengths=lengths)
     estimate = costs.bptt(
@@ -137,32 +150,33 @@ def batch_plan(body: bytes, settings: Settings) -> Plan:
         C=C,
         K=request.bptt_truncate,
         itemsize=arrays["U"].itemsize,
-        biases=arrays["b"] is not None or arrays["c"] is not None,
+        biases=_has_biases(arrays),
         clip=request.clip is not None,
+        cell=cell,
         machine=admission.machine(settings),
     )
 
     def run() -> dict[str, Any]:
-        with ops.engine_timer("bptt_batch") as counts:
-            result = engine.bptt_batch(**arrays)
+        with ops.engine_timer("bptt_batch" if cell == "rnn" else f"bptt_batch_{cell}") as counts:
+            result = engine.bptt_batch(**arrays) if cell == "rnn" else gated.bptt_batch(**arrays)
             counts["tokens"] = result.tokens
         return {**_gradients_body(result, request.encoding), "losses": result.losses}
 
-    biases = arrays["b"] is not None or arrays["c"] is not None
-    answer = _answer_bytes(H, C, len(lengths), biases=biases)
-    return Plan(_what(lengths, H, C, request.bptt_truncate), estimate, _nbytes(arrays) + answer, run)
+    answer = _answer_bytes(H, C, len(lengths), biases=_has_biases(arrays), G=G)
+    return Plan(_what(lengths, H, C, request.bptt_truncate, cell), estimate, _nbytes(arrays) + answer, run)
 
 
 def check_plan(body: bytes, settings: Settings) -> Plan:
     """``POST /gradient-check``, parsed and priced."""
     request = parse(GradientCheckRequest, body)
     arrays = inputs.check_arrays(request)
-    H, C = arrays["U"].shape
+    cell, _, H, C = _cell(arrays)
     T, K = len(arrays["x"]), request.bptt_truncate
     admission.check_work(settings, H=H, C=C, lengths=[T])
-    sizes = [a.size for k, a in arrays.items() if k in ("U", "V", "W", "b", "c", "s0") and a is not None]
+    checked = ("U", "V", "W", "b", "b_hh", "c", "s0", "c0")
+    sizes = [a.size for k, a in arrays.items() if k in checked and a is not None]
     estimate = costs.gradient_check(
-        T=T, H=H, C=C, K=K, samples=request.samples, sizes=sizes, machine=admission.machine(settings)
+        T=T, H=H, C=C, K=K, samples=request.samples, sizes=sizes, cell=cell, machine=admission.machine(settings)
     )
 
     def run() -> dict[str, Any]:
@@ -189,12 +203,18 @@ def check_plan(body: bytes, settings: Settings) -> Plan:
             "note": note,
         }
 
-    return Plan(_what([T], H, C, K), estimate, _nbytes(arrays), run)
+    return Plan(_what([T], H, C, K, cell), estimate, _nbytes(arrays), run)
 
 
 def compare_plan(body: bytes, settings: Settings) -> Plan:
     """``POST /bptt/compare``, parsed and priced (the diagnosis's recomputations included)."""
     request = parse(CompareRequest, body)
+    if request.cell != "rnn":
+        raise InputError(
+            f"POST /bptt/compare diagnoses the vanilla cell for now; cell must be 'rnn', got {request.cell!r} "
+            "(POST /gradient-check takes every cell)",
+            field="cell",
+        )
     arrays, submitted = inputs.compare_arrays(request)
     H, C = arrays["U"].shape
     T, K = len(arrays["x"]), request.bptt_truncate
@@ -396,23 +416,76 @@ def cost_answer(route: str) -> Answer:
     return answer
 
 
-def _gradients_body(g: engine.Gradients | engine.BatchGradients, encoding: Encoding) -> dict[str, Any]:
+def _gradients_body(
+    g: engine.Gradients | engine.BatchGradients | gated.GatedGradients | gated.GatedBatchGradients, encoding: Encoding
+) -> dict[str, Any]:
+    """The loss and every gradient; a gated cell's answer also has dLdb_hh, dLdc0 and final_cell."""
+
     def wire(a: Array | None) -> Any:
         return None if a is None else to_wire(a, encoding)
 
+    names = ["dLdU", "dLdV", "dLdW", "dLds0", "final_state", "dLdb", "dLdc"]
+    if isinstance(g, gated.GatedGradients | gated.GatedBatchGradients):
+        names += ["dLdb_hh", "dLdc0", "final_cell"]
     return {
         "loss": g.loss,
         "mean_loss": g.mean_loss,
         "tokens": g.tokens,
-        **{name: wire(getattr(g, name)) for name in ("dLdU", "dLdV", "dLdW", "dLds0", "final_state", "dLdb", "dLdc")},
+        **{name: wire(getattr(g, name)) for name in names},
         "clipped": g.clipped,
     }
 
 
-def _trace_body(trace: engine.Trace, encoding: Encoding, *, keep_delta_o: bool) -> dict[str, Any]:
+def _trace(arrays: dict[str, Any], encoding: Encoding, settings: Settings) -> dict[str, Any]:
+    """The trace of one sequence: dL/ds_k (and, LSTM, dL/dc_k) at every step, with per-lag norms
+    ||dE_t/ds_{t-j}||, for every cell; the vanilla cell also has the seed's delta_o and deltas."""
+    keys = {k: v for k, v in arrays.items() if k not in ("clip", "bptt_truncate")}
+    if "cell" in arrays:
+        g = gated.trace(**keys)
+        assert g.norms is not None  # asked for (the default)
+        return {
+            "dLds": to_wire(g.dLds, encoding),
+            "dLdc": None if g.dLdc is None else to_wire(g.dLdc, encoding),
+            "state_norms": [row[~np.isnan(row)] for row in g.norms],
+            "state_lag_summary": g.lag_summary(),
+        }
+    t = engine.trace(**keys, bptt_truncate=arrays["bptt_truncate"])
+    keep = t.delta_o.size <= settings.max_trace_delta_o
+    dLds, state_norms = _state_gradients(t, arrays["V"], arrays["W"])
     return {
-        "delta_o": to_wire(trace.delta_o, encoding) if keep_delta_o else None,
-        "deltas": [to_wire(d, encoding) for d in trace.deltas],
-        "delta_norms": [row[~np.isnan(row)] for row in trace.norms],
-        "lag_summary": trace.lag_summary(),
+        "delta_o": to_wire(t.delta_o, encoding) if keep else None,
+        "deltas": [to_wire(d, encoding) for d in t.deltas],
+        "delta_norms": [row[~np.isnan(row)] for row in t.norms],
+        "lag_summary": t.lag_summary(),
+        "dLds": to_wire(dLds, encoding),
+        "dLdc": None,
+        "state_norms": [row[~np.isnan(row)] for row in state_norms],
+        "state_lag_summary": _lag_summary(state_norms),
     }
+
+
+def _state_gradients(t: engine.Trace, V: Array, W: Array) -> tuple[Array, Array]:
+    """From the vanilla cell's deltas: dL/ds_k (T, H) as BPTT (truncated or not) passes it back, and
+    ||dE_t/ds_{t-j}|| (T, L), NaN where output t does not reach back j steps.
+
+    dE_t/ds_t = V^T delta_o[t], and one step further back dE_t/ds_{t-j} = W^T dE_t/dz_{t-j+1} = W^T
+    deltas[t][j-1] (the state s_{t-j} enters z_{t-j+1} through W)."""
+    T, L = t.norms.shape
+    direct = t.delta_o @ V  # (T, C) x (C, H): row t is V^T delta_o[t]
+    dLds = direct.copy()
+    norms = np.full((T, L), np.nan)
+    norms[:, 0] = np.linalg.norm(direct, axis=1)
+    for out, deltas in enumerate(t.deltas):
+        reach = min(out, L - 1)  # lags j = 1 .. reach
+        back = deltas[:reach] @ W  # (reach, H): row j - 1 = dE_t/ds_{t-j}
+        dLds[out - np.arange(1, reach + 1)] += back
+        norms[out, 1 : reach + 1] = np.linalg.norm(back, axis=1)
+    return dLds, norms
+
+
+def _lag_summary(norms: Array) -> list[dict[str, float | int]]:
+    out: list[dict[str, float | int]] = []
+    for j in range(norms.shape[1]):
+        col = norms[:, j][~np.isnan(norms[:, j])]
+        out.append({"lag": j, "outputs": len(col), "mean_norm": float(col.mean()), "max_norm": float(col.max())})
+    return out

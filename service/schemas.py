@@ -98,16 +98,71 @@ VectorIn = Annotated[
     Annotated[list[Number], Field(min_length=1), Tag("lists")] | Annotated[Tensor, Tag("tensor")],
     Discriminator(_matrix_or_tensor),
 ]
+
+
+def _weight_form(value: Any) -> str:
+    """'tensor', 'rank3' (nested three deep: a gated cell's stacked gates) or 'lists'."""
+    if isinstance(value, dict | Tensor):
+        return "tensor"
+    if isinstance(value, list) and value and isinstance(value[0], list) and value[0] and isinstance(value[0][0], list):
+        return "rank3"
+    return "lists"
+
+
+def _bias_form(value: Any) -> str:
+    """'tensor', 'rank2' (a gated cell's G x H biases) or 'lists'."""
+    if isinstance(value, dict | Tensor):
+        return "tensor"
+    return "rank2" if isinstance(value, list) and value and isinstance(value[0], list) else "lists"
+
+
+# U and W: H x C and H x H for the vanilla cell, G x H x C and G x H x H for a gated one.
+WeightIn = Annotated[
+    Annotated[list[Row], Field(min_length=1), Tag("lists")]
+    | Annotated[list[Annotated[list[Row], Field(min_length=1)]], Field(min_length=1), Tag("rank3")]
+    | Annotated[Tensor, Tag("tensor")],
+    Discriminator(_weight_form),
+]
+# b and b_hh: H numbers for the vanilla cell, G x H for a gated one.
+BiasIn = Annotated[
+    Annotated[list[Number], Field(min_length=1), Tag("lists")]
+    | Annotated[list[Row], Field(min_length=1), Tag("rank2")]
+    | Annotated[Tensor, Tag("tensor")],
+    Discriminator(_bias_form),
+]
 MatrixOut = list[list[float]] | Tensor
 VectorOut = list[float] | Tensor
+ArrayOut = list[Any] | Tensor
 
 
 _U = Field(
     description="Input weights, H x C (H rows of C numbers, or a tensor of shape [H, C]): "
-    "column c is added to the pre-activation when token c is read."
+    "column c is added to the pre-activation when token c is read. Gated cells: G x H x C, "
+    "the gates stacked in PyTorch's order (GRU r, z, n: G = 3; LSTM i, f, g, o: G = 4), "
+    "so an nn.GRU's or nn.LSTM's weight_ih_l0.reshape(G, H, C) passes as it is."
 )
 _V = Field(description="Output weights, C x H: logits o_t = V s_t.")
-_W = Field(description="Recurrent weights, H x H: s_t = tanh(U[:, x_t] + W s_{t-1}).")
+_W = Field(
+    description="Recurrent weights, H x H: s_t = tanh(U[:, x_t] + W s_{t-1}). Gated cells: G x H x H "
+    "(weight_hh_l0.reshape(G, H, H))."
+)
+_CELL: Any = Field(
+    default="rnn",
+    description='The recurrent cell: "rnn" (default, the tutorial\'s s_t = tanh(U[:, x_t] + W s_{t-1})), '
+    '"gru" or "lstm" (docs/derivation.md, section 10). The gated cells take U, W, b and b_hh stacked by gate.',
+)
+_RESET_AFTER = Field(
+    default=False,
+    description="GRU only. false (default): the tutorial's GRU, the reset gate applied to the state before "
+    "the product, n_t = tanh(U_n[:, x_t] + W_n (r_t * s_{t-1}) + b_n + b_hh_n). true: the cuDNN / "
+    "torch.nn.GRU form, n_t = tanh(U_n[:, x_t] + b_n + r_t * (W_n s_{t-1} + b_hh_n)) (Keras' reset_after).",
+)
+_B_HH = Field(
+    default=None,
+    description="Gated cells: the hidden-side gate biases, G x H (PyTorch's bias_hh_l0.reshape(G, H)); they add "
+    "to b, except inside the GRU's reset_after product. Given, the answer has dLdb_hh.",
+)
+_C0 = Field(default=None, description="LSTM only: the initial cell state c_{-1}, H numbers; zeros when omitted.")
 _TRUNCATE = Field(
     default=None,
     description="null (default): exact, full BPTT. An integer K >= 0: the seed's truncated "
@@ -115,7 +170,8 @@ _TRUNCATE = Field(
 )
 _B = Field(
     default=None,
-    description="Optional hidden bias, H numbers: s_t = tanh(U[:, x_t] + W s_{t-1} + b). Given, the answer has dLdb.",
+    description="Optional hidden bias, H numbers: s_t = tanh(U[:, x_t] + W s_{t-1} + b). Given, the answer has dLdb. "
+    "Gated cells: the input-side gate biases, G x H (PyTorch's bias_ih_l0.reshape(G, H)).",
 )
 _C = Field(
     default=None,
@@ -129,10 +185,12 @@ class _WeightsIn(BaseModel):
 
     model_config = _REQUEST
 
-    U: MatrixIn = _U
+    cell: Literal["rnn", "gru", "lstm"] = _CELL
+    U: WeightIn = _U
     V: MatrixIn = _V
-    W: MatrixIn = _W
+    W: WeightIn = _W
     bptt_truncate: Count | None = _TRUNCATE
+    reset_after: bool = _RESET_AFTER
     encoding: Literal["json", "base64"] = Field(
         default="json",
         description='How the arrays of the answer are written: "json" as nested lists of numbers, '
@@ -143,7 +201,8 @@ class _WeightsIn(BaseModel):
         description="Precision of the computation and of the returned arrays. Inputs are "
         "converted to it; a value beyond float32's range is refused, not rounded to infinity.",
     )
-    b: VectorIn | None = _B
+    b: BiasIn | None = _B
+    b_hh: BiasIn | None = _B_HH
     c: VectorIn | None = _C
     clip: Positive | None = Field(
         default=None,
@@ -181,6 +240,7 @@ class BpttRequest(_WeightsIn):
     x: list[TokenId] = _X
     y: list[TokenId] = _Y
     s0: VectorIn | None = _S0
+    c0: VectorIn | None = _C0
     trace: bool = Field(
         default=False,
         description="Also return the seed's deltas (`trace` in the answer): delta_o, each output's "
@@ -193,10 +253,15 @@ class _GradientsOut(BaseModel):
     loss: float = Field(description="Summed cross-entropy, sum over t of -ln o_t[y_t] (natural log).")
     mean_loss: float = Field(description="loss / tokens: the loss per predicted token.")
     tokens: int = Field(description="The number of predicted tokens (T, or the sum of the T's of a batch).")
-    dLdU: MatrixOut = Field(description="dL/dU, H x C, the shape of U.")
+    dLdU: ArrayOut = Field(description="dL/dU, the shape of U: H x C (gated cells: G x H x C).")
     dLdV: MatrixOut = Field(description="dL/dV, C x H, the shape of V.")
-    dLdW: MatrixOut = Field(description="dL/dW, H x H, the shape of W.")
-    dLdb: VectorOut | None = Field(default=None, description="dL/db, H numbers, when b was given; else null.")
+    dLdW: ArrayOut = Field(description="dL/dW, the shape of W: H x H (gated cells: G x H x H).")
+    dLdb: ArrayOut | None = Field(
+        default=None, description="dL/db, the shape of b (H; gated cells: G x H), when b was given; else null."
+    )
+    dLdb_hh: ArrayOut | None = Field(
+        default=None, description="Gated cells: dL/db_hh, G x H, when b_hh was given; absent or null otherwise."
+    )
     dLdc: VectorOut | None = Field(default=None, description="dL/dc, C numbers, when c was given; else null.")
     clipped: dict[str, int] | None = Field(
         default=None,
@@ -214,18 +279,40 @@ class LagSummary(BaseModel):
 
 
 class TraceOut(BaseModel):
-    """What BPTT passes back, step by step: the seed's delta_o and delta_t (docs/derivation.md, section 4)."""
+    """What BPTT passes back, step by step (docs/derivation.md, sections 4 and 10).
+
+    Every cell: dL/ds_k and the per-lag norms ||dE_t/ds_{t-j}||, so the three cells compare on the
+    same quantity. The vanilla cell also has the seed's delta_o and delta_t; the LSTM has dL/dc_k.
+    """
 
     delta_o: MatrixOut | None = Field(
-        description="T x C: o_t - onehot(y_t), the seed's delta_o; null when T x C is over BPTT_MAX_TRACE_DELTA_O."
+        default=None,
+        description="Vanilla cell: T x C, o_t - onehot(y_t), the seed's delta_o; null when T x C is over "
+        "BPTT_MAX_TRACE_DELTA_O, and for the gated cells.",
     )
-    deltas: list[MatrixOut] = Field(
-        description="One matrix per output t, row j = dE_t/dz_{t-j} (the seed's delta_t at step "
-        "t - j), for j = 0 .. min(t, bptt_truncate)."
+    deltas: list[MatrixOut] | None = Field(
+        default=None,
+        description="Vanilla cell: one matrix per output t, row j = dE_t/dz_{t-j} (the seed's delta_t at step "
+        "t - j), for j = 0 .. min(t, bptt_truncate). Absent for the gated cells.",
     )
-    delta_norms: list[list[float]] = Field(description="||row j of deltas[t]||, per output t.")
-    lag_summary: list[LagSummary] = Field(
-        description="Per lag: mean and largest delta norm, the vanishing (or exploding) gradient curve."
+    delta_norms: list[list[float]] | None = Field(
+        default=None, description="Vanilla cell: ||row j of deltas[t]||, per output t."
+    )
+    lag_summary: list[LagSummary] | None = Field(
+        default=None,
+        description="Vanilla cell: per lag, mean and largest delta norm, the vanishing (or exploding) gradient curve.",
+    )
+    dLds: MatrixOut = Field(
+        description="T x H: dL/ds_k, the gradient of the loss with respect to the hidden state after step k, "
+        "as BPTT passes it back (truncated for the vanilla cell with bptt_truncate; the gated cells' trace is "
+        "always of full BPTT)."
+    )
+    dLdc: MatrixOut | None = Field(default=None, description="LSTM: T x H, dL/dc_k, with respect to the cell state.")
+    state_norms: list[list[float]] = Field(
+        description="Per output t: ||dE_t/ds_{t-j}|| for each lag j it reaches back (E_t the loss of output t)."
+    )
+    state_lag_summary: list[LagSummary] = Field(
+        description="Per lag: mean and largest ||dE_t/ds_{t-j}||, the same curve for every cell."
     )
 
 
@@ -236,6 +323,12 @@ class BpttResponse(_GradientsOut):
     final_state: VectorOut = Field(
         description="s_{T-1}, the hidden state after the last input token, H numbers: "
         "pass it as s0 of the next chunk of a long text."
+    )
+    dLdc0: VectorOut | None = Field(
+        default=None, description="LSTM: dL/dc0, H numbers, the gradient with respect to the initial cell state."
+    )
+    final_cell: VectorOut | None = Field(
+        default=None, description="LSTM: c_{T-1}, the cell state after the last token: pass it as c0 of the next chunk."
     )
     trace: TraceOut | None = Field(default=None, description="The deltas, when the request asked for `trace`.")
 
@@ -248,6 +341,7 @@ class SequenceIn(BaseModel):
     x: list[TokenId] = _X
     y: list[TokenId] = _Y
     s0: VectorIn | None = _S0
+    c0: VectorIn | None = _C0
 
 
 class BpttBatchRequest(_WeightsIn):
@@ -266,6 +360,8 @@ class BpttBatchResponse(_GradientsOut):
     losses: list[float] = Field(description="Each sequence's summed loss, in request order (B numbers).")
     dLds0: MatrixOut = Field(description="B x H: each sequence's gradient with respect to its s0.")
     final_state: MatrixOut = Field(description="B x H: each sequence's last hidden state.")
+    dLdc0: MatrixOut | None = Field(default=None, description="LSTM: B x H, each sequence's dL/dc0.")
+    final_cell: MatrixOut | None = Field(default=None, description="LSTM: B x H, each sequence's last cell state.")
 
 
 class ErrorItem(BaseModel):
@@ -324,14 +420,18 @@ class GradientCheckRequest(BaseModel):
 
     model_config = _REQUEST
 
-    U: MatrixIn = _U
+    cell: Literal["rnn", "gru", "lstm"] = _CELL
+    U: WeightIn = _U
     V: MatrixIn = _V
-    W: MatrixIn = _W
-    b: VectorIn | None = _B
+    W: WeightIn = _W
+    reset_after: bool = _RESET_AFTER
+    b: BiasIn | None = _B
+    b_hh: BiasIn | None = _B_HH
     c: VectorIn | None = _C
     x: list[TokenId] = _X
     y: list[TokenId] = _Y
     s0: VectorIn | None = _S0
+    c0: VectorIn | None = _C0
     bptt_truncate: Count | None = Field(
         default=None,
         description="null (default) checks the exact gradient. With K, the truncated gradients are "
@@ -396,16 +496,22 @@ class CompareRequest(BaseModel):
 
     model_config = _REQUEST
 
-    U: MatrixIn = _U
+    cell: Literal["rnn", "gru", "lstm"] = _CELL
+    U: WeightIn = _U
     V: MatrixIn = _V
-    W: MatrixIn = _W
+    W: WeightIn = _W
+    reset_after: bool = _RESET_AFTER
+    b: BiasIn | None = _B
+    b_hh: BiasIn | None = _B_HH
+    c: VectorIn | None = _C
     x: list[TokenId] = _X
     y: list[TokenId] = _Y
     s0: VectorIn | None = _S0
+    c0: VectorIn | None = _C0
     bptt_truncate: Count | None = _TRUNCATE
-    dLdU: MatrixIn = Field(description="Your dL/dU, H x C.")
+    dLdU: WeightIn = Field(description="Your dL/dU, the shape of U (H x C; G x H x C for a gated cell).")
     dLdV: MatrixIn = Field(description="Your dL/dV, C x H.")
-    dLdW: MatrixIn = Field(description="Your dL/dW, H x H.")
+    dLdW: WeightIn = Field(description="Your dL/dW, the shape of W (H x H; G x H x H for a gated cell).")
     tolerance: Positive = Field(
         default=1e-6, description="Largest error that passes, relative to the largest entry of the expected gradient."
     )

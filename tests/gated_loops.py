@@ -11,6 +11,8 @@ One step at a time, one output at a time: slow on purpose, they are the oracles.
 - ``torch_state_grads``: dL/ds_k and dL/dc_k (``retain_grad``), and
   ||dE_t/ds_{t-j}|| by one backward pass per output.
 - ``numpy_loss``: the summed loss by a plain numpy loop, for central differences.
+- ``torch_module_grads``: the loss and gradients through ``torch.nn.GRU`` / ``nn.LSTM``
+  themselves, the problem's weights copied in (the GRU in its reset-after form).
 
 Dimension letters as in service/gated.py: T steps, H hidden, C vocabulary, G gates.
 """
@@ -249,3 +251,39 @@ def torch_state_grads(p: GatedProblem) -> tuple[np.ndarray, np.ndarray | None, n
         for k, g in enumerate(grads):
             norms[t, t - k] = float(torch.linalg.vector_norm(g))
     return dLds, dLdc, norms
+
+
+def torch_module_grads(p: GatedProblem, batch_first: bool) -> dict[str, Any]:
+    """Loss and gradients through torch.nn.GRU / nn.LSTM with p's weights copied in, fed one-hot inputs."""
+    G, H, C = p.U.shape
+    module = {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[p.cell](C, H, batch_first=batch_first, dtype=torch.float64)
+    with torch.no_grad():
+        module.weight_ih_l0.copy_(torch.from_numpy(p.U.reshape(G * H, C)))
+        module.weight_hh_l0.copy_(torch.from_numpy(p.W.reshape(G * H, H)))
+        module.bias_ih_l0.copy_(torch.from_numpy(p.b.reshape(G * H)))
+        module.bias_hh_l0.copy_(torch.from_numpy(p.b_hh.reshape(G * H)))
+    onehot = torch.nn.functional.one_hot(torch.from_numpy(p.x), C).to(torch.float64)  # (T, C)
+    inputs = onehot[None] if batch_first else onehot[:, None]  # (1, T, C) or (T, 1, C)
+    h0 = torch.tensor(p.s0.reshape(1, 1, H), requires_grad=True)
+    c0 = torch.tensor(p.c0.reshape(1, 1, H), requires_grad=True) if p.cell == "lstm" else None
+    out, last = module(inputs, h0 if c0 is None else (h0, c0))
+    S = out[0] if batch_first else out[:, 0]  # (T, H)
+    V = torch.tensor(p.V, requires_grad=True)
+    c = torch.tensor(p.c, requires_grad=True)
+    loss = torch.nn.functional.cross_entropy(S @ V.T + c, torch.from_numpy(p.y), reduction="sum")
+    loss.backward()
+    ref = {
+        "loss": float(loss.detach()),
+        "dLdU": module.weight_ih_l0.grad.numpy().reshape(G, H, C),
+        "dLdW": module.weight_hh_l0.grad.numpy().reshape(G, H, H),
+        "dLdb": module.bias_ih_l0.grad.numpy().reshape(G, H),
+        "dLdb_hh": module.bias_hh_l0.grad.numpy().reshape(G, H),
+        "dLdV": V.grad.numpy(),
+        "dLdc": c.grad.numpy(),
+        "dLds0": h0.grad.numpy().reshape(H),
+        "final_state": S[-1].detach().numpy(),
+    }
+    if c0 is not None:
+        ref["dLdc0"] = c0.grad.numpy().reshape(H)
+        ref["final_cell"] = last[1].detach().numpy().reshape(H)
+    return ref

@@ -100,7 +100,12 @@ BAD_REQUESTS = {
         "U[0] must be a row of at least one number, got an empty list",
     ),
     "flat matrix": (lambda p: _bad(p, W=[1.0, 2.0]), 422, "W[0]", "W[0] must be a list, got 1.0"),
-    "too deep": (lambda p: _bad(p, W=[[[1.0]]]), 422, "W[0][0]", "W[0][0] must be a number, got a list of 1 item(s)"),
+    "too deep": (
+        lambda p: _bad(p, W=[[[1.0]]]),
+        422,
+        "W",
+        "W must be H x H for cell 'rnn' (2 dimensions), got shape [1, 1, 1]",
+    ),
     "string number": (
         lambda p: _bad(p, U=[["0.5", *r[1:]] for r in p.U.tolist()]),
         422,
@@ -300,7 +305,11 @@ BAD_TENSORS = {
         "W.data",
         "W.data holds 128 bytes, but shape [4, 5] of float64 needs 20 x 8 = 160",
     ),
-    "wrong ndim": (lambda p: {"W": b64(p.W.ravel())}, "W", "W must be a tensor of 2 dimension(s), got shape [16]"),
+    "wrong ndim": (
+        lambda p: {"W": b64(p.W.ravel())},
+        "W",
+        "W must be H x H for cell 'rnn' (2 dimensions), got shape [16]",
+    ),
     "NaN in bytes": (
         lambda p: {"V": b64(np.where(p.V[2, 1] == p.V, np.nan, p.V))},
         "V[2][1]",

@@ -7,7 +7,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from gated_loops import GatedProblem, make_gated_problem, numpy_loss, torch_grads, torch_state_grads
+from gated_loops import (
+    GatedProblem,
+    make_gated_problem,
+    numpy_loss,
+    torch_grads,
+    torch_module_grads,
+    torch_state_grads,
+)
 from helpers import assert_close, numerical_gradient
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -40,42 +47,6 @@ def assert_matches(g: gated.GatedGradients, ref: dict[str, Any], rtol: float = R
 
 
 # --- PyTorch's own cells ---
-
-
-def torch_module_grads(p: GatedProblem, batch_first: bool) -> dict[str, Any]:
-    """Loss and gradients through torch.nn.GRU / nn.LSTM with p's weights copied in, fed one-hot inputs."""
-    G, H, C = p.U.shape
-    module = {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[p.cell](C, H, batch_first=batch_first, dtype=torch.float64)
-    with torch.no_grad():
-        module.weight_ih_l0.copy_(torch.from_numpy(p.U.reshape(G * H, C)))
-        module.weight_hh_l0.copy_(torch.from_numpy(p.W.reshape(G * H, H)))
-        module.bias_ih_l0.copy_(torch.from_numpy(p.b.reshape(G * H)))
-        module.bias_hh_l0.copy_(torch.from_numpy(p.b_hh.reshape(G * H)))
-    onehot = torch.nn.functional.one_hot(torch.from_numpy(p.x), C).to(torch.float64)  # (T, C)
-    inputs = onehot[None] if batch_first else onehot[:, None]  # (1, T, C) or (T, 1, C)
-    h0 = torch.tensor(p.s0.reshape(1, 1, H), requires_grad=True)
-    c0 = torch.tensor(p.c0.reshape(1, 1, H), requires_grad=True) if p.cell == "lstm" else None
-    out, last = module(inputs, h0 if c0 is None else (h0, c0))
-    S = out[0] if batch_first else out[:, 0]  # (T, H)
-    V = torch.tensor(p.V, requires_grad=True)
-    c = torch.tensor(p.c, requires_grad=True)
-    loss = torch.nn.functional.cross_entropy(S @ V.T + c, torch.from_numpy(p.y), reduction="sum")
-    loss.backward()
-    ref = {
-        "loss": float(loss.detach()),
-        "dLdU": module.weight_ih_l0.grad.numpy().reshape(G, H, C),
-        "dLdW": module.weight_hh_l0.grad.numpy().reshape(G, H, H),
-        "dLdb": module.bias_ih_l0.grad.numpy().reshape(G, H),
-        "dLdb_hh": module.bias_hh_l0.grad.numpy().reshape(G, H),
-        "dLdV": V.grad.numpy(),
-        "dLdc": c.grad.numpy(),
-        "dLds0": h0.grad.numpy().reshape(H),
-        "final_state": S[-1].detach().numpy(),
-    }
-    if c0 is not None:
-        ref["dLdc0"] = c0.grad.numpy().reshape(H)
-        ref["final_cell"] = last[1].detach().numpy().reshape(H)
-    return ref
 
 
 @pytest.mark.parametrize("batch_first", [False, True])
