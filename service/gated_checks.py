@@ -34,11 +34,12 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 from . import gated
 from .checks import ABS_FLOOR, _clipped_at, _disagreement, _worst
-from .engine import _sum_into_columns
+from .engine import _dims, _sum_into_columns
+from .errors import InputError
 
 __all__ = ["CONVENTIONS", "SWEEPS", "GatedMistakeName", "compare"]
 
@@ -491,15 +492,18 @@ def compare(
 
     Raises
     ------
-    InputError, ComputeError
+    InputError
+        As ``gated.bptt``; and a submitted gradient of another shape than the expected one.
+    ComputeError
         As ``gated.bptt``.
     """
     kwargs = {k: _float64(v) if k in _FLOATS else v for k, v in arrays.items()}
     g = gated.bptt(cell, **kwargs)  # checks every input (an unknown cell too)
     expected = {name: np.asarray(getattr(g, name), dtype=np.float64) for name in NAMES}
+    submitted = {name: _submitted(name, submitted[name], expected[name], cell) for name in NAMES}  # float64, checked
     report = {}
     for name, want in expected.items():
-        got = np.asarray(submitted[name])
+        got = submitted[name]
         err = float(np.abs(got - want).max())
         rel = err / max(float(np.abs(want).max()), ABS_FLOOR)
         report[name] = {
@@ -547,7 +551,7 @@ def compare(
     if not passed and not diagnosis:
         # dLdU's rows by (gate, unit): column c still collects the steps that read token c
         G, H, C = g.dLdU.shape
-        dLdU = np.asarray(submitted["dLdU"]).reshape(G * H, C)
+        dLdU = submitted["dLdU"].reshape(G * H, C)
         disagreement = _disagreement(report, dLdU, expected["dLdU"].reshape(G * H, C))
     return {
         "passed": passed,
@@ -565,7 +569,16 @@ def _float64(a: Any) -> Any:
     return None if a is None else np.asarray(a, dtype=np.float64)
 
 
+def _submitted(name: str, value: ArrayLike, want: Array, cell: str) -> NDArray[np.float64]:
+    """The learner's gradient as float64, shaped like the expected one (no broadcasting past a wrong shape)."""
+    got = np.asarray(value, dtype=np.float64)
+    if got.shape != want.shape:
+        dims = {"dLdU": "G x H x C", "dLdV": "C x H", "dLdW": "G x H x H"}[name]
+        raise InputError(f"{name} must be {dims} = {_dims(want)} for cell {cell!r}, got {_dims(got)}", field=name)
+    return got
+
+
 def _fits(got: NDArray[Any], candidate: Array, tolerance: float) -> bool:
     """The submission is the candidate's gradient, to ``tolerance`` relative to the candidate's largest entry."""
     scale = max(float(np.abs(candidate).max()), ABS_FLOOR)
-    return bool(float(np.abs(np.asarray(got) - candidate).max()) <= tolerance * scale)
+    return bool(float(np.abs(got - candidate).max()) <= tolerance * scale)

@@ -9,6 +9,7 @@ default, 1e-6 relative to the largest entry; the oracle and the recomputations a
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import gated_mistakes
@@ -395,3 +396,20 @@ def test_compare_cost_is_the_documented_sweeps(monkeypatch, cell, K):
         assert counted == {**bound, "backward": bound["backward"] - 2}
     else:
         assert counted == bound
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "message"),
+    [
+        ("dLdW", (4, 4), "dLdW must be G x H x H = 3 x 4 x 4 for cell 'gru', got 4 x 4"),
+        ("dLdU", (3, 4, 6), "dLdU must be G x H x C = 3 x 4 x 5 for cell 'gru', got 3 x 4 x 6"),
+        ("dLdV", (4, 5), "dLdV must be C x H = 5 x 4 for cell 'gru', got 4 x 5"),
+    ],
+)
+def test_compare_submitted_shape_must_be_the_expected_one(name, shape, message):
+    """A gradient of another shape is refused, not broadcast: an H x H dLdW would be compared with every gate."""
+    p = problem(22, "gru", False)
+    sub = {**oracle(p, None), name: np.zeros(shape)}
+    with pytest.raises(InputError, match=f"^{re.escape(message)}$") as info:
+        compare("gru", arrays_of(p, None), sub)
+    assert info.value.field == name
