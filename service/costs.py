@@ -41,6 +41,12 @@ __all__ = ["CELLS", "DEFAULT", "UNITS", "Estimate", "Machine", "bptt", "compare"
 # Gates per cell: the recurrence of a gated cell does about G times the work of
 # the vanilla cell's (G products with W per step, G element-wise nonlinearities).
 CELLS: dict[str, int] = {"rnn": 1, "gru": 3, "lstm": 4}
+# gated_checks.compare's forward + backward passes beyond the expected gradients' bptt (its SWEEPS;
+# tests/test_costs.py checks they agree). Measured at T = 1000, H = 16: 3.8 to 4.9 times one gated.bptt.
+GATED_COMPARE_PASSES: dict[str, dict[str, int]] = {
+    "gru": {"full": 9, "truncated": 11},
+    "lstm": {"full": 7, "truncated": 9},
+}
 
 _INDEX = 8  # bytes of an intp token id or index (the engine's X, Y, argsort orders)
 _OBJECT = 256  # bytes of a Python ndarray object and its bookkeeping, counted where one is made per step
@@ -513,7 +519,7 @@ def gradient_check(
     return first + loop
 
 
-def compare(*, T: int, H: int, C: int, K: int | None, machine: Machine = DEFAULT) -> Estimate:
+def compare(*, T: int, H: int, C: int, K: int | None, cell: str = "rnn", machine: Machine = DEFAULT) -> Estimate:
     """Cost of ``checks.compare`` when the submission fails (the diagnosis runs).
 
     ``checks.compare`` recomputes every classic mistake vectorised (docs/testing.md):
@@ -526,9 +532,14 @@ def compare(*, T: int, H: int, C: int, K: int | None, machine: Machine = DEFAULT
     """
     _check_dims(H=H, C=C, K=K, itemsize=8)
     (T,) = _check_lengths([T])
-    one = bptt(lengths=[T], H=H, C=C, K=K, machine=machine)
-    extra = 8 * (6 * T * H + T * C + 2 * H * C + H * H) + _LOOP_OBJECTS
-    sweeps = 2.5 * one.seconds
+    G = gates(cell)
+    one = bptt(lengths=[T], H=H, C=C, K=K, cell=cell, machine=machine)
+    extra = 8 * (6 * G * T * H + T * C + 2 * G * H * C + G * H * H) + _LOOP_OBJECTS
+    if G == 1:
+        sweeps = 2.5 * one.seconds
+    else:  # gated_checks.SWEEPS: at most F forward and B backward passes, each about half a bptt
+        passes = GATED_COMPARE_PASSES[cell]["full" if K is None else "truncated"]
+        sweeps = one.seconds * passes / 2
     return Estimate(
         seconds=one.seconds + sweeps,
         bytes=one.bytes + extra,

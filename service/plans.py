@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import admission, checks, costs, engine, flow, gated, inputs, ops, vjp
+from . import admission, checks, costs, engine, flow, gated, gated_checks, inputs, ops, vjp
 from .codec import Array, Encoding, to_wire
 from .errors import InputError, LimitError
 from .handlers import parse
@@ -209,23 +209,21 @@ def check_plan(body: bytes, settings: Settings) -> Plan:
 def compare_plan(body: bytes, settings: Settings) -> Plan:
     """``POST /bptt/compare``, parsed and priced (the diagnosis's recomputations included)."""
     request = parse(CompareRequest, body)
-    if request.cell != "rnn":
-        raise InputError(
-            f"POST /bptt/compare diagnoses the vanilla cell for now; cell must be 'rnn', got {request.cell!r} "
-            "(POST /gradient-check takes every cell)",
-            field="cell",
-        )
     arrays, submitted = inputs.compare_arrays(request)
-    H, C = arrays["U"].shape
+    cell, _, H, C = _cell(arrays)
     T, K = len(arrays["x"]), request.bptt_truncate
     admission.check_work(settings, H=H, C=C, lengths=[T])
-    estimate = costs.compare(T=T, H=H, C=C, K=K, machine=admission.machine(settings))
+    estimate = costs.compare(T=T, H=H, C=C, K=K, cell=cell, machine=admission.machine(settings))
 
     def run() -> dict[str, Any]:
-        with ops.engine_timer("compare"):
-            return checks.compare(arrays, submitted, tolerance=request.tolerance)
+        with ops.engine_timer("compare" if cell == "rnn" else f"compare_{cell}"):
+            if cell == "rnn":
+                return checks.compare(arrays, submitted, tolerance=request.tolerance)
+            kwargs = {k: v for k, v in arrays.items() if k != "cell"}
+            kind: gated.Cell = "gru" if cell == "gru" else "lstm"
+            return gated_checks.compare(kind, kwargs, submitted, tolerance=request.tolerance)
 
-    return Plan(_what([T], H, C, K), estimate, _nbytes(arrays) + _nbytes(submitted), run)
+    return Plan(_what([T], H, C, K, cell), estimate, _nbytes(arrays) + _nbytes(submitted), run)
 
 
 def _vjp_arrays(request: VjpRequest) -> dict[str, Any]:

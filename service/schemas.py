@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
 
 from .checks import MistakeName
+from .gated_checks import GatedMistakeName
 
 __all__ = [
     "TENSOR_TAGS",
@@ -538,7 +539,11 @@ class ParameterComparison(BaseModel):
 class Diagnosis(BaseModel):
     """A classic mistake your gradients match."""
 
-    mistake: MistakeName = Field(description="The mistake's name: one spelling, service.checks.MistakeName.")
+    mistake: MistakeName | GatedMistakeName = Field(
+        description="The mistake's name: one spelling, service.checks.MistakeName for the vanilla cell and "
+        "service.gated_checks.GatedMistakeName for the gated ones (whose reset_after_convention and "
+        "update_gate_swapped are conventions, not mistakes)."
+    )
     explanation: str = Field(description="What the mistake is and how to fix it.")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import gated_mistakes
 import numpy as np
 import pytest
 import torch
@@ -304,24 +305,52 @@ def test_batch_c0_for_the_gru_is_named_per_sequence(client):
     assert r.json()["detail"] == "c0 is the LSTM's initial cell state: cell 'gru' has none, got one"
 
 
-def test_compare_of_a_gated_cell_is_refused_by_name_until_it_diagnoses(client):
-    submitted = {"dLdU": GRU["U"], "dLdV": GRU["V"], "dLdW": GRU["W"]}
+@pytest.mark.parametrize(
+    ("cell", "reset_after", "mistake"),
+    [
+        ("gru", False, "reset_gate_factor_dropped"),
+        ("gru", True, "sigmoid_derivative_of_preactivation"),
+        ("gru", False, "update_gate_swapped"),
+        ("lstm", False, "forget_gate_on_current_cell"),
+        ("lstm", False, "cell_tanh_derivative_dropped"),
+    ],
+)
+def test_compare_names_a_gated_mistake_made_by_the_oracle(client, cell, reset_after, mistake):
+    """POST /bptt/compare with cell: the wrong gradients of tests/gated_mistakes.py's loop are named."""
+    rng = np.random.default_rng(22)
+    p = make_gated_problem(rng, cell, 3, 5, 6, scale=2.0, biases=True, states=True, reset_after=reset_after)
+    wrong = gated_mistakes.bptt(cell, p.U, p.V, p.W, p.x, p.y, None, mistake=mistake, **p.kwargs())
+    submitted = {name: np.asarray(a).tolist() for name, a in zip(("dLdU", "dLdV", "dLdW"), wrong, strict=True)}
+    r = client.post("/bptt/compare", json=body(p) | submitted)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["passed"] is False
+    assert [d["mistake"] for d in answer["diagnosis"]] == [mistake]
+    right = client.post("/bptt", json=body(p)).json()
+    ok = client.post("/bptt/compare", json=body(p) | {n: right[n] for n in ("dLdU", "dLdV", "dLdW")}).json()
+    assert ok["passed"] is True and ok["diagnosis"] == []
+
+
+def test_compare_of_a_gated_cell_refuses_a_gradient_of_the_vanilla_shape(client):
+    submitted = {"dLdU": GRU["U"], "dLdV": GRU["V"], "dLdW": RNN["W"]}
     r = client.post("/bptt/compare", json=GRU | SEQ | submitted)
     assert r.status_code == 422, r.text
-    assert r.json()["errors"][0]["field"] == "cell"
+    assert r.json()["errors"][0]["field"] == "dLdW"
 
 
-def test_client_trace_of_a_gated_cell(client):
-    """Client.trace with cell=: the state gradients come back as arrays, no vanilla deltas."""
-    rng = np.random.default_rng(21)
-    p = make_gated_problem(rng, "lstm", 3, 4, 5, states=True)
-    with Client(str(client.base_url), transport=client._transport) as c:
-        t = c.trace(p.U, p.V, p.W, p.x, p.y, s0=p.s0, cell="lstm", c0=p.c0)
-    want = gated.trace("lstm", p.U, p.V, p.W, p.x, p.y, s0=p.s0, c0=p.c0)
-    assert t.deltas == [] and t.delta_o is None and t.norms.shape == (0, 0)
-    assert_close(t.dLds, want.dLds, 1e-12)
-    assert t.dLdc is not None and want.dLdc is not None
-    assert_close(t.dLdc, want.dLdc, 1e-12)
-    assert want.norms is not None
-    np.testing.assert_array_equal(np.isnan(t.state_norms), np.isnan(want.norms))
-    assert_close(np.nan_to_num(t.state_norms), np.nan_to_num(want.norms), 1e-12)
+def test_compare_of_the_vanilla_cell_takes_no_biases(client):
+    submitted = {"dLdU": RNN["U"], "dLdV": RNN["V"], "dLdW": RNN["W"]}
+    r = client.post("/bptt/compare", json=RNN | SEQ | submitted | {"b": [0.0, 0.0]})
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["field"] == "b"
+
+
+def test_the_cost_model_counts_the_passes_of_the_gated_compare():
+    """costs prices gated_checks.compare by its forward and backward passes: the two must agree."""
+    from service import costs, gated_checks
+
+    for cell, modes in gated_checks.SWEEPS.items():
+        for mode, n in modes.items():
+            assert costs.GATED_COMPARE_PASSES[cell][mode] == n["forward"] + n["backward"]
+    one = costs.bptt(lengths=[100], H=32, C=50, K=None, cell="lstm").seconds
+    assert costs.compare(T=100, H=32, C=50, K=None, cell="lstm").seconds == pytest.approx(one * (1 + 7 / 2))
