@@ -17,7 +17,14 @@ import sys
 
 from common import ROOT, machine
 
-BENCHMARKS = ["bench_engine.py", "bench_http.py", "bench_throughput.py", "bench_batch.py", "bench_growth.py"]
+BENCHMARKS = [
+    "bench_engine.py",
+    "bench_http.py",
+    "bench_grpc.py",
+    "bench_throughput.py",
+    "bench_batch.py",
+    "bench_growth.py",
+]
 
 
 def main() -> None:
