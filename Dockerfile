@@ -31,7 +31,8 @@ USER 10001
 ENV BPTT_HOST=0.0.0.0 \
     BPTT_PORT=8000 \
     BPTT_LOG_FORMAT=json
-EXPOSE 8000
+# 8001: the Open Inference Protocol over gRPC, when BPTT_GRPC_PORT=8001 is set (off by default).
+EXPOSE 8000 8001
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('BPTT_PORT', '8000')}/healthz\", timeout=2)"]
 CMD ["python", "-m", "service"]

@@ -12,7 +12,7 @@ PORT ?=
 # PYTHONWARNINGS=ignore: setuptools prints a boxed notice on every editable install.
 PIP := PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run test quick lint bench mutate openapi clean
+.PHONY: run test quick lint bench mutate openapi proto clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ mutate: $(VENV)/.test
 # Regenerate openapi/openapi.json from the app (tests/test_openapi.py fails when it drifts).
 openapi: $(VENV)/.run
 	$(BIN)/python -c 'from service.openapi import openapi_json; print(openapi_json(), end="")' > openapi/openapi.json
+
+# Regenerate the gRPC modules from service/v2/proto/inference.proto (tests/test_grpc_proto.py fails when they drift).
+proto: $(VENV)/.test
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. service/v2/proto/inference.proto
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache mutants

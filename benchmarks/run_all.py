@@ -21,6 +21,7 @@ BENCHMARKS = [
     "bench_engine.py",
     "bench_gated.py",
     "bench_http.py",
+    "bench_grpc.py",
     "bench_throughput.py",
     "bench_batch.py",
     "bench_growth.py",

@@ -70,10 +70,11 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
         return 2
-    taken = _port_taken(settings.host, settings.port)
-    if taken:
-        print(taken, file=sys.stderr)
-        return 2
+    for option, port in (("port", settings.port), ("grpc-port", settings.grpc_port)):
+        taken = None if port is None else _port_taken(settings.host, port, option=option)
+        if taken:
+            print(taken, file=sys.stderr)
+            return 2
     # The app (in each worker process) reads its settings from the environment.
     os.environ.update(settings.to_env())
     # uvicorn stops gracefully on SIGTERM (in-flight requests finish), then re-raises
@@ -96,8 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _port_taken(host: str, port: int) -> str | None:
-    """A message saying how to choose another port when ``host:port`` is in use, else None."""
+def _port_taken(host: str, port: int, *, option: str = "port") -> str | None:
+    """A message saying how to choose another port when ``host:port`` is in use, else None.
+
+    ``option`` is the setting that chose it: ``port`` (HTTP) or ``grpc-port``.
+    """
     if port == 0:
         return None
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -108,9 +112,15 @@ def _port_taken(host: str, port: int) -> str | None:
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 return None  # uvicorn reports other problems itself
+            env = f"{ENV_PREFIX}{option.replace('-', '_').upper()}"
+            fixes = [f"--{option} {port + 1}", f"{env}={port + 1}"]
+            if option == "port":
+                fixes.append(f"`make run PORT={port + 1}`")
             return (
                 f"port {port} on {host} is already in use (another `make run`?): choose another with "
-                f"--port {port + 1}, {ENV_PREFIX}PORT={port + 1}, or `make run PORT={port + 1}`"
+                + ", ".join(fixes[:-1])
+                + ", or "
+                + fixes[-1]
             )
     return None
 

@@ -107,4 +107,16 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.not_ready_reason = problem
     if problem:
         log.error(problem)
-    yield
+    settings: Settings = app.state.settings
+    if settings.grpc_port is None:
+        yield
+        return
+    # Imported only when served: the gRPC stack stays out of processes that do not serve it.
+    from .v2 import servicer
+
+    grpc_server = await servicer.start(app)
+    try:
+        yield
+    finally:
+        # uvicorn has drained the HTTP requests; calls in flight end within their deadlines.
+        await grpc_server.stop(grace=settings.request_timeout)

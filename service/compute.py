@@ -104,8 +104,12 @@ class Pool:
         return self._limiter
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[Slot]:
-        """Admit one request, or raise ``Busy``; the slot is held until the block ends."""
+    async def slot(self, seconds: float | None = None) -> AsyncIterator[Slot]:
+        """Admit one request, or raise ``Busy``; the slot is held until the block ends.
+
+        Its deadline is the pool's (BPTT_REQUEST_TIMEOUT), or ``seconds`` when shorter
+        (a gRPC client's own deadline).
+        """
         if self.admitted >= self.threads + self.max_queue:
             waiting = self.admitted - self.threads
             raise Busy(
@@ -114,7 +118,7 @@ class Pool:
             )
         self.admitted += 1  # no await since the check: the bound holds under simultaneous arrivals
         try:
-            yield Slot(self, self.timeout)
+            yield Slot(self, self.timeout if seconds is None else max(0.0, min(self.timeout, seconds)))
         finally:
             self.admitted -= 1
 

@@ -26,7 +26,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .errors import BodyTooLarge, BrokenBody, Busy, Unauthorised
 from .handlers import send_error
 
-__all__ = ["OPEN_PATHS", "BearerAuth", "BodyLimit", "GzipRequest", "RequestId", "TrailingSlash"]
+__all__ = [
+    "OPEN_PATHS",
+    "BearerAuth",
+    "BodyLimit",
+    "GzipRequest",
+    "RequestId",
+    "TrailingSlash",
+    "authorised",
+    "request_id_of",
+]
 
 # Reachable without a key: probes and the metrics scraper.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -111,17 +120,18 @@ class BearerAuth:
         await send_error(scope, send, Unauthorised())
 
     def _authorised(self, scope: Scope) -> bool:
-        given = b""
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                scheme, _, token = value.partition(b" ")
-                if scheme.lower() == b"bearer":
-                    given = token.strip()
-                break
-        ok = False
-        for key in self.keys:
-            ok |= hmac.compare_digest(given, key)
-        return ok
+        header = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
+        return authorised(header, self.keys)
+
+
+def authorised(header: bytes, keys: Sequence[bytes]) -> bool:
+    """Whether an ``Authorization`` value (``Bearer <key>``) holds one of ``keys``, compared in constant time."""
+    scheme, _, token = header.partition(b" ")
+    given = token.strip() if scheme.lower() == b"bearer" else b""
+    ok = False
+    for key in keys:
+        ok |= hmac.compare_digest(given, key)
+    return ok
 
 
 class TrailingSlash:
@@ -148,8 +158,7 @@ class RequestId:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode("latin-1")
-        rid = given if 0 < len(given) <= 128 and given.isprintable() and " " not in given else uuid.uuid4().hex
+        rid = request_id_of(next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode("latin-1"))
         scope.setdefault("state", {})["request_id"] = rid
 
         async def send_with_id(message: Message) -> None:
@@ -229,6 +238,11 @@ class GzipRequest:
                 more = message.get("more_body", False)
 
         await self.app(scope, inflating_receive, send)
+
+
+def request_id_of(given: str) -> str:
+    """The client's request id when it is printable, without spaces and at most 128 characters; else a new one."""
+    return given if 0 < len(given) <= 128 and given.isprintable() and " " not in given else uuid.uuid4().hex
 
 
 def _broken(message: str) -> BrokenBody:

@@ -27,6 +27,14 @@ class Settings(BaseSettings):
     # Where uvicorn listens. 0.0.0.0 in the container.
     host: str = Field(default="127.0.0.1", description="interface to listen on (`0.0.0.0` in the image)")
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port (0 picks a free one)")
+    # The Open Inference Protocol over gRPC, on the same host, served by the same process and compute pool.
+    grpc_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="TCP port of the Open Inference Protocol over gRPC (`inference.GRPCInferenceService`, "
+        "and `grpc.health.v1`); unset, no gRPC",
+    )
     # One worker process per core is the usual choice on a dedicated machine.
     workers: int = Field(default=1, ge=1, le=64, description="worker processes")
     # Requests compute in worker threads (numpy releases the GIL in its kernels,
@@ -122,7 +130,8 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         default=None,
         description="API key(s), `key` or `key1,key2`: every route but /healthz, /readyz and /metrics then needs "
-        "`Authorization: Bearer <key>` (401 otherwise); unset, the service is open",
+        "`Authorization: Bearer <key>` (401 otherwise), and every gRPC call but the health service's the metadata "
+        "`authorization: Bearer <key>` (UNAUTHENTICATED otherwise); unset, the service is open",
     )
 
     @model_validator(mode="after")
@@ -133,6 +142,8 @@ class Settings(BaseSettings):
                 f"max_bytes_in_flight ({self.max_bytes_in_flight:,}) must be at least max_body_bytes "
                 f"({self.max_body_bytes:,}): a body the limit admits could never be held"
             )
+        if self.grpc_port is not None and self.grpc_port == self.port != 0:
+            raise ValueError(f"grpc_port and port are both {self.port}: gRPC and HTTP need ports of their own")
         if self.api_key is not None and not self.api_keys:
             raise ValueError("api_key is set but holds no key (only commas or spaces): the service would be open")
         return self

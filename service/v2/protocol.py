@@ -41,12 +41,17 @@ __all__ = [
     "MODEL_VERSION",
     "Call",
     "check_model",
+    "check_required",
+    "datatype_of",
     "encode_response",
     "infer",
+    "input_dtype",
     "json_header",
     "model_metadata",
+    "output_names",
     "parse_request",
     "server_metadata",
+    "truncation",
     "work_size",
 ]
 
@@ -146,21 +151,9 @@ def parse_request(body: bytes, header_length: str | None) -> Call:
     header, binary = _split(body, header_length)
     request = parse(InferRequest, header)
     params = request.parameters or {}
-    truncate = params.get("bptt_truncate")
-    if type(truncate) is float and truncate.is_integer():  # 4.0 is an integer in JSON
-        truncate = int(truncate)
-    if truncate is not None and (type(truncate) is not int or truncate < 0):
-        raise InputError(
-            f"parameters.bptt_truncate must be an integer >= 0 or null, got {truncate!r}",
-            field="parameters.bptt_truncate",
-        )
+    truncate = truncation(params.get("bptt_truncate"))
     arrays = _inputs(request, binary)
-    names = [o.name for o in request.outputs] if request.outputs else list(OUTPUTS)
-    for name in names:
-        if name not in OUTPUTS:
-            raise InputError(f"unknown output {name!r}; this model has {', '.join(OUTPUTS)}", field=f"outputs[{name}]")
-    if len(set(names)) != len(names):
-        raise InputError("outputs names an output more than once", field="outputs")
+    names = output_names([o.name for o in request.outputs or []])
     all_binary = params.get("binary_data_output") is True
     binary_of = {o.name: bool((o.parameters or {}).get("binary_data", all_binary)) for o in request.outputs or []}
     return Call(
@@ -170,6 +163,54 @@ def parse_request(body: bytes, header_length: str | None) -> Call:
         outputs=names,
         binary={n: binary_of.get(n, all_binary) for n in names},
     )
+
+
+def truncation(value: Any) -> int | None:
+    """The request parameter ``bptt_truncate``: an integer >= 0, or None (absent or null) for full BPTT."""
+    if type(value) is float and value.is_integer():  # 4.0 is an integer in JSON
+        value = int(value)
+    if value is not None and (type(value) is not int or value < 0):
+        raise InputError(
+            f"parameters.bptt_truncate must be an integer >= 0 or null, got {value!r}",
+            field="parameters.bptt_truncate",
+        )
+    return value
+
+
+def output_names(names: list[str]) -> list[str]:
+    """The outputs asked for (every output when ``names`` is empty), each known and named once."""
+    names = names or list(OUTPUTS)
+    for name in names:
+        if name not in OUTPUTS:
+            raise InputError(f"unknown output {name!r}; this model has {', '.join(OUTPUTS)}", field=f"outputs[{name}]")
+    if len(set(names)) != len(names):
+        raise InputError("outputs names an output more than once", field="outputs")
+    return names
+
+
+def input_dtype(name: str, datatype: str, seen: dict[str, Array]) -> str:
+    """The numpy dtype of input ``name`` sent as ``datatype``; refused when the model has no such input,
+    it is already in ``seen``, or the datatype is not one it takes."""
+    if name not in INPUTS:
+        raise InputError(f"unknown input {name!r}; this model takes {', '.join(INPUTS)}", field=name)
+    if name in seen:
+        raise InputError(f"input {name} is given more than once", field=name)
+    types, _, _ = INPUTS[name]
+    if datatype not in types:
+        raise InputError(f"{name} must have datatype {' or '.join(types)}, got {datatype!r}", field=f"{name}.datatype")
+    return types[datatype]
+
+
+def check_required(arrays: dict[str, Array]) -> None:
+    """Refuse a request that lacks a required input."""
+    for name, (_, _, required) in INPUTS.items():
+        if required and name not in arrays:
+            raise InputError(f"input {name} is required but missing", field=name)
+
+
+def datatype_of(a: Array) -> str:
+    """The protocol's datatype of an output array (FP64, FP32, INT64, INT32)."""
+    return _NUMPY_TO_V2[a.dtype]
 
 
 def json_header(body: bytes, header_length: str | None) -> bytes:
@@ -197,16 +238,7 @@ def _inputs(request: InferRequest, binary: memoryview) -> dict[str, Array]:
     offset = 0
     for tensor in request.inputs:
         name = tensor.name
-        if name not in INPUTS:
-            raise InputError(f"unknown input {name!r}; this model takes {', '.join(INPUTS)}", field=name)
-        if name in arrays:
-            raise InputError(f"input {name} is given more than once", field=name)
-        types, _, _ = INPUTS[name]
-        if tensor.datatype not in types:
-            raise InputError(
-                f"{name} must have datatype {' or '.join(types)}, got {tensor.datatype!r}", field=f"{name}.datatype"
-            )
-        dtype = types[tensor.datatype]
+        dtype = input_dtype(name, tensor.datatype, arrays)
         size = (tensor.parameters or {}).get("binary_data_size")
         if size is not None:
             if type(size) is not int or size < 0:
@@ -236,9 +268,7 @@ def _inputs(request: InferRequest, binary: memoryview) -> dict[str, Array]:
             f"the body has {len(binary) - offset} bytes after the binary inputs that no binary_data_size accounts for",
             field=HEADER_LENGTH,
         )
-    for name, (_, _, required) in INPUTS.items():
-        if required and name not in arrays:
-            raise InputError(f"input {name} is required but missing", field=name)
+    check_required(arrays)
     return arrays
 
 
@@ -347,7 +377,7 @@ def encode_response(call: Call, results: dict[str, Array]) -> tuple[bytes | memo
     binary: list[Array] = []
     for name in call.outputs:
         a = np.ascontiguousarray(results[name])
-        out: dict[str, Any] = {"name": name, "datatype": _NUMPY_TO_V2[a.dtype], "shape": list(a.shape)}
+        out: dict[str, Any] = {"name": name, "datatype": datatype_of(a), "shape": list(a.shape)}
         if call.binary[name]:
             out["parameters"] = {"binary_data_size": a.nbytes}
             binary.append(a)

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
-from .. import admission, costs, ops
-from ..codec import require_finite
+from .. import admission
 from ..openapi import ERROR_RESPONSES, V2_ERRORS, V2_INFER_RESPONSES
 from ..rest import compute, readiness
 from ..settings import Settings
-from . import protocol
+from . import dataplane, protocol
 from .wire import ModelMetadata, ServerMetadata
 
 __all__ = ["router"]
@@ -158,23 +156,4 @@ def _answer(body: bytes, header_length: str | None, settings: Settings) -> tuple
     """Parse -> admit -> compute -> encode, in a compute thread."""
     admission.check_json_parse(settings, protocol.json_header(body, header_length))
     call = protocol.parse_request(body, header_length)
-    H, C, lengths = protocol.work_size(call)
-    admission.check_work(settings, H=H, C=C, lengths=lengths)
-    if H >= 1 and C >= 1 and min(lengths) >= 1:  # else the engine names what is malformed
-        float32 = all(call.arrays[n].dtype == np.float32 for n in "UVW")
-        estimate = costs.bptt(
-            lengths=lengths,
-            H=H,
-            C=C,
-            K=call.bptt_truncate,
-            itemsize=4 if float32 else 8,
-            machine=admission.machine(settings),
-        )
-        inputs = sum(a.nbytes for a in call.arrays.values())
-        shapes = f"B = {len(lengths):,}, longest T = {max(lengths):,}" if len(lengths) > 1 else f"T = {lengths[0]:,}"
-        admission.admit(settings, estimate, inputs=inputs, what=f"this request ({shapes}, H = {H:,}, C = {C:,})")
-    with ops.engine_timer("v2_infer") as counts:
-        results = protocol.infer(call)
-        counts["tokens"] = int(results["tokens"][0])
-    require_finite(results)
-    return protocol.encode_response(call, results)
+    return protocol.encode_response(call, dataplane.infer(call, settings))

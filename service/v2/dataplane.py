@@ -1,0 +1,41 @@
+"""The data plane of the Open Inference Protocol: a parsed request admitted and computed.
+
+The HTTP route (``routes``) and the gRPC servicer (``servicer``) decode their
+own wire formats into a ``protocol.Call``, then both call ``infer`` here, in a
+compute thread: the same limits, the same cost model and the same engine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import admission, costs, ops
+from ..codec import Array, require_finite
+from ..settings import Settings
+from . import protocol
+
+__all__ = ["infer"]
+
+
+def infer(call: protocol.Call, settings: Settings) -> dict[str, Array]:
+    """Admit ``call`` against the limits (413 over one), compute it, and check every output is finite."""
+    H, C, lengths = protocol.work_size(call)
+    admission.check_work(settings, H=H, C=C, lengths=lengths)
+    if H >= 1 and C >= 1 and min(lengths) >= 1:  # else the engine names what is malformed
+        float32 = all(call.arrays[n].dtype == np.float32 for n in "UVW")
+        estimate = costs.bptt(
+            lengths=lengths,
+            H=H,
+            C=C,
+            K=call.bptt_truncate,
+            itemsize=4 if float32 else 8,
+            machine=admission.machine(settings),
+        )
+        inputs = sum(a.nbytes for a in call.arrays.values())
+        shapes = f"B = {len(lengths):,}, longest T = {max(lengths):,}" if len(lengths) > 1 else f"T = {lengths[0]:,}"
+        admission.admit(settings, estimate, inputs=inputs, what=f"this request ({shapes}, H = {H:,}, C = {C:,})")
+    with ops.engine_timer("v2_infer") as counts:
+        results = protocol.infer(call)
+        counts["tokens"] = int(results["tokens"][0])
+    require_finite(results)
+    return results
