@@ -53,9 +53,10 @@ def infer(
     *,
     datatypes: dict[str, str] | None = None,
     outputs: list[str] | None = None,
+    model: str = "bptt",
     **kwargs: Any,
 ) -> dict[str, np.ndarray] | Failure:
-    """``infer("bptt", ...)`` with every array sent as raw bytes; the outputs by name."""
+    """``infer(model, ...)`` with every array sent as raw bytes; the outputs by name."""
     import tritonclient.grpc as triton
 
     inputs = []
@@ -65,7 +66,7 @@ def infer(
         inputs.append(t)
     asked = [triton.InferRequestedOutput(n) for n in outputs] if outputs else None
     try:
-        result = _client(target).infer("bptt", inputs, outputs=asked, **kwargs)
+        result = _client(target).infer(model, inputs, outputs=asked, **kwargs)
     except Exception as exc:
         return _failure(exc)
     response = result.get_response()

@@ -187,7 +187,9 @@ def test_grpc_unknown_model_is_not_found_with_the_http_message(served, triton):
         assert triton(call, served.target, "is_model_ready", name, version or "") == Failure("NOT_FOUND", http)
     inputs = [{"name": "U", "datatype": "FP64", "shape": [1], "contents": {"fp64_contents": [1.0]}}]
     failure = triton(infer_message, served.target, {"model_name": "nope", "inputs": inputs})
-    assert failure == Failure("NOT_FOUND", "unknown model 'nope': this server serves 'bptt', version 1")
+    assert failure == Failure(
+        "NOT_FOUND", "unknown model 'nope': this server serves 'bptt', 'bptt-gru', 'bptt-lstm', version 1"
+    )
 
 
 def test_grpc_malformed_tensors_are_invalid_argument_with_the_http_message(served, triton, rng):
@@ -318,3 +320,31 @@ def test_grpc_and_http_share_one_queue_bound(triton, rng):
         start = time.perf_counter()
         assert "dLdU" in triton(infer, s.target, arrays_of(small))
         assert time.perf_counter() - start < done[0] / 2
+
+
+@pytest.mark.parametrize(("model", "reset_after"), [("bptt-gru", False), ("bptt-gru", True), ("bptt-lstm", False)])
+def test_grpc_gated_models_equal_bptt_with_cell_bit_for_bit(served, triton, model, reset_after):
+    """bptt-gru and bptt-lstm over gRPC, a batch with lengths, biases and initial states: every output
+    equal to POST /bptt/batch with the same cell."""
+    cell = model.removeprefix("bptt-")
+    rng = np.random.default_rng(31)
+    G, H, C, lengths = (3 if cell == "gru" else 4), 4, 6, [5, 2]
+    weights = {"U": rng.normal(0, 0.5, (G, H, C)), "V": rng.normal(0, 0.5, (C, H)), "W": rng.normal(0, 0.5, (G, H, H))}
+    biases = {"b": rng.normal(0, 0.5, (G, H)), "b_hh": rng.normal(0, 0.5, (G, H)), "c": rng.normal(0, 0.5, C)}
+    x, y = rng.integers(0, C, (2, 5)), rng.integers(0, C, (2, 5))
+    states = {"s0": rng.normal(0, 0.5, (2, H))} | ({"c0": rng.normal(0, 0.5, (2, H))} if cell == "lstm" else {})
+    arrays = weights | biases | states | {"x": x, "y": y, "lengths": np.array(lengths)}
+    parameters = {"bptt_truncate": 3} | ({"reset_after": True} if reset_after else {})
+    out = triton(infer, served.target, arrays, model=model, parameters=parameters)
+    xs = [x[b, :n] for b, n in enumerate(lengths)]
+    ys = [y[b, :n] for b, n in enumerate(lengths)]
+    with Client(served.url) as client:
+        c0 = list(states["c0"]) if cell == "lstm" else None
+        expected = client.bptt_batch(**weights, xs=xs, ys=ys, s0=list(states["s0"]), c0=c0, bptt_truncate=3,
+                                     cell=cell, reset_after=reset_after, **biases)  # fmt: skip
+    names = [*GRADIENTS, "dLdb", "dLdb_hh", "dLdc"] + (["dLdc0", "final_cell"] if cell == "lstm" else [])
+    assert set(out) == {"loss", "mean_loss", "tokens", "losses", *names}
+    for name in names:
+        np.testing.assert_array_equal(out[name], getattr(expected, name), err_msg=name)
+    assert out["dLdU"].shape == (G, H, C)
+    np.testing.assert_array_equal(out["losses"], expected.losses)

@@ -57,4 +57,4 @@ def test_openapi_documents_binary_infer_answers():
         ok = spec["paths"][path]["post"]["responses"]["200"]
         assert {"application/json", "application/octet-stream"} <= set(ok["content"])
         assert "Inference-Header-Content-Length" in ok["headers"]
-        assert spec["paths"][path]["post"]["parameters"][0]["schema"]["enum"] == ["bptt"]
+        assert spec["paths"][path]["post"]["parameters"][0]["schema"]["enum"] == ["bptt", "bptt-gru", "bptt-lstm"]

@@ -283,7 +283,10 @@ def test_v2_binary_round_trip_in_process(client, problem):
 def test_v2_unknown_version_is_404(client):
     r = client.get("/v2/models/bptt/versions/7")
     assert r.status_code == 404
-    assert r.json()["error"] == "unknown model 'bptt' version '7': this server serves 'bptt', version 1"
+    assert (
+        r.json()["error"]
+        == "unknown model 'bptt' version '7': this server serves 'bptt', 'bptt-gru', 'bptt-lstm', version 1"
+    )
     assert client.get("/v2/models/bptt/versions/1/ready").status_code == 200
 
 

@@ -105,11 +105,17 @@ def test_v2_versioned_infer_equals_unversioned_and_engine(client, rng):
 @pytest.mark.parametrize(
     ("path", "message"),
     [
-        ("/v2/models/other/infer", "unknown model 'other': this server serves 'bptt', version 1"),
-        ("/v2/models/bptt/versions/2/infer", "unknown model 'bptt' version '2': this server serves 'bptt', version 1"),
+        (
+            "/v2/models/other/infer",
+            "unknown model 'other': this server serves 'bptt', 'bptt-gru', 'bptt-lstm', version 1",
+        ),
+        (
+            "/v2/models/bptt/versions/2/infer",
+            "unknown model 'bptt' version '2': this server serves 'bptt', 'bptt-gru', 'bptt-lstm', version 1",
+        ),
         (
             "/v2/models/other/versions/1/infer",
-            "unknown model 'other' version '1': this server serves 'bptt', version 1",
+            "unknown model 'other' version '1': this server serves 'bptt', 'bptt-gru', 'bptt-lstm', version 1",
         ),
     ],
 )

@@ -23,17 +23,22 @@ def infer(call: protocol.Call, settings: Settings) -> dict[str, Array]:
     admission.check_work(settings, H=H, C=C, lengths=lengths)
     if H >= 1 and C >= 1 and min(lengths) >= 1:  # else the engine names what is malformed
         float32 = all(call.arrays[n].dtype == np.float32 for n in "UVW")
+        cell = protocol.MODELS[call.model].cell
         estimate = costs.bptt(
             lengths=lengths,
             H=H,
             C=C,
             K=call.bptt_truncate,
             itemsize=4 if float32 else 8,
+            biases=any(n in call.arrays for n in ("b", "b_hh", "c")),
+            cell=cell,
             machine=admission.machine(settings),
         )
         inputs = sum(a.nbytes for a in call.arrays.values())
         shapes = f"B = {len(lengths):,}, longest T = {max(lengths):,}" if len(lengths) > 1 else f"T = {lengths[0]:,}"
-        admission.admit(settings, estimate, inputs=inputs, what=f"this request ({shapes}, H = {H:,}, C = {C:,})")
+        kind = "" if cell == "rnn" else f"model {call.model}, "
+        what = f"this request ({kind}{shapes}, H = {H:,}, C = {C:,})"
+        admission.admit(settings, estimate, inputs=inputs, what=what)
     with ops.engine_timer("v2_infer") as counts:
         results = protocol.infer(call)
         counts["tokens"] = int(results["tokens"][0])

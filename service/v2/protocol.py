@@ -12,11 +12,16 @@ numpy arrays that ``POST /bptt`` builds (``codec``), and the same ``engine``
 functions check the shapes and compute; an input ``/bptt`` refuses is refused
 here too.
 
-Inputs: U, V, W (FP64 or FP32), x, y (INT64 or INT32) of shape [T] for one
-sequence or [B, T] for a batch, optional s0 ([H], or [B, H] for a batch),
-optional lengths ([B], for batches padded at the end). Request parameter
-``bptt_truncate``. Outputs: loss, mean_loss, tokens, dLdU, dLdV, dLdW, dLds0,
-final_state, and losses for a batch.
+Three models (``MODELS``): ``bptt``, the vanilla cell, and ``bptt-gru`` and
+``bptt-lstm``, the gated cells of ``service.gated``. Inputs: U, V, W (FP64 or
+FP32; [G, H, C] and [G, H, H] for the gated cells), x, y (INT64 or INT32) of
+shape [T] for one sequence or [B, T] for a batch, optional s0 ([H], or [B, H]
+for a batch), optional lengths ([B], for batches padded at the end); the gated
+models also take the biases b, b_hh [G, H] and c [C], and the LSTM c0 like s0.
+Request parameters ``bptt_truncate`` and (``bptt-gru``) ``reset_after``.
+Outputs: loss, mean_loss, tokens, dLdU, dLdV, dLdW, dLds0, final_state, and
+losses for a batch; the gated models' bias gradients, and the LSTM's dLdc0 and
+final_cell.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import numpy as np
 import pydantic
 from pydantic import TypeAdapter
 
-from .. import __version__, engine
+from .. import __version__, engine, gated
 from ..codec import Array, convert, describe, dumps, element_count, from_bytes
 from ..errors import InputError, NotFound
 from ..handlers import parse
@@ -37,9 +42,11 @@ from .wire import INPUT_NAMES, OUTPUT_NAMES, InferRequest
 
 __all__ = [
     "HEADER_LENGTH",
+    "MODELS",
     "MODEL_NAME",
     "MODEL_VERSION",
     "Call",
+    "Model",
     "check_model",
     "check_required",
     "datatype_of",
@@ -86,7 +93,6 @@ OUTPUTS: dict[str, tuple[str, list[int]]] = {
     "final_state": ("FP64", [-1]),
     "losses": ("FP64", [-1]),
 }
-assert tuple(INPUTS) == INPUT_NAMES and tuple(OUTPUTS) == OUTPUT_NAMES
 
 DESCRIPTION = (
     "Loss and BPTT gradients of a vanilla RNN language model. U [H, C], V [C, H], W [H, H] are FP64, "
@@ -96,6 +102,57 @@ DESCRIPTION = (
     "lengths[b] tokens); then dLds0 and final_state are [B, H]. Parameter bptt_truncate: K >= 0, or "
     "absent for full BPTT."
 )
+
+
+@dataclass(frozen=True)
+class Model:
+    """One model this server serves: its cell, and its inputs and outputs as ``INPUTS``, ``OUTPUTS`` are."""
+
+    name: str
+    cell: str  # "rnn", "gru" or "lstm"
+    inputs: dict[str, tuple[dict[str, str], list[int], bool]]
+    outputs: dict[str, tuple[str, list[int]]]
+    description: str
+
+
+def _gated(cell: str) -> Model:
+    G, gates = (3, "r, z, n") if cell == "gru" else (4, "i, f, g, o")
+    stacked: dict[str, tuple[dict[str, str], list[int], bool]] = {
+        "U": (FLOATS, [G, -1, -1], True),
+        "W": (FLOATS, [G, -1, -1], True),
+        "b": (FLOATS, [G, -1], False),
+        "b_hh": (FLOATS, [G, -1], False),
+        "c": (FLOATS, [-1], False),
+    }
+    inputs = INPUTS | stacked | ({"c0": (FLOATS, [-1], False)} if cell == "lstm" else {})
+    outputs = OUTPUTS | {"dLdU": ("FP64", [G, -1, -1]), "dLdW": ("FP64", [G, -1, -1]), "dLdb": ("FP64", [G, -1])}
+    outputs |= {"dLdb_hh": ("FP64", [G, -1]), "dLdc": ("FP64", [-1])}
+    if cell == "lstm":
+        outputs |= {"dLdc0": ("FP64", [-1]), "final_cell": ("FP64", [-1])}
+    description = (
+        f'Loss and BPTT gradients of a {cell.upper()} language model (POST /bptt with "cell": "{cell}"): '
+        f"U [{G}, H, C] and W [{G}, H, H], the gates stacked in PyTorch's order ({gates}), V [C, H]; optional "
+        f"biases b and b_hh [{G}, H] (PyTorch's bias_ih, bias_hh) and c [C]"
+        + (", and the initial cell state c0 ([H], or [B, H] for a batch)" if cell == "lstm" else "")
+        + ". FP64, or FP32 (U, V, W all three) to compute in float32. x, y, s0, lengths and bptt_truncate as for "
+        "the model bptt"
+        + (
+            "; parameter reset_after (true: torch.nn.GRU's form, the reset applied after the product; "
+            "false or absent: the tutorial's)."
+            if cell == "gru"
+            else "."
+        )
+        + " The bias gradients are answered for the biases given."
+    )
+    return Model(f"bptt-{cell}", cell, inputs, outputs, description)
+
+
+MODELS: dict[str, Model] = {
+    m.name: m for m in (Model(MODEL_NAME, "rnn", INPUTS, OUTPUTS, DESCRIPTION), _gated("gru"), _gated("lstm"))
+}
+"""Every model, by name: ``bptt`` (the vanilla cell), ``bptt-gru``, ``bptt-lstm``."""
+assert {n for m in MODELS.values() for n in m.inputs} == set(INPUT_NAMES)
+assert {n for m in MODELS.values() for n in m.outputs} == set(OUTPUT_NAMES)
 
 _FLOAT_DATA = TypeAdapter(list[Number] | list[list[Number]] | list[list[list[Number]]])
 _INT_DATA = TypeAdapter(
@@ -108,24 +165,26 @@ def server_metadata() -> dict[str, Any]:
     return {"name": "bptt-service", "version": __version__, "extensions": ["binary_tensor_data"]}
 
 
-def model_metadata() -> dict[str, Any]:
-    """``GET /v2/models/bptt``: every input and output with its default datatype and shape."""
+def model_metadata(name: str = MODEL_NAME) -> dict[str, Any]:
+    """``GET /v2/models/{name}``: every input and output with its default datatype and shape."""
+    model = MODELS[name]
     return {
-        "name": MODEL_NAME,
+        "name": model.name,
         "versions": [MODEL_VERSION],
         "platform": "numpy",
-        "description": DESCRIPTION,
-        "inputs": [{"name": n, "datatype": next(iter(t)), "shape": s} for n, (t, s, _) in INPUTS.items()],
-        "outputs": [{"name": n, "datatype": t, "shape": s} for n, (t, s) in OUTPUTS.items()],
+        "description": model.description,
+        "inputs": [{"name": n, "datatype": next(iter(t)), "shape": s} for n, (t, s, _) in model.inputs.items()],
+        "outputs": [{"name": n, "datatype": t, "shape": s} for n, (t, s) in model.outputs.items()],
     }
 
 
-def check_model(name: str, version: str | None) -> None:
-    """Raise ``NotFound`` unless ``name`` (and ``version``) is the model this server serves."""
-    if name == MODEL_NAME and version in (None, MODEL_VERSION):
-        return
+def check_model(name: str, version: str | None) -> Model:
+    """The model ``name`` (and ``version``); ``NotFound`` unless this server serves it."""
+    if name in MODELS and version in (None, MODEL_VERSION):
+        return MODELS[name]
     what = f"model {name!r}" if version is None else f"model {name!r} version {version!r}"
-    raise NotFound(f"unknown {what}: this server serves {MODEL_NAME!r}, version {MODEL_VERSION}", field="model_name")
+    served = ", ".join(map(repr, MODELS))
+    raise NotFound(f"unknown {what}: this server serves {served}, version {MODEL_VERSION}", field="model_name")
 
 
 @dataclass
@@ -137,9 +196,11 @@ class Call:
     request_id: str | None
     outputs: list[str]
     binary: dict[str, bool] = field(default_factory=dict)  # output name -> send as raw bytes
+    model: str = MODEL_NAME
+    reset_after: bool = False  # bptt-gru's parameter
 
 
-def parse_request(body: bytes, header_length: str | None) -> Call:
+def parse_request(body: bytes, header_length: str | None, model: str = MODEL_NAME) -> Call:
     """The JSON header and the binary section of an infer request, checked and decoded.
 
     Raises
@@ -152,8 +213,9 @@ def parse_request(body: bytes, header_length: str | None) -> Call:
     request = parse(InferRequest, header)
     params = request.parameters or {}
     truncate = truncation(params.get("bptt_truncate"))
-    arrays = _inputs(request, binary)
-    names = output_names([o.name for o in request.outputs or []])
+    reset = reset_after(MODELS[model], params.get("reset_after"))
+    arrays = _inputs(MODELS[model], request, binary)
+    names = output_names(MODELS[model], [o.name for o in request.outputs or []], arrays)
     all_binary = params.get("binary_data_output") is True
     binary_of = {o.name: bool((o.parameters or {}).get("binary_data", all_binary)) for o in request.outputs or []}
     return Call(
@@ -162,7 +224,23 @@ def parse_request(body: bytes, header_length: str | None) -> Call:
         request_id=request.id,
         outputs=names,
         binary={n: binary_of.get(n, all_binary) for n in names},
+        model=model,
+        reset_after=reset,
     )
+
+
+def reset_after(model: Model, value: Any) -> bool:
+    """The request parameter ``reset_after``: a boolean, for the model ``bptt-gru`` only."""
+    if value is None:
+        return False
+    if model.cell != "gru":
+        raise InputError(
+            f"parameters.reset_after is a parameter of the model bptt-gru; this is {model.name}",
+            field="parameters.reset_after",
+        )
+    if type(value) is not bool:
+        raise InputError(f"parameters.reset_after must be true or false, got {value!r}", field="parameters.reset_after")
+    return value
 
 
 def truncation(value: Any) -> int | None:
@@ -177,33 +255,46 @@ def truncation(value: Any) -> int | None:
     return value
 
 
-def output_names(names: list[str]) -> list[str]:
-    """The outputs asked for (every output when ``names`` is empty), each known and named once."""
-    names = names or list(OUTPUTS)
+# A bias's gradient is an output only when the bias is an input.
+_NEEDS = {"dLdb": "b", "dLdb_hh": "b_hh", "dLdc": "c"}
+
+
+def output_names(model: Model, names: list[str], arrays: dict[str, Array]) -> list[str]:
+    """The outputs asked for (every output the inputs give when ``names`` is empty), each known and named once."""
+    if not names:
+        return [n for n in model.outputs if _NEEDS.get(n, "x") in arrays]
     for name in names:
-        if name not in OUTPUTS:
-            raise InputError(f"unknown output {name!r}; this model has {', '.join(OUTPUTS)}", field=f"outputs[{name}]")
+        if name not in model.outputs:
+            raise InputError(
+                f"unknown output {name!r}; the model {model.name} has {', '.join(model.outputs)}",
+                field=f"outputs[{name}]",
+            )
+        if _NEEDS.get(name, "x") not in arrays:
+            raise InputError(
+                f"output {name} is the gradient of the input {_NEEDS[name]}, which the request does not give",
+                field=f"outputs[{name}]",
+            )
     if len(set(names)) != len(names):
         raise InputError("outputs names an output more than once", field="outputs")
     return names
 
 
-def input_dtype(name: str, datatype: str, seen: dict[str, Array]) -> str:
+def input_dtype(model: Model, name: str, datatype: str, seen: dict[str, Array]) -> str:
     """The numpy dtype of input ``name`` sent as ``datatype``; refused when the model has no such input,
     it is already in ``seen``, or the datatype is not one it takes."""
-    if name not in INPUTS:
-        raise InputError(f"unknown input {name!r}; this model takes {', '.join(INPUTS)}", field=name)
+    if name not in model.inputs:
+        raise InputError(f"unknown input {name!r}; the model {model.name} takes {', '.join(model.inputs)}", field=name)
     if name in seen:
         raise InputError(f"input {name} is given more than once", field=name)
-    types, _, _ = INPUTS[name]
+    types, _, _ = model.inputs[name]
     if datatype not in types:
         raise InputError(f"{name} must have datatype {' or '.join(types)}, got {datatype!r}", field=f"{name}.datatype")
     return types[datatype]
 
 
-def check_required(arrays: dict[str, Array]) -> None:
+def check_required(model: Model, arrays: dict[str, Array]) -> None:
     """Refuse a request that lacks a required input."""
-    for name, (_, _, required) in INPUTS.items():
+    for name, (_, _, required) in model.inputs.items():
         if required and name not in arrays:
             raise InputError(f"input {name} is required but missing", field=name)
 
@@ -233,12 +324,12 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     return body[:n], view[n:]
 
 
-def _inputs(request: InferRequest, binary: memoryview) -> dict[str, Array]:
+def _inputs(model: Model, request: InferRequest, binary: memoryview) -> dict[str, Array]:
     arrays: dict[str, Array] = {}
     offset = 0
     for tensor in request.inputs:
         name = tensor.name
-        dtype = input_dtype(name, tensor.datatype, arrays)
+        dtype = input_dtype(model, name, tensor.datatype, arrays)
         size = (tensor.parameters or {}).get("binary_data_size")
         if size is not None:
             if type(size) is not int or size < 0:
@@ -268,7 +359,7 @@ def _inputs(request: InferRequest, binary: memoryview) -> dict[str, Array]:
             f"the body has {len(binary) - offset} bytes after the binary inputs that no binary_data_size accounts for",
             field=HEADER_LENGTH,
         )
-    check_required(arrays)
+    check_required(model, arrays)
     return arrays
 
 
@@ -306,10 +397,11 @@ def _from_json(data: list[Any], name: str, datatype: str, dtype: str, shape: lis
 def work_size(call: Call) -> tuple[int, int, list[int]]:
     """(H, C, the sequences' lengths) of a request, for the service's limits."""
     a = call.arrays
-    H, C = a["U"].shape if a["U"].ndim == 2 else (0, 0)
+    rank = 2 if MODELS[call.model].cell == "rnn" else 3
+    H, C = a["U"].shape[-2:] if a["U"].ndim == rank else (0, 0)
     x = a["x"]
     if "lengths" in a:  # checked against T first: a length past T is the client's mistake, not a big request
-        xs, _, _ = _sequences(x, a["y"], None, a["lengths"])
+        xs, _, _ = _sequences(x, a["y"], {}, a["lengths"])
         return H, C, [len(row) for row in xs]
     if x.ndim == 2:
         return H, C, [x.shape[1]] * x.shape[0] or [0]
@@ -319,21 +411,33 @@ def work_size(call: Call) -> tuple[int, int, list[int]]:
 def infer(call: Call) -> dict[str, Array]:
     """Run the engine for a parsed request; every output by name, as arrays."""
     a = call.arrays
+    cell = MODELS[call.model].cell
     weights = [a["U"], a["V"], a["W"]]
     dtype = np.float32 if all(w.dtype == np.float32 for w in weights) else np.float64
     U, V, W = (convert(w, dtype, n) for w, n in zip(weights, "UVW", strict=True))
     x, y = a["x"], a["y"]
-    s0 = None if "s0" not in a else convert(a["s0"], dtype, "s0")
-    g: engine.Gradients | engine.BatchGradients
+    states: dict[str, Any] = {n: convert(a[n], dtype, n) for n in ("s0", "c0") if n in a}
+    options: dict[str, Any] = {"bptt_truncate": call.bptt_truncate}
+    if cell != "rnn":
+        options |= {n: convert(a[n], dtype, n) for n in ("b", "b_hh", "c") if n in a}
+        options |= {"reset_after": call.reset_after}
+    g: engine.Gradients | engine.BatchGradients | gated.GatedGradients | gated.GatedBatchGradients
     if x.ndim == 1 and "lengths" not in a:
-        g = engine.bptt(U, V, W, x, y, bptt_truncate=call.bptt_truncate, s0=s0)
+        if cell == "rnn":
+            g = engine.bptt(U, V, W, x, y, **states, **options)
+        else:
+            g = gated.bptt("gru" if cell == "gru" else "lstm", U, V, W, x, y, **states, **options)
         losses = np.array([g.loss])
     # loss, mean_loss and losses are FP64 whatever the weights' datatype (sums over many tokens).
     else:
-        xs, ys, s0s = _sequences(x, y, s0, a.get("lengths"))
-        g = engine.bptt_batch(U, V, W, xs, ys, bptt_truncate=call.bptt_truncate, s0=s0s)
+        xs, ys, per_row = _sequences(x, y, states, a.get("lengths"))
+        rows: dict[str, Any] = per_row
+        if cell == "rnn":
+            g = engine.bptt_batch(U, V, W, xs, ys, **rows, **options)
+        else:
+            g = gated.bptt_batch("gru" if cell == "gru" else "lstm", U, V, W, xs, ys, **rows, **options)
         losses = g.losses
-    return {
+    results = {
         "loss": np.array([g.loss]),
         "mean_loss": np.array([g.mean_loss]),
         "tokens": np.array([g.tokens], dtype=np.int64),
@@ -344,15 +448,20 @@ def infer(call: Call) -> dict[str, Array]:
         "final_state": g.final_state,
         "losses": np.asarray(losses, dtype=np.float64),
     }
+    if isinstance(g, gated.GatedGradients | gated.GatedBatchGradients):
+        extra = {n: getattr(g, n) for n in ("dLdb", "dLdb_hh", "dLdc", "dLdc0", "final_cell")}
+        results |= {n: v for n, v in extra.items() if v is not None}
+    return results
 
 
 def _sequences(
-    x: Array, y: Array, s0: Array | None, lengths: Array | None
-) -> tuple[list[Array], list[Array], list[Array] | None]:
-    """Rows of [B, T] x and y, cut to ``lengths`` (padding at the end of each row)."""
+    x: Array, y: Array, states: dict[str, Array], lengths: Array | None
+) -> tuple[list[Array], list[Array], dict[str, list[Array]]]:
+    """Rows of [B, T] x and y, cut to ``lengths`` (padding at the end of each row), and the rows of the
+    initial states (s0, c0: [B, H])."""
     if x.ndim == 1:
         x, y = x[None], y[None]
-        s0 = None if s0 is None else s0.reshape(1, -1)
+        states = {n: s.reshape(1, -1) for n, s in states.items()}
     if x.ndim != 2 or y.shape != x.shape:
         raise InputError(f"x and y must both be [T] or both [B, T], got {list(x.shape)} and {list(y.shape)}", field="y")
     B, T = x.shape
@@ -364,11 +473,12 @@ def _sequences(
     if len(bad):
         i = int(bad[0])
         raise InputError(f"lengths[{i}] = {int(lengths[i])} is out of range [1, T] = [1, {T}]", field=f"lengths[{i}]")
-    if s0 is not None and (s0.ndim != 2 or len(s0) != B):
-        raise InputError(f"s0 of a batch must be [B, H] with B = {B}, got {list(s0.shape)}", field="s0")
+    for name, s in states.items():
+        if s.ndim != 2 or len(s) != B:
+            raise InputError(f"{name} of a batch must be [B, H] with B = {B}, got {list(s.shape)}", field=name)
     xs = [x[b, : lengths[b]] for b in range(B)]
     ys = [y[b, : lengths[b]] for b in range(B)]
-    return xs, ys, None if s0 is None else list(s0)
+    return xs, ys, {n: list(s) for n, s in states.items()}
 
 
 def encode_response(call: Call, results: dict[str, Array]) -> tuple[bytes | memoryview, dict[str, str]]:
@@ -384,7 +494,7 @@ def encode_response(call: Call, results: dict[str, Array]) -> tuple[bytes | memo
         else:
             out["data"] = a.ravel()
         outputs.append(out)
-    response: dict[str, Any] = {"model_name": MODEL_NAME, "model_version": MODEL_VERSION, "outputs": outputs}
+    response: dict[str, Any] = {"model_name": call.model, "model_version": MODEL_VERSION, "outputs": outputs}
     if call.request_id is not None:
         response["id"] = call.request_id
     header = dumps(response)

@@ -20,7 +20,13 @@ router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
 
 # The one model: other names are answered 404 (not refused as malformed), so the
 # spec lists the valid values without FastAPI enforcing them.
-ModelName = Annotated[str, Path(description="The model: `bptt`.", json_schema_extra={"enum": [protocol.MODEL_NAME]})]
+ModelName = Annotated[
+    str,
+    Path(
+        description="The model: `bptt` (the vanilla cell), `bptt-gru` or `bptt-lstm`.",
+        json_schema_extra={"enum": list(protocol.MODELS)},
+    ),
+]
 ModelVersion = Annotated[
     str, Path(description="The version: `1`.", json_schema_extra={"enum": [protocol.MODEL_VERSION]})
 ]
@@ -84,8 +90,7 @@ async def get_v2_ready(request: Request) -> dict[str, Any]:
 async def get_v2_model(model_name: ModelName) -> dict[str, Any]:
     """Every input and output with its default datatype and shape (-1: any size); the description
     says which other datatypes and ranks are accepted."""
-    protocol.check_model(model_name, None)
-    return protocol.model_metadata()
+    return protocol.model_metadata(protocol.check_model(model_name, None).name)
 
 
 @router.get(
@@ -96,16 +101,15 @@ async def get_v2_model(model_name: ModelName) -> dict[str, Any]:
 )
 async def get_v2_model_version(model_name: ModelName, model_version: ModelVersion) -> dict[str, Any]:
     """As `GET /v2/models/bptt`."""
-    protocol.check_model(model_name, model_version)
-    return protocol.model_metadata()
+    return protocol.model_metadata(protocol.check_model(model_name, model_version).name)
 
 
 @router.get("/models/{model_name}/ready", responses=V2_ERRORS, summary="Model readiness")
 async def get_v2_model_ready(request: Request, model_name: ModelName) -> dict[str, Any]:
     """200 when the model can compute."""
-    protocol.check_model(model_name, None)
+    model = protocol.check_model(model_name, None)
     readiness(request)
-    return {"name": protocol.MODEL_NAME, "ready": True}
+    return {"name": model.name, "ready": True}
 
 
 @router.get(
@@ -115,9 +119,9 @@ async def get_v2_model_version_ready(
     request: Request, model_name: ModelName, model_version: ModelVersion
 ) -> dict[str, Any]:
     """As `GET /v2/models/bptt/ready`."""
-    protocol.check_model(model_name, model_version)
+    model = protocol.check_model(model_name, model_version)
     readiness(request)
-    return {"name": protocol.MODEL_NAME, "ready": True}
+    return {"name": model.name, "ready": True}
 
 
 @router.post(
@@ -145,15 +149,17 @@ async def post_v2_version_infer(request: Request, model_name: ModelName, model_v
 
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
-    protocol.check_model(name, version)
+    model = protocol.check_model(name, version).name
     header_length = request.headers.get(protocol.HEADER_LENGTH)
     settings: Settings = request.app.state.settings
-    content, headers = await compute(request, lambda body: _answer(body, header_length, settings))
+    content, headers = await compute(request, lambda body: _answer(body, header_length, settings, model))
     return Response(content, headers=headers)
 
 
-def _answer(body: bytes, header_length: str | None, settings: Settings) -> tuple[bytes | memoryview, dict[str, str]]:
+def _answer(
+    body: bytes, header_length: str | None, settings: Settings, model: str
+) -> tuple[bytes | memoryview, dict[str, str]]:
     """Parse -> admit -> compute -> encode, in a compute thread."""
     admission.check_json_parse(settings, protocol.json_header(body, header_length))
-    call = protocol.parse_request(body, header_length)
+    call = protocol.parse_request(body, header_length, model)
     return protocol.encode_response(call, dataplane.infer(call, settings))

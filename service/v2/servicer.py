@@ -88,8 +88,7 @@ class Servicer:
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Context) -> pb.ModelMetadataResponse:
         async def answer() -> pb.ModelMetadataResponse:
-            protocol.check_model(request.name, request.version or None)
-            meta = protocol.model_metadata()
+            meta = protocol.model_metadata(protocol.check_model(request.name, request.version or None).name)
             tensor = pb.ModelMetadataResponse.TensorMetadata
             return pb.ModelMetadataResponse(
                 name=meta["name"],
@@ -103,10 +102,10 @@ class Servicer:
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
         async def answer() -> pb.ModelInferResponse:
-            protocol.check_model(request.model_name, request.model_version or None)
+            model = protocol.check_model(request.model_name, request.model_version or None)
 
             def work() -> pb.ModelInferResponse:  # in a compute thread
-                call = decode(request, self.settings)
+                call = decode(request, self.settings, model)
                 return encode(call, dataplane.infer(call, self.settings))
 
             return await self._compute(context, work)
@@ -182,7 +181,7 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-def decode(request: pb.ModelInferRequest, settings: Settings) -> protocol.Call:
+def decode(request: pb.ModelInferRequest, settings: Settings, model: protocol.Model) -> protocol.Call:
     """A ``ModelInferRequest`` as the ``protocol.Call`` the HTTP route builds from JSON, with the same checks.
 
     Tensors come from ``raw_input_contents`` (one entry per input, little-endian
@@ -190,6 +189,7 @@ def decode(request: pb.ModelInferRequest, settings: Settings) -> protocol.Call:
     """
     params = {key: _value(p) for key, p in request.parameters.items()}
     truncate = protocol.truncation(params.get("bptt_truncate"))
+    reset_after = protocol.reset_after(model, params.get("reset_after"))
     raw = request.raw_input_contents
     inputs = request.inputs
     if raw and len(raw) != len(inputs):
@@ -202,7 +202,7 @@ def decode(request: pb.ModelInferRequest, settings: Settings) -> protocol.Call:
     arrays: dict[str, Array] = {}
     for i, tensor in enumerate(inputs):
         name = tensor.name
-        dtype = protocol.input_dtype(name, tensor.datatype, arrays)
+        dtype = protocol.input_dtype(model, name, tensor.datatype, arrays)
         shape = list(tensor.shape)
         if raw:
             if tensor.HasField("contents"):
@@ -215,14 +215,16 @@ def decode(request: pb.ModelInferRequest, settings: Settings) -> protocol.Call:
             arrays[name] = _from_contents(tensor, dtype, shape)
         else:
             raise InputError(f"{name} has neither contents nor an entry in raw_input_contents", field=name)
-    protocol.check_required(arrays)
-    outputs = protocol.output_names([o.name for o in request.outputs])
+    protocol.check_required(model, arrays)
+    outputs = protocol.output_names(model, [o.name for o in request.outputs], arrays)
     return protocol.Call(
         arrays=arrays,
         bptt_truncate=truncate,
         request_id=request.id or None,
         outputs=outputs,
         binary=dict.fromkeys(outputs, True),
+        model=model.name,
+        reset_after=reset_after,
     )
 
 
@@ -268,7 +270,7 @@ def _from_contents(tensor: pb.ModelInferRequest.InferInputTensor, dtype: str, sh
 def encode(call: protocol.Call, results: dict[str, Array]) -> pb.ModelInferResponse:
     """The outputs asked for, each as little-endian bytes in ``raw_output_contents``."""
     response = pb.ModelInferResponse(
-        model_name=protocol.MODEL_NAME, model_version=protocol.MODEL_VERSION, id=call.request_id or ""
+        model_name=call.model, model_version=protocol.MODEL_VERSION, id=call.request_id or ""
     )
     for name in call.outputs:
         a = np.ascontiguousarray(results[name])

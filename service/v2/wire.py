@@ -26,8 +26,24 @@ __all__ = [
     "V2ErrorResponse",
 ]
 
-INPUT_NAMES = ("U", "V", "W", "x", "y", "s0", "lengths")
-OUTPUT_NAMES = ("loss", "mean_loss", "tokens", "dLdU", "dLdV", "dLdW", "dLds0", "final_state", "losses")
+# Every model's (protocol.MODELS): the vanilla cell's, then the gated cells' biases and the LSTM's cell state.
+INPUT_NAMES = ("U", "V", "W", "x", "y", "s0", "lengths", "b", "b_hh", "c", "c0")
+OUTPUT_NAMES = (
+    "loss",
+    "mean_loss",
+    "tokens",
+    "dLdU",
+    "dLdV",
+    "dLdW",
+    "dLds0",
+    "final_state",
+    "losses",
+    "dLdb",
+    "dLdb_hh",
+    "dLdc",
+    "dLdc0",
+    "final_cell",
+)
 
 _V2 = ConfigDict(extra="allow")  # the protocol lets clients add fields and parameters
 
@@ -39,7 +55,8 @@ class InferInputTensor(BaseModel):
 
     # The spec lists the names; other names get this service's own message ("unknown input").
     name: str = Field(
-        description="U, V, W, x, y, and optionally s0, lengths.", json_schema_extra={"enum": list(INPUT_NAMES)}
+        description="U, V, W, x, y, and optionally s0, lengths; the gated models' b, b_hh, c, and c0 (LSTM).",
+        json_schema_extra={"enum": list(INPUT_NAMES)},
     )
     shape: list[Count] = Field(description="Dimensions of the tensor.")
     datatype: str = Field(
@@ -62,7 +79,8 @@ class InferRequestedOutput(BaseModel):
     model_config = _V2
 
     name: str = Field(
-        description="loss, mean_loss, tokens, dLdU, dLdV, dLdW, dLds0, final_state, losses.",
+        description="loss, mean_loss, tokens, dLdU, dLdV, dLdW, dLds0, final_state, losses; the gated models' "
+        "dLdb, dLdb_hh, dLdc (for the biases given), and dLdc0, final_cell (LSTM).",
         json_schema_extra={"enum": list(OUTPUT_NAMES)},
     )
     parameters: dict[str, Any] | None = Field(
@@ -79,7 +97,8 @@ class InferRequest(BaseModel):
     parameters: dict[str, Any] | None = Field(
         default=None,
         description='"bptt_truncate": K (an integer >= 0; absent or null for full BPTT); '
-        '"binary_data_output": true to return every output as raw bytes.',
+        '"binary_data_output": true to return every output as raw bytes; "reset_after": true or false '
+        "(model bptt-gru only: torch.nn.GRU's form, or the tutorial's, the default).",
     )
     inputs: list[InferInputTensor] = Field(min_length=1)
     outputs: list[InferRequestedOutput] | None = Field(
@@ -118,11 +137,16 @@ class TensorMetadata(BaseModel):
 
 
 class ModelMetadata(BaseModel):
-    """``GET /v2/models/bptt``."""
+    """``GET /v2/models/{model}``."""
 
     name: str
     versions: list[str]
     platform: str
+    description: str | None = Field(
+        default=None,
+        description="What the model computes, and the datatypes and ranks each tensor also accepts (the "
+        "protocol publishes one of each). Not in the protocol's schema: clients ignore it.",
+    )
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
 
