@@ -41,6 +41,9 @@ __all__ = ["CELLS", "DEFAULT", "UNITS", "Estimate", "Machine", "bptt", "compare"
 # Gates per cell: the recurrence of a gated cell does about G times the work of
 # the vanilla cell's (G products with W per step, G element-wise nonlinearities).
 CELLS: dict[str, int] = {"rnn": 1, "gru": 3, "lstm": 4}
+# A gated cell's recurrence: the per-step overhead and element-wise work over the vanilla cell's, beyond
+# the G-fold products (measured, docs/cost-model.md, "Gated cells").
+GATED_STEP_FACTOR = 2.0
 # gated_checks.compare's forward + backward passes beyond the expected gradients' bptt (its SWEEPS;
 # tests/test_costs.py checks they agree). Measured at T = 1000, H = 16: 3.8 to 4.9 times one gated.bptt.
 GATED_COMPARE_PASSES: dict[str, dict[str, int]] = {
@@ -319,6 +322,13 @@ def _engine_bptt(
         assert K is not None
         first_small = max(1, T - _MMAP // (B * H * s) + 1)  # lags j >= this have fewer than 32 MiB
         fresh += M + _lag_rows(T, min(K + 1, first_small)) * B * H * s if M >= _MMAP else 0
+    if G > 1:
+        # A gated step makes three to four times the vanilla step's numpy calls, and each gate's sigmoid
+        # or tanh is several element-wise passes (gated._gru_forward, _lstm_back): measured against the
+        # vanilla cell in one run (docs/cost-model.md), the recurrence costs about twice what G alone says.
+        for work in (forward, backward):
+            for unit in ("step", "element", "transcendental"):
+                work[unit] = GATED_STEP_FACTOR * work.get(unit, 0.0)
     phases = [("setup", setup), ("recurrence", forward), ("output layer", output)]
     phases += [("recurrence", backward), ("gradients", gradients)]
     phases = [(name, _in_dtype(work, s)) for name, work in phases] + [("memory", {"page_byte": fresh})]
