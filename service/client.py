@@ -18,8 +18,10 @@ This module imports no server code: ``pip install bptt-service`` (without the
 
 from __future__ import annotations
 
+import asyncio
 import gzip as zlib_gzip
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -238,6 +240,20 @@ class Wire:
         ]
         return dumps(body)
 
+    def shard_body(self, group: Sequence[int], xs: Sequence[Any], ys: Sequence[Any], options: dict[str, Any]) -> bytes:
+        """The body of ``POST /bptt/batch`` for the sequences ``group`` of a batch, without ``clip`` (which
+        ``merge_batches`` applies to the sums); ``options`` are ``batch_body``'s keywords for the whole batch."""
+        U, V, W = options["weights"]
+        kwargs: dict[str, Any] = {k: v for k, v in options.items() if k not in ("weights", "s0", "c0", "clip")}
+        kwargs |= {n: None if options.get(n) is None else [options[n][i] for i in group] for n in ("s0", "c0")}
+        return self.batch_body(U, V, W, [xs[i] for i in group], [ys[i] for i in group], **kwargs)
+
+    @staticmethod
+    def admitted(response: httpx.Response) -> str | None:
+        """From an answer of ``POST /bptt/batch/cost``: None when admitted, else the service's refusal."""
+        data = decode(response)
+        return None if data["admitted"] else str(data["refusal"])
+
     def vjp_body(self, arrays: dict[str, Any], *, layout: str, cell: str, extra: dict[str, Any] | None = None) -> bytes:
         """The body of ``POST /vjp`` (or ``/vjp/compare`` with ``extra``); arrays of any rank."""
         body: dict[str, Any] = {"cell": cell, "layout": layout, "encoding": self.encoding}
@@ -329,6 +345,62 @@ def _auth(api_key: str | None) -> dict[str, str]:
     return {} if api_key is None else {"authorization": f"Bearer {api_key}"}
 
 
+# --- One batch over several requests (``bptt_batch(..., shards=N)``) ---------------------------------------------
+
+_SUMMED = ("dLdU", "dLdV", "dLdW", "dLdb", "dLdb_hh", "dLdc")  # gradients of the summed loss
+_ROWS = ("dLds0", "final_state", "dLdc0", "final_cell")  # one row per sequence
+
+
+def shard_groups(lengths: Sequence[int], shards: int) -> list[list[int]]:
+    """The indices of B sequences in at most ``shards`` groups of about equal token counts.
+
+    Longest first, each into the group with the fewest tokens so far; each group in request order.
+    """
+    if shards < 1:
+        raise ValueError(f"shards must be an integer >= 1, got {shards}")
+    groups: list[list[int]] = [[] for _ in range(min(shards, len(lengths)))]
+    tokens = [0] * len(groups)
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        lightest = tokens.index(min(tokens))
+        groups[lightest].append(i)
+        tokens[lightest] += lengths[i]
+    return [sorted(g) for g in groups if g]
+
+
+def merge_batches(parts: Sequence[tuple[list[int], BatchResult]], clip: float | None) -> BatchResult:
+    """One ``BatchResult`` from the answers of the groups of ``shard_groups``: the summed gradients added,
+    the per-sequence rows and losses put back in request order; ``clip`` applied to the sums (as the
+    service clips the gradients of the whole batch, not of each part)."""
+    B = sum(len(group) for group, _ in parts)
+    order = np.concatenate([np.asarray(group, dtype=np.intp) for group, _ in parts])
+    merged: dict[str, Any] = {}
+    for name in _SUMMED:
+        values = [getattr(r, name) for _, r in parts]
+        merged[name] = None if values[0] is None else np.sum(values, axis=0)
+    for name in _ROWS:
+        values = [getattr(r, name) for _, r in parts]
+        if values[0] is None:
+            merged[name] = None
+            continue
+        rows = np.empty((B, *values[0].shape[1:]), dtype=values[0].dtype)
+        rows[order] = np.concatenate(values)
+        merged[name] = rows
+    losses = np.empty(B)
+    losses[order] = np.concatenate([r.losses for _, r in parts])
+    loss = float(losses.sum())
+    tokens = sum(r.tokens for _, r in parts)
+    clipped = None
+    if clip is not None:
+        clipped = {}
+        for name in ("dLdU", "dLdV", "dLdW", "dLdb", "dLdb_hh", "dLdc"):
+            grad = merged[name]
+            if grad is not None:
+                bound = min(clip, float(np.finfo(grad.dtype).max))
+                clipped[name] = int(np.count_nonzero(np.abs(grad) > bound))
+                np.clip(grad, -bound, bound, out=grad)
+    return BatchResult(loss=loss, mean_loss=loss / tokens, tokens=tokens, losses=losses, clipped=clipped, **merged)
+
+
 class Client:
     """Synchronous client. Use as a context manager, or call ``close()``.
 
@@ -351,10 +423,14 @@ class Client:
     ) -> None:
         self.wire = Wire(encoding, dtype)
         self.gzip = gzip
+        self._transport = transport
         self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=_auth(api_key), transport=transport)
 
+    def _encoded(self, body: bytes) -> tuple[bytes, dict[str, str]]:
+        return _compressed(body) if self.gzip else (body, _HEADERS)
+
     def _post(self, path: str, body: bytes) -> httpx.Response:
-        content, headers = _compressed(body) if self.gzip else (body, _HEADERS)
+        content, headers = self._encoded(body)
         return self._http.post(path, content=content, headers=headers)
 
     def bptt(
@@ -404,11 +480,43 @@ class Client:
         b_hh: Any = None,
         c0: Sequence[Any] | None = None,
         reset_after: bool = False,
+        shards: int = 1,
     ) -> BatchResult:
-        """Losses and summed gradients of several sequences (``POST /bptt/batch``); options as ``bptt``."""
+        """Losses and summed gradients of several sequences (``POST /bptt/batch``); options as ``bptt``.
+
+        ``shards=N`` spreads the batch over up to N concurrent requests, each on a connection of its
+        own (so a load balancer spreads them over replicas despite keep-alive), groups of about equal
+        token counts, each checked first with the service's own cost estimate (``/bptt/batch/cost``)
+        and split further where refused; the answers are summed into one ``BatchResult`` (clipping,
+        if asked, applied to the sums). README, "Deploying: one batch over several replicas".
+        """
         gated = {"cell": cell, "b_hh": b_hh, "c0": c0, "reset_after": reset_after}
-        body = self.wire.batch_body(U, V, W, xs, ys, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip, **gated)
-        return Wire.batch_result(self._post("/bptt/batch", body))
+        if shards == 1:
+            body = self.wire.batch_body(U, V, W, xs, ys, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip,
+                                        **gated)  # fmt: skip
+            return Wire.batch_result(self._post("/bptt/batch", body))
+        options = {"weights": (U, V, W), "s0": s0, "bptt_truncate": bptt_truncate, "b": b, "c": c, **gated}
+        groups = shard_groups([len(x) for x in xs], shards)
+        admitted: list[list[int]] = []
+        while groups:
+            group = groups.pop()
+            refusal = Wire.admitted(self._post("/bptt/batch/cost", self.wire.shard_body(group, xs, ys, options)))
+            if refusal is None:
+                admitted.append(group)
+            elif len(group) == 1:
+                raise ServerError(413, f"sequence {group[0]} alone is refused: {refusal}")
+            else:
+                groups += [[group[i] for i in half] for half in shard_groups([len(xs[i]) for i in group], 2)]
+
+        def send(group: list[int]) -> tuple[list[int], BatchResult]:
+            with httpx.Client(base_url=self._http.base_url, headers=self._http.headers, timeout=self._http.timeout,
+                              transport=self._transport) as alone:  # fmt: skip
+                content, headers = self._encoded(self.wire.shard_body(group, xs, ys, options))
+                return group, Wire.batch_result(alone.post("/bptt/batch", content=content, headers=headers))
+
+        with ThreadPoolExecutor(len(admitted)) as pool:
+            parts = list(pool.map(send, admitted))
+        return merge_batches(parts, clip)
 
     def trace(
         self,
@@ -498,10 +606,14 @@ class AsyncClient:
     ) -> None:
         self.wire = Wire(encoding, dtype)
         self.gzip = gzip
+        self._transport = transport
         self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, headers=_auth(api_key), transport=transport)
 
+    def _encoded(self, body: bytes) -> tuple[bytes, dict[str, str]]:
+        return _compressed(body) if self.gzip else (body, _HEADERS)
+
     async def _post(self, path: str, body: bytes) -> httpx.Response:
-        content, headers = _compressed(body) if self.gzip else (body, _HEADERS)
+        content, headers = self._encoded(body)
         return await self._http.post(path, content=content, headers=headers)
 
     async def bptt(
@@ -544,11 +656,37 @@ class AsyncClient:
         b_hh: Any = None,
         c0: Sequence[Any] | None = None,
         reset_after: bool = False,
+        shards: int = 1,
     ) -> BatchResult:
-        """Losses and summed gradients of several sequences (``POST /bptt/batch``)."""
+        """Losses and summed gradients of several sequences (``POST /bptt/batch``); ``shards`` as in
+        ``Client.bptt_batch``."""
         gated = {"cell": cell, "b_hh": b_hh, "c0": c0, "reset_after": reset_after}
-        body = self.wire.batch_body(U, V, W, xs, ys, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip, **gated)
-        return Wire.batch_result(await self._post("/bptt/batch", body))
+        if shards == 1:
+            body = self.wire.batch_body(U, V, W, xs, ys, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip,
+                                        **gated)  # fmt: skip
+            return Wire.batch_result(await self._post("/bptt/batch", body))
+        options = {"weights": (U, V, W), "s0": s0, "bptt_truncate": bptt_truncate, "b": b, "c": c, **gated}
+        groups = shard_groups([len(x) for x in xs], shards)
+        admitted: list[list[int]] = []
+        while groups:
+            group = groups.pop()
+            cost = await self._post("/bptt/batch/cost", self.wire.shard_body(group, xs, ys, options))
+            refusal = Wire.admitted(cost)
+            if refusal is None:
+                admitted.append(group)
+            elif len(group) == 1:
+                raise ServerError(413, f"sequence {group[0]} alone is refused: {refusal}")
+            else:
+                groups += [[group[i] for i in half] for half in shard_groups([len(xs[i]) for i in group], 2)]
+
+        async def send(group: list[int]) -> tuple[list[int], BatchResult]:
+            async with httpx.AsyncClient(base_url=self._http.base_url, headers=self._http.headers,
+                                         timeout=self._http.timeout, transport=self._transport) as alone:  # fmt: skip
+                content, headers = self._encoded(self.wire.shard_body(group, xs, ys, options))
+                return group, Wire.batch_result(await alone.post("/bptt/batch", content=content, headers=headers))
+
+        parts = await asyncio.gather(*(send(g) for g in admitted))
+        return merge_batches(parts, clip)
 
     async def trace(
         self,

@@ -1,0 +1,61 @@
+"""One large batch over one worker, and over two workers with ``bptt_batch(..., shards=2)``.
+
+C = 8000, H = 100, B = 40 sequences of T = 50 (2,000 tokens: a batch the default
+limits admit), full BPTT, base64. Each server process computes with one BLAS
+thread (BPTT_BLAS_THREADS=1) and one compute thread, so that two workers on two
+cores are the scale-out of two single-core replicas. The client opens one
+connection per shard; uvicorn's workers share the port, so the kernel spreads
+the connections over them as a Kubernetes Service spreads them over pods.
+Prints medians and the ratio of tokens per second, measured in one run.
+
+    python benchmarks/bench_shards.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+from common import median_time, problem, serve, table
+
+from service import engine
+from service.client import Client
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="5 repeats instead of 9")
+    args = parser.parse_args(argv)
+    C, H, B, T = 8000, 100, 40, 50
+    U, V, W, _, _ = problem(C, H, 1)
+    rng = np.random.default_rng(3)
+    xs = [rng.integers(0, C, T) for _ in range(B)]
+    ys = [rng.integers(0, C, T) for _ in range(B)]
+    want = engine.bptt_batch(U, V, W, xs, ys)
+    repeat = 5 if args.quick else 9
+    env = {"BPTT_BLAS_THREADS": "1", "BPTT_THREADS": "1"}
+    rows: list[list[object]] = []
+    seconds = {}
+    for workers, shards in ((1, 1), (1, 2), (2, 2), (2, 4)):
+        with serve("service.app:create_app", env=env, workers=workers) as url, Client(url, timeout=300) as client:
+
+            def run(client: Client = client, shards: int = shards) -> object:
+                return client.bptt_batch(U, V, W, xs, ys, shards=shards)
+
+            got = run()
+            err = float(np.abs(got.dLdW - want.dLdW).max() / np.abs(want.dLdW).max())  # type: ignore[attr-defined]
+            if err > 1e-12:
+                raise AssertionError(f"{workers} workers, {shards} shards: dLdW differs by {err:.2e}")
+            seconds[workers, shards] = median_time(run, repeat=repeat, warmup=1, budget=120)
+        t = seconds[workers, shards]
+        rows.append([workers, shards, t * 1e3, B * T / t, seconds[1, 1] / t])
+    return table(
+        f"One batch (B = {B}, T = {T}, C = {C}, H = {H}, full BPTT) over workers of one BLAS thread each "
+        f"(medians of {repeat}; speed-up against 1 worker, 1 request)",
+        ["workers", "shards", "ms per batch", "tokens / s", "speed-up"],
+        rows,
+    )
+
+
+if __name__ == "__main__":
+    main()

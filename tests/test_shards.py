@@ -1,0 +1,122 @@
+"""One batch over several requests: ``bptt_batch(..., shards=N)`` against a live server with small limits.
+
+The sums must equal one request's (the engine's own ``bptt_batch``) to 1e-12, every row back in request
+order, and no shard may be refused: the client sizes them with the service's own dry run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from helpers import LocalServer, assert_close
+from hypothesis import given
+from hypothesis import strategies as st
+
+from service import engine, gated
+from service.client import AsyncClient, Client, shard_groups
+from service.errors import ServerError
+
+
+@pytest.fixture(scope="module")
+def small() -> Iterator[LocalServer]:
+    """At most 4 sequences and 60 tokens a request: a batch of 11 needs at least 3 shards."""
+    with LocalServer(args=["--log-level", "warning", "--max-batch", "4", "--max-batch-tokens", "60"]) as server:
+        yield server
+
+
+def batch(rng: np.random.Generator, B: int = 11, H: int = 5, C: int = 9):
+    U = rng.uniform(-1, 1, (H, C)) / np.sqrt(C)
+    V = rng.uniform(-1, 1, (C, H)) / np.sqrt(H)
+    W = rng.uniform(-1, 1, (H, H)) / np.sqrt(H)
+    lengths = rng.integers(1, 15, B)
+    xs = [rng.integers(0, C, n) for n in lengths]
+    ys = [rng.integers(0, C, n) for n in lengths]
+    s0 = [rng.uniform(-1, 1, H) if i % 3 else None for i in range(B)]
+    return U, V, W, xs, ys, s0
+
+
+@given(st.lists(st.integers(1, 50), min_size=1, max_size=40), st.integers(1, 8))
+def test_shard_groups_cover_every_sequence_once_in_order_and_balance_tokens(lengths, shards):
+    groups = shard_groups(lengths, shards)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert all(g == sorted(g) and g for g in groups)
+    assert len(groups) == min(shards, len(lengths))
+    tokens = [sum(lengths[i] for i in g) for g in groups]
+    assert max(tokens) - min(tokens) <= max(lengths)  # greedy longest-first: within one sequence
+
+
+def test_shard_groups_refuses_zero_shards():
+    with pytest.raises(ValueError, match="shards must be an integer >= 1, got 0"):
+        shard_groups([3, 4], 0)
+
+
+@pytest.mark.parametrize("K", [None, 3])
+def test_sharded_batch_equals_one_computation(small, rng, K):
+    """11 sequences, 2 shards asked: refused groups are split until admitted; the sums equal the engine's."""
+    U, V, W, xs, ys, s0 = batch(rng)
+    want = engine.bptt_batch(U, V, W, xs, ys, bptt_truncate=K, s0=s0)
+    with Client(small.url) as client:
+        with pytest.raises(ServerError) as refused:
+            client.bptt_batch(U, V, W, xs, ys, s0=s0, bptt_truncate=K)
+        assert refused.value.status == 413
+        got = client.bptt_batch(U, V, W, xs, ys, s0=s0, bptt_truncate=K, shards=2)
+    for name in ("dLdU", "dLdV", "dLdW"):
+        assert_close(getattr(got, name), getattr(want, name), 1e-12)
+    for name in ("dLds0", "final_state", "losses"):
+        assert_close(getattr(got, name), getattr(want, name), 1e-12)
+    assert got.tokens == want.tokens
+    assert got.loss == pytest.approx(want.loss, rel=1e-12)
+    assert got.mean_loss == pytest.approx(want.mean_loss, rel=1e-12)
+    assert got.clipped is None
+
+
+def test_clip_is_applied_to_the_sums_not_to_each_shard(small, rng):
+    U, V, W, xs, ys, s0 = batch(rng)
+    W = W * 8  # large gradients, so that clipping bites
+    want = engine.bptt_batch(U, V, W, xs, ys, s0=s0, clip=0.5)
+    with Client(small.url) as client:
+        got = client.bptt_batch(U, V, W, xs, ys, s0=s0, clip=0.5, shards=3)
+    assert got.clipped == want.clipped and sum(got.clipped.values()) > 0
+    for name in ("dLdU", "dLdV", "dLdW"):
+        assert_close(getattr(got, name), getattr(want, name), 1e-12)
+
+
+def test_sharded_lstm_batch_keeps_each_sequences_cell_state(small, rng):
+    H, C, G = 4, 6, 4
+    U, V, W = rng.normal(0, 0.5, (G, H, C)), rng.normal(0, 0.5, (C, H)), rng.normal(0, 0.5, (G, H, H))
+    lengths = [9, 2, 7, 4, 4, 1, 8]
+    xs = [rng.integers(0, C, n) for n in lengths]
+    ys = [rng.integers(0, C, n) for n in lengths]
+    c0 = [rng.normal(0, 0.5, H) for _ in lengths]
+    want = gated.bptt_batch("lstm", U, V, W, xs, ys, c0=c0)
+    with Client(small.url) as client:
+        got = client.bptt_batch(U, V, W, xs, ys, cell="lstm", c0=c0, shards=3)
+    for name in ("dLdU", "dLdV", "dLdW", "dLds0", "final_state", "dLdc0", "final_cell", "losses"):
+        assert_close(getattr(got, name), getattr(want, name), 1e-12)
+
+
+def test_async_client_shards_alike(small, rng):
+    U, V, W, xs, ys, s0 = batch(rng)
+    want = engine.bptt_batch(U, V, W, xs, ys, s0=s0)
+
+    async def run():
+        async with AsyncClient(small.url) as client:
+            return await client.bptt_batch(U, V, W, xs, ys, s0=s0, shards=4)
+
+    got = asyncio.run(run())
+    for name in ("dLdU", "dLdV", "dLdW", "dLds0", "losses"):
+        assert_close(getattr(got, name), getattr(want, name), 1e-12)
+
+
+def test_a_sequence_refused_alone_is_named(small, rng):
+    """A sequence over max_tokens cannot be sharded away: the refusal names it and the service's reason."""
+    U, V, W, xs, ys, _ = batch(rng, B=3)
+    xs[1] = ys[1] = np.zeros(10_001, dtype=np.int64)  # over the default max_tokens of 10,000
+    with Client(small.url) as client, pytest.raises(ServerError) as refused:
+        client.bptt_batch(U, V, W, xs, ys, shards=2)
+    assert refused.value.status == 413
+    assert refused.value.detail.startswith("sequence 1 alone is refused: ")
+    assert "BPTT_MAX_TOKENS" in refused.value.detail
