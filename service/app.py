@@ -20,6 +20,7 @@ from fastapi_offline import FastAPIOffline
 
 from . import __version__, handlers, openapi, ops, rest, runtime
 from .compute import Pool
+from .lifecycle import Lifecycle
 from .middleware import BearerAuth, BodyLimit, GzipRequest, RequestId, TrailingSlash
 from .openapi import ERROR_RESPONSES
 from .settings import Settings
@@ -70,6 +71,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ready = False
     app.state.not_ready_reason = "starting: the engine self-check has not run yet"
     app.state.pool = Pool(threads=settings.threads, max_queue=settings.max_queue, timeout=settings.request_timeout)
+    app.state.lifecycle = Lifecycle(
+        app.state.pool, grace=settings.drain_grace_seconds, timeout=settings.request_timeout
+    )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, max_in_flight=settings.max_bytes_in_flight)
     app.add_middleware(GzipRequest, max_bytes=settings.max_body_bytes)  # outside BodyLimit: it counts the inflated
     if settings.api_keys:
@@ -107,4 +111,5 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.not_ready_reason = problem
     if problem:
         log.error(problem)
-    yield
+    async with app.state.lifecycle.running():  # SIGTERM drains (service/lifecycle.py)
+        yield

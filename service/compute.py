@@ -12,6 +12,9 @@ Every request has a deadline once its body has arrived (queue wait + compute,
 BPTT_REQUEST_TIMEOUT; the upload has BPTT_BODY_TIMEOUT): the
 work checks it between steps (``service.deadline``) and stops with 504; a client
 that disconnects has its queued or running work cancelled the same way.
+
+A server that stops closes the pool (``service.lifecycle``): new requests are
+refused with 503 (``Draining``), and ``idle`` waits for the admitted ones.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import anyio
 import anyio.to_thread
 
 from .deadline import Deadline, bounded
-from .errors import Busy, Cancelled, DeadlineExceeded
+from .errors import Busy, Cancelled, DeadlineExceeded, Draining
 
 __all__ = ["Pool", "Slot"]
 
@@ -95,7 +98,9 @@ class Pool:
         self.max_queue = max_queue
         self.timeout = timeout
         self.admitted = 0  # computing + waiting (+ bodies being read)
+        self.closed = False  # the server is stopping: no new request is admitted
         self._limiter: anyio.CapacityLimiter | None = None
+        self._idle: anyio.Event | None = None
 
     @property
     def limiter(self) -> anyio.CapacityLimiter:
@@ -105,7 +110,11 @@ class Pool:
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[Slot]:
-        """Admit one request, or raise ``Busy``; the slot is held until the block ends."""
+        """Admit one request, or raise ``Busy`` (or ``Draining`` once closed); the slot is held until the block ends."""
+        if self.closed:
+            raise Draining(
+                "the server is shutting down and takes no new work; retry (another replica answers)",
+            )
         if self.admitted >= self.threads + self.max_queue:
             waiting = self.admitted - self.threads
             raise Busy(
@@ -117,6 +126,18 @@ class Pool:
             yield Slot(self, self.timeout)
         finally:
             self.admitted -= 1
+            if self.admitted == 0 and self._idle is not None:
+                self._idle.set()
+
+    def close(self) -> None:
+        """Admit no new request (``Draining``); those admitted carry on."""
+        self.closed = True
+
+    async def idle(self) -> None:
+        """Return once no request is admitted (computing, waiting, or its body arriving)."""
+        while self.admitted:
+            self._idle = anyio.Event()
+            await self._idle.wait()
 
     async def run(self, work: Callable[[], Result]) -> Result:
         """Admit and run ``work`` at once (for callers with nothing to read first)."""

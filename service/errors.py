@@ -15,7 +15,8 @@ the ``field`` it blames)::
     +-- NotFound                   no such route, model or version         404
     +-- MethodNotAllowed           the route takes another method          405
     +-- Busy                       the queue or the bytes in flight full   503 + Retry-After
-    +-- NotReady                   starting, or the self-check failed      503
+    +-- Draining                   shutting down: no new work              503 + Retry-After
+    +-- NotReady                   starting, self-check failed, stopping   503
     +-- DeadlineExceeded           the request's deadline passed           504
     +-- BodyTimeout                the body did not arrive in time         408
     +-- Cancelled                  the client disconnected (nothing sent)  499 in logs
@@ -46,6 +47,7 @@ __all__ = [
     "Cancelled",
     "ComputeError",
     "DeadlineExceeded",
+    "Draining",
     "ErrorItem",
     "InputError",
     "LimitError",
@@ -189,8 +191,17 @@ class Busy(BpttError):
         super().__init__(message, headers={"retry-after": str(retry_after)})
 
 
+class Draining(BpttError):
+    """The server is shutting down and takes no new work: retry after Retry-After, another replica answers."""
+
+    type = "draining"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message, headers={"retry-after": str(retry_after)})
+
+
 class NotReady(BpttError):
-    """The service is starting, or its self-check failed."""
+    """The service is starting, its self-check failed, or it is stopping."""
 
     type = "not_ready"
 
@@ -244,6 +255,7 @@ TABLE: dict[type[BpttError], Outcome] = {
     NotFound: Outcome(404, 404, "NOT_FOUND"),
     MethodNotAllowed: Outcome(405, 405, "UNIMPLEMENTED"),
     Busy: Outcome(503, 503, "UNAVAILABLE"),
+    Draining: Outcome(503, 503, "UNAVAILABLE"),
     NotReady: Outcome(503, 503, "UNAVAILABLE"),
     DeadlineExceeded: Outcome(504, 504, "DEADLINE_EXCEEDED"),
     BodyTimeout: Outcome(408, 408, "DEADLINE_EXCEEDED"),

@@ -58,8 +58,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     500: {"model": ErrorResponse, "description": "A server fault; the message carries a request id to report."},
     503: {
         "model": ErrorResponse,
-        "description": "At capacity: BPTT_THREADS requests computing and BPTT_MAX_QUEUE waiting. "
-        "Retry after the `Retry-After` header's seconds.",
+        "description": "At capacity (BPTT_THREADS requests computing and BPTT_MAX_QUEUE waiting), or stopping "
+        "(`draining`). Retry after the `Retry-After` header's seconds.",
         "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}},
     },
 }

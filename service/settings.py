@@ -111,6 +111,18 @@ class Settings(BaseSettings):
         "(base64 tensors parse in milliseconds)",
     )
 
+    # -- stopping ----------------------------------------------------------------
+    # After SIGTERM: readiness 503 at once, new work still accepted for this long (load balancers
+    # take a few seconds to stop sending), then refused with 503 while the admitted work finishes
+    # (within BPTT_REQUEST_TIMEOUT). 0 for a process no balancer sends to; the manifests set 10.
+    drain_grace_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        le=600,
+        description="after SIGTERM, seconds new work is still accepted while readiness answers 503; then new "
+        "work is refused with 503 and the process exits once the admitted work finishes (service/lifecycle.py)",
+    )
+
     # -- browsers on other origins ---------------------------------------------------
     # Empty: no cross-origin access. "https://a.example,http://localhost:8888": those pages may call.
     cors_origins: str = Field(

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from service import admission
-from service.__main__ import SHUTDOWN_GRACE
+from service.__main__ import stop_seconds
 from service.app import create_app
 from service.settings import Settings
 
@@ -101,7 +101,16 @@ def test_probes_outlast_the_worst_stall_and_the_drain_fits_the_grace_period():
     liveness = container["livenessProbe"]
     patience = liveness["periodSeconds"] * liveness["failureThreshold"]
     assert patience >= settings.request_timeout, "liveness must not kill a pod for one long request"
-    assert pod["terminationGracePeriodSeconds"] >= settings.request_timeout + SHUTDOWN_GRACE
+
+    # The drain (service/lifecycle.py): new work answered until a balancer that polls /readyz as the
+    # kubelet does has seen it fail; then the admitted work and the stop fit the grace period,
+    # after a preStop hook if there is one (it runs before SIGTERM, in the same period).
+    readiness = container["readinessProbe"]
+    assert settings.drain_grace_seconds >= readiness["periodSeconds"] * readiness["failureThreshold"]
+    hook = container.get("lifecycle", {}).get("preStop", {})
+    pre_stop = hook.get("sleep", {}).get("seconds", 0)
+    assert set(hook) <= {"sleep"}, "a preStop hook other than sleep takes a time this test cannot check"
+    assert pod["terminationGracePeriodSeconds"] >= pre_stop + stop_seconds(settings)
 
 
 def test_api_keys_come_from_the_secret_and_the_network_is_closed():
