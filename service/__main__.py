@@ -28,6 +28,10 @@ __all__ = ["SHUTDOWN_GRACE", "main", "parser", "stop_seconds"]
 SHUTDOWN_GRACE = 5.0  # seconds past the drain that a stop may take (answers still being written)
 
 
+# Where the last word of a setting's name would mislead as the name of its value.
+METAVARS = {"api_key": "KEYS", "rate_limit_per_key": "RATE"}
+
+
 def stop_seconds(settings: Settings) -> float:
     """The longest a stop on SIGTERM takes: the drain's grace, the deadline of the work admitted
     before it ended (service/lifecycle.py), then uvicorn's own graceful shutdown."""
@@ -54,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
         elif typing.get_origin(field.annotation) is typing.Literal:
             kwargs["choices"] = typing.get_args(field.annotation)
         else:
-            kwargs["metavar"] = "KEYS" if name == "api_key" else name.split("_")[-1].upper()
+            kwargs["metavar"] = METAVARS.get(name, name.split("_")[-1].upper())
         p.add_argument(option, **kwargs)
     return p
 

@@ -21,7 +21,7 @@ from fastapi_offline import FastAPIOffline
 from . import __version__, handlers, openapi, ops, rest, runtime
 from .compute import Pool
 from .lifecycle import Lifecycle
-from .middleware import BearerAuth, BodyLimit, GzipRequest, RequestId, TrailingSlash
+from .middleware import BearerAuth, BodyLimit, GzipRequest, RateLimit, RequestId, TrailingSlash
 from .openapi import ERROR_RESPONSES
 from .settings import Settings
 from .v2 import routes as v2_routes
@@ -76,6 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, max_in_flight=settings.max_bytes_in_flight)
     app.add_middleware(GzipRequest, max_bytes=settings.max_body_bytes)  # outside BodyLimit: it counts the inflated
+    if settings.rate_limit_per_key is not None:  # inside the key check: it counts by the key's id
+        app.add_middleware(RateLimit, rate=settings.rate_limit_per_key, burst=settings.rate_limit_burst)
     if settings.api_keys:
         app.add_middleware(BearerAuth, keys=settings.api_keys)
     if settings.cors_allowed:  # outside the key check: a browser's preflight carries no key

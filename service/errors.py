@@ -12,6 +12,7 @@ the ``field`` it blames)::
     |   +-- BodyTooLarge           the body, before or while reading it    413
     +-- UnsupportedMediaType       Content-Type is not JSON                415
     +-- Unauthorised               missing or wrong API key                401
+    +-- RateLimited                a key over its request rate             429 + Retry-After
     +-- NotFound                   no such route, model or version         404
     +-- MethodNotAllowed           the route takes another method          405
     +-- Busy                       the queue or the bytes in flight full   503 + Retry-After
@@ -55,6 +56,7 @@ __all__ = [
     "NotFound",
     "NotReady",
     "Outcome",
+    "RateLimited",
     "RequestInvalid",
     "ServerError",
     "Unauthorised",
@@ -170,6 +172,15 @@ class Unauthorised(BpttError):
         )
 
 
+class RateLimited(BpttError):
+    """An API key sent more requests than its rate (BPTT_RATE_LIMIT_PER_KEY): retry after Retry-After."""
+
+    type = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message, field="Authorization", headers={"retry-after": str(retry_after)})
+
+
 class NotFound(BpttError):
     """No such route, model or model version."""
 
@@ -252,6 +263,7 @@ TABLE: dict[type[BpttError], Outcome] = {
     LimitError: Outcome(413, 413, "RESOURCE_EXHAUSTED"),
     UnsupportedMediaType: Outcome(415, 415, "INVALID_ARGUMENT"),
     Unauthorised: Outcome(401, 401, "UNAUTHENTICATED"),
+    RateLimited: Outcome(429, 429, "RESOURCE_EXHAUSTED"),
     NotFound: Outcome(404, 404, "NOT_FOUND"),
     MethodNotAllowed: Outcome(405, 405, "UNIMPLEMENTED"),
     Busy: Outcome(503, 503, "UNAVAILABLE"),

@@ -8,6 +8,7 @@ Metrics (prometheus-client), served at ``GET /metrics``:
     bptt_http_requests_in_flight                          gauge
     bptt_engine_seconds{function}                         histogram, forward + BPTT only
     bptt_engine_tokens_total{function}                    counter, predicted tokens
+    bptt_rate_limited_total{key}                          counter, requests refused by a key's quota
 
 ``route`` is the route's template (``/v2/models/{model_name}/infer``), so the
 label set stays small whatever paths clients send. With several worker
@@ -42,6 +43,7 @@ from .handlers import request_id
 
 __all__ = [
     "CONTENT_TYPE_LATEST",
+    "RATE_LIMITED",
     "RequestObserver",
     "configure_logging",
     "engine_timer",
@@ -72,6 +74,8 @@ ENGINE_SECONDS = Histogram(
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
 )
 ENGINE_TOKENS = Counter("bptt_engine_tokens_total", "Predicted tokens whose gradients were computed.", ["function"])
+# ``key`` is the key's id (service.quota.key_id), never the key: one label value per configured key.
+RATE_LIMITED = Counter("bptt_rate_limited_total", "Requests refused (429) by their API key's rate limit.", ["key"])
 
 
 @contextlib.contextmanager

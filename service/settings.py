@@ -137,6 +137,19 @@ class Settings(BaseSettings):
         "`Authorization: Bearer <key>` (401 otherwise); unset, the service is open",
     )
 
+    # A token bucket per key (service/quota.py): `rate` requests a second, `burst` at once after a pause.
+    rate_limit_per_key: float | None = Field(
+        default=None,
+        gt=0,
+        description="requests a second each API key may send (needs BPTT_API_KEY); past it, 429 with "
+        "Retry-After; unset, no limit",
+    )
+    rate_limit_burst: int = Field(
+        default=10,
+        ge=1,
+        description="requests a key may send at once, after a pause, under BPTT_RATE_LIMIT_PER_KEY",
+    )
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         """Limits that contradict each other, and a key setting with no key, stop the start."""
@@ -147,6 +160,11 @@ class Settings(BaseSettings):
             )
         if self.api_key is not None and not self.api_keys:
             raise ValueError("api_key is set but holds no key (only commas or spaces): the service would be open")
+        if self.rate_limit_per_key is not None and not self.api_keys:
+            raise ValueError(
+                "rate_limit_per_key needs api_key: the limit is per API key, and without keys the clients "
+                "cannot be told apart"
+            )
         return self
 
     @property
