@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import anyio.to_thread
 from fastapi import FastAPI
@@ -18,13 +19,16 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
-from . import __version__, handlers, openapi, ops, rest, runtime
+from . import __version__, handlers, openapi, ops, rest, runtime, tracing
 from .compute import Pool
 from .lifecycle import Lifecycle
 from .middleware import BearerAuth, BodyLimit, GzipRequest, RateLimit, RequestId, TrailingSlash
 from .openapi import ERROR_RESPONSES
 from .settings import Settings
 from .v2 import routes as v2_routes
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 __all__ = ["create_app"]
 
@@ -46,13 +50,16 @@ the tutorial's `delta_t` is, is in `docs/derivation.md` of the repository; the p
 """
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, tracer_provider: TracerProvider | None = None) -> FastAPI:
     """The application, configured by ``settings`` (read from the environment when omitted).
 
     Building it also applies the process-wide choices of the settings: the malloc
     tuning (``BPTT_TUNE_MALLOC``), the BLAS threads (``BPTT_BLAS_THREADS``) and the log format.
+    With ``BPTT_TRACING``, spans go to ``tracer_provider`` (by default one exporting by OTLP,
+    configured by the ``OTEL_*`` variables; service/tracing.py).
     """
     settings = settings or Settings()
+    provider = (tracer_provider or tracing.otlp_provider()) if settings.tracing else None
     if settings.tune_malloc:
         runtime.tune_malloc()
     runtime.limit_blas(settings.blas_threads)
@@ -66,11 +73,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         responses={500: ERROR_RESPONSES[500]},
         redirect_slashes=False,  # TrailingSlash serves /bptt/ as /bptt instead of a 307
+        telemetry=tracing.telemetry(provider),  # FastAPI's own OpenTelemetry: the request's span, or off
     )
     app.state.settings = settings
     app.state.ready = False
     app.state.not_ready_reason = "starting: the engine self-check has not run yet"
     app.state.pool = Pool(threads=settings.threads, max_queue=settings.max_queue, timeout=settings.request_timeout)
+    app.state.pool.tracer = tracing.tracer(provider)  # the queue wait and the phases, as the request's children
+    app.state.tracer_provider = provider
     app.state.lifecycle = Lifecycle(
         app.state.pool, grace=settings.drain_grace_seconds, timeout=settings.request_timeout
     )
@@ -115,3 +125,4 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.error(problem)
     async with app.state.lifecycle.running():  # SIGTERM drains (service/lifecycle.py)
         yield
+    await anyio.to_thread.run_sync(tracing.shutdown, app.state.tracer_provider)  # the spans still buffered

@@ -23,13 +23,17 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import anyio.to_thread
 
 from .deadline import Deadline, bounded
 from .errors import Busy, Cancelled, DeadlineExceeded, Draining
+from .tracing import Work
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 __all__ = ["Pool", "Slot"]
 
@@ -54,11 +58,22 @@ class Slot:
         timeout): it covers the wait for a compute thread and the computation.
         """
         deadline = Deadline(self.seconds)
+        traced = Work(self.pool.tracer) if self.pool.tracer is not None else None  # service/tracing.py
 
         def job() -> Result:
-            with bounded(deadline):
+            with bounded(deadline), traced.running() if traced else contextlib.nullcontext():
                 return work()
 
+        try:
+            return await self._run(job, deadline, disconnected)
+        finally:
+            if traced:
+                traced.close()
+
+    async def _run(
+        self, job: Callable[[], Result], deadline: Deadline, disconnected: Callable[[], Awaitable[None]] | None
+    ) -> Result:
+        """``job`` in a compute thread, or ``Cancelled`` / ``DeadlineExceeded`` when it never finished."""
         result: list[Result] = []
         failure: list[BaseException] = []
         async with anyio.create_task_group() as group:
@@ -99,6 +114,7 @@ class Pool:
         self.timeout = timeout
         self.admitted = 0  # computing + waiting (+ bodies being read)
         self.closed = False  # the server is stopping: no new request is admitted
+        self.tracer: Tracer | None = None  # set by service.tracing.install when BPTT_TRACING is on
         self._limiter: anyio.CapacityLimiter | None = None
         self._idle: anyio.Event | None = None
 

@@ -38,7 +38,7 @@ from prometheus_client import (
 from prometheus_client import multiprocess as prometheus_multiprocess
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import checks
+from . import checks, tracing
 from .handlers import request_id
 
 __all__ = [
@@ -80,12 +80,15 @@ RATE_LIMITED = Counter("bptt_rate_limited_total", "Requests refused (429) by the
 
 @contextlib.contextmanager
 def engine_timer(function: str) -> Iterator[dict[str, int]]:
-    """Time an engine call; set ``tokens`` in the yielded dict to count them."""
+    """Time an engine call; set ``tokens`` in the yielded dict to count them. A traced request's
+    ``engine`` span is this call, and its ``encode`` span begins after it."""
     counts = {"tokens": 0}
+    tracing.phase("engine")
     start = time.perf_counter()
     yield counts
     ENGINE_SECONDS.labels(function).observe(time.perf_counter() - start)
     ENGINE_TOKENS.labels(function).inc(counts["tokens"])
+    tracing.phase("encode")
 
 
 def metrics_payload() -> bytes:

@@ -9,6 +9,7 @@ command-line option (``--port 9000``), which wins over the environment;
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
@@ -150,6 +151,15 @@ class Settings(BaseSettings):
         description="requests a key may send at once, after a pause, under BPTT_RATE_LIMIT_PER_KEY",
     )
 
+    # -- tracing --------------------------------------------------------------
+    # OpenTelemetry (service/tracing.py): OTLP over HTTP, configured by the standard OTEL_* variables.
+    tracing: bool = Field(
+        default=False,
+        description="send a trace of every request (queue wait, decode, engine, encode) by OpenTelemetry, "
+        "configured by the standard OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, ...); "
+        "needs the `tracing` extra",
+    )
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         """Limits that contradict each other, and a key setting with no key, stop the start."""
@@ -160,6 +170,8 @@ class Settings(BaseSettings):
             )
         if self.api_key is not None and not self.api_keys:
             raise ValueError("api_key is set but holds no key (only commas or spaces): the service would be open")
+        if self.tracing and importlib.util.find_spec("opentelemetry.sdk") is None:
+            raise ValueError("tracing needs the tracing extra: pip install 'bptt-service[tracing]'")
         if self.rate_limit_per_key is not None and not self.api_keys:
             raise ValueError(
                 "rate_limit_per_key needs api_key: the limit is per API key, and without keys the clients "
