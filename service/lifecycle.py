@@ -73,7 +73,7 @@ class Lifecycle:
         """Begin the drain (in the event loop, inside ``running``): not ready now, new work refused after
         ``grace`` seconds, and ``then()`` once the work admitted before has finished or ``timeout`` passed."""
         if self._tasks is None:
-            raise RuntimeError("Lifecycle.stop is called inside Lifecycle.running (the app's lifespan)")
+            raise RuntimeError("Lifecycle.stop must be called inside Lifecycle.running (the app's lifespan)")
         if self.draining:
             return
         self.draining = True
