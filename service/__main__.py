@@ -23,9 +23,19 @@ import uvicorn
 from . import __version__
 from .settings import ENV_PREFIX, Settings
 
-__all__ = ["SHUTDOWN_GRACE", "main", "parser"]
+__all__ = ["SHUTDOWN_GRACE", "main", "parser", "stop_seconds"]
 
-SHUTDOWN_GRACE = 5.0  # seconds past the request deadline that a stop may take
+SHUTDOWN_GRACE = 5.0  # seconds past the drain that a stop may take (answers still being written)
+
+
+# Where the last word of a setting's name would mislead as the name of its value.
+METAVARS = {"api_key": "KEYS", "rate_limit_per_key": "RATE"}
+
+
+def stop_seconds(settings: Settings) -> float:
+    """The longest a stop on SIGTERM takes: the drain's grace, the deadline of the work admitted
+    before it ended (service/lifecycle.py), then uvicorn's own graceful shutdown."""
+    return settings.drain_grace_seconds + settings.request_timeout + SHUTDOWN_GRACE
 
 
 def parser() -> argparse.ArgumentParser:
@@ -48,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
         elif typing.get_origin(field.annotation) is typing.Literal:
             kwargs["choices"] = typing.get_args(field.annotation)
         else:
-            kwargs["metavar"] = "KEYS" if name == "api_key" else name.split("_")[-1].upper()
+            kwargs["metavar"] = METAVARS.get(name, name.split("_")[-1].upper())
         p.add_argument(option, **kwargs)
     return p
 
@@ -77,9 +87,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     # The app (in each worker process) reads its settings from the environment.
     os.environ.update(settings.to_env())
-    # uvicorn stops gracefully on SIGTERM (in-flight requests finish), then re-raises
-    # the signal to the handler that was there before it started. Make that handler
-    # a no-op, so a stop asked for by an orchestrator ends with status 0.
+    # On SIGTERM the app drains (service/lifecycle.py) and then hands the signal to uvicorn,
+    # which stops and re-raises it to the handler that was there before it started. Make
+    # that handler a no-op, so a stop asked for by an orchestrator ends with status 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     uvicorn.run(
         "service.app:create_app",
@@ -90,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         log_level=settings.log_level,
         access_log=False,  # service.ops writes one line per request, with duration and size
         server_header=False,  # no "server: uvicorn" in answers
-        # On SIGTERM in-flight requests finish; none runs past its deadline, so the process
-        # exits within BPTT_REQUEST_TIMEOUT plus this grace even while a long request runs.
-        timeout_graceful_shutdown=math.ceil(settings.request_timeout + SHUTDOWN_GRACE),
+        # The drain has waited for the admitted work (none runs past its deadline); uvicorn then
+        # waits this long for answers still being written: a stop takes at most stop_seconds().
+        timeout_graceful_shutdown=math.ceil(SHUTDOWN_GRACE),
     )
     return 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import anyio.to_thread
 from fastapi import FastAPI
@@ -18,12 +19,16 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
-from . import __version__, handlers, openapi, ops, rest, runtime
+from . import __version__, handlers, openapi, ops, rest, runtime, tracing
 from .compute import Pool
-from .middleware import BearerAuth, BodyLimit, GzipRequest, RequestId, TrailingSlash
+from .lifecycle import Lifecycle
+from .middleware import BearerAuth, BodyLimit, GzipRequest, RateLimit, RequestId, TrailingSlash
 from .openapi import ERROR_RESPONSES
 from .settings import Settings
 from .v2 import routes as v2_routes
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 __all__ = ["create_app"]
 
@@ -45,13 +50,16 @@ the tutorial's `delta_t` is, is in `docs/derivation.md` of the repository; the p
 """
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, tracer_provider: TracerProvider | None = None) -> FastAPI:
     """The application, configured by ``settings`` (read from the environment when omitted).
 
     Building it also applies the process-wide choices of the settings: the malloc
     tuning (``BPTT_TUNE_MALLOC``), the BLAS threads (``BPTT_BLAS_THREADS``) and the log format.
+    With ``BPTT_TRACING``, spans go to ``tracer_provider`` (by default one exporting by OTLP,
+    configured by the ``OTEL_*`` variables; service/tracing.py).
     """
     settings = settings or Settings()
+    provider = (tracer_provider or tracing.otlp_provider()) if settings.tracing else None
     if settings.tune_malloc:
         runtime.tune_malloc()
     runtime.limit_blas(settings.blas_threads)
@@ -65,13 +73,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         responses={500: ERROR_RESPONSES[500]},
         redirect_slashes=False,  # TrailingSlash serves /bptt/ as /bptt instead of a 307
+        telemetry=tracing.telemetry(provider),  # FastAPI's own OpenTelemetry: the request's span, or off
     )
     app.state.settings = settings
     app.state.ready = False
     app.state.not_ready_reason = "starting: the engine self-check has not run yet"
     app.state.pool = Pool(threads=settings.threads, max_queue=settings.max_queue, timeout=settings.request_timeout)
+    app.state.pool.tracer = tracing.tracer(provider)  # the queue wait and the phases, as the request's children
+    app.state.tracer_provider = provider
+    app.state.lifecycle = Lifecycle(
+        app.state.pool, grace=settings.drain_grace_seconds, timeout=settings.request_timeout
+    )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, max_in_flight=settings.max_bytes_in_flight)
     app.add_middleware(GzipRequest, max_bytes=settings.max_body_bytes)  # outside BodyLimit: it counts the inflated
+    if settings.rate_limit_per_key is not None:  # inside the key check: it counts by the key's id
+        app.add_middleware(RateLimit, rate=settings.rate_limit_per_key, burst=settings.rate_limit_burst)
     if settings.api_keys:
         app.add_middleware(BearerAuth, keys=settings.api_keys)
     if settings.cors_allowed:  # outside the key check: a browser's preflight carries no key
@@ -108,15 +124,17 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if problem:
         log.error(problem)
     settings: Settings = app.state.settings
-    if settings.grpc_port is None:
-        yield
-        return
-    # Imported only when served: the gRPC stack stays out of processes that do not serve it.
-    from .v2 import servicer
+    async with app.state.lifecycle.running():  # SIGTERM drains (service/lifecycle.py)
+        if settings.grpc_port is None:
+            yield
+        else:
+            # Imported only when served: the gRPC stack stays out of processes that do not serve it.
+            from .v2 import servicer
 
-    grpc_server = await servicer.start(app)
-    try:
-        yield
-    finally:
-        # uvicorn has drained the HTTP requests; calls in flight end within their deadlines.
-        await grpc_server.stop(grace=settings.request_timeout)
+            grpc_server = await servicer.start(app)
+            try:
+                yield
+            finally:
+                # The drain has waited for the pool; calls still in flight end within their deadlines.
+                await grpc_server.stop(grace=settings.request_timeout)
+    await anyio.to_thread.run_sync(tracing.shutdown, app.state.tracer_provider)  # the spans still buffered

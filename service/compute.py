@@ -12,6 +12,9 @@ Every request has a deadline once its body has arrived (queue wait + compute,
 BPTT_REQUEST_TIMEOUT; the upload has BPTT_BODY_TIMEOUT): the
 work checks it between steps (``service.deadline``) and stops with 504; a client
 that disconnects has its queued or running work cancelled the same way.
+
+A server that stops closes the pool (``service.lifecycle``): new requests are
+refused with 503 (``Draining``), and ``idle`` waits for the admitted ones.
 """
 
 from __future__ import annotations
@@ -20,13 +23,17 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import anyio.to_thread
 
 from .deadline import Deadline, bounded
-from .errors import Busy, Cancelled, DeadlineExceeded
+from .errors import Busy, Cancelled, DeadlineExceeded, Draining
+from .tracing import Work
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 __all__ = ["Pool", "Slot"]
 
@@ -51,11 +58,22 @@ class Slot:
         timeout): it covers the wait for a compute thread and the computation.
         """
         deadline = Deadline(self.seconds)
+        traced = Work(self.pool.tracer) if self.pool.tracer is not None else None  # service/tracing.py
 
         def job() -> Result:
-            with bounded(deadline):
+            with bounded(deadline), traced.running() if traced else contextlib.nullcontext():
                 return work()
 
+        try:
+            return await self._run(job, deadline, disconnected)
+        finally:
+            if traced:
+                traced.close()
+
+    async def _run(
+        self, job: Callable[[], Result], deadline: Deadline, disconnected: Callable[[], Awaitable[None]] | None
+    ) -> Result:
+        """``job`` in a compute thread, or ``Cancelled`` / ``DeadlineExceeded`` when it never finished."""
         result: list[Result] = []
         failure: list[BaseException] = []
         async with anyio.create_task_group() as group:
@@ -95,7 +113,10 @@ class Pool:
         self.max_queue = max_queue
         self.timeout = timeout
         self.admitted = 0  # computing + waiting (+ bodies being read)
+        self.closed = False  # the server is stopping: no new request is admitted
+        self.tracer: Tracer | None = None  # set by service.tracing.install when BPTT_TRACING is on
         self._limiter: anyio.CapacityLimiter | None = None
+        self._idle: anyio.Event | None = None
 
     @property
     def limiter(self) -> anyio.CapacityLimiter:
@@ -105,11 +126,16 @@ class Pool:
 
     @contextlib.asynccontextmanager
     async def slot(self, seconds: float | None = None) -> AsyncIterator[Slot]:
-        """Admit one request, or raise ``Busy``; the slot is held until the block ends.
+        """Admit one request, or raise ``Busy`` (or ``Draining`` once closed); the slot is held until the
+        block ends.
 
         Its deadline is the pool's (BPTT_REQUEST_TIMEOUT), or ``seconds`` when shorter
         (a gRPC client's own deadline).
         """
+        if self.closed:
+            raise Draining(
+                "the server is shutting down and takes no new work; retry (another replica answers)",
+            )
         if self.admitted >= self.threads + self.max_queue:
             waiting = self.admitted - self.threads
             raise Busy(
@@ -121,6 +147,18 @@ class Pool:
             yield Slot(self, self.timeout if seconds is None else max(0.0, min(self.timeout, seconds)))
         finally:
             self.admitted -= 1
+            if self.admitted == 0 and self._idle is not None:
+                self._idle.set()
+
+    def close(self) -> None:
+        """Admit no new request (``Draining``); those admitted carry on."""
+        self.closed = True
+
+    async def idle(self) -> None:
+        """Return once no request is admitted (computing, waiting, or its body arriving)."""
+        while self.admitted:
+            self._idle = anyio.Event()
+            await self._idle.wait()
 
     async def run(self, work: Callable[[], Result]) -> Result:
         """Admit and run ``work`` at once (for callers with nothing to read first)."""

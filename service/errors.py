@@ -12,10 +12,12 @@ the ``field`` it blames)::
     |   +-- BodyTooLarge           the body, before or while reading it    413
     +-- UnsupportedMediaType       Content-Type is not JSON                415
     +-- Unauthorised               missing or wrong API key                401
+    +-- RateLimited                a key over its request rate             429 + Retry-After
     +-- NotFound                   no such route, model or version         404
     +-- MethodNotAllowed           the route takes another method          405
     +-- Busy                       the queue or the bytes in flight full   503 + Retry-After
-    +-- NotReady                   starting, or the self-check failed      503
+    +-- Draining                   shutting down: no new work              503 + Retry-After
+    +-- NotReady                   starting, self-check failed, stopping   503
     +-- DeadlineExceeded           the request's deadline passed           504
     +-- BodyTimeout                the body did not arrive in time         408
     +-- Cancelled                  the client disconnected (nothing sent)  499 in logs
@@ -46,6 +48,7 @@ __all__ = [
     "Cancelled",
     "ComputeError",
     "DeadlineExceeded",
+    "Draining",
     "ErrorItem",
     "InputError",
     "LimitError",
@@ -53,6 +56,7 @@ __all__ = [
     "NotFound",
     "NotReady",
     "Outcome",
+    "RateLimited",
     "RequestInvalid",
     "ServerError",
     "Unauthorised",
@@ -168,6 +172,15 @@ class Unauthorised(BpttError):
         )
 
 
+class RateLimited(BpttError):
+    """An API key sent more requests than its rate (BPTT_RATE_LIMIT_PER_KEY): retry after Retry-After."""
+
+    type = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message, field="Authorization", headers={"retry-after": str(retry_after)})
+
+
 class NotFound(BpttError):
     """No such route, model or model version."""
 
@@ -189,8 +202,17 @@ class Busy(BpttError):
         super().__init__(message, headers={"retry-after": str(retry_after)})
 
 
+class Draining(BpttError):
+    """The server is shutting down and takes no new work: retry after Retry-After, another replica answers."""
+
+    type = "draining"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message, headers={"retry-after": str(retry_after)})
+
+
 class NotReady(BpttError):
-    """The service is starting, or its self-check failed."""
+    """The service is starting, its self-check failed, or it is stopping."""
 
     type = "not_ready"
 
@@ -241,9 +263,11 @@ TABLE: dict[type[BpttError], Outcome] = {
     LimitError: Outcome(413, 413, "RESOURCE_EXHAUSTED"),
     UnsupportedMediaType: Outcome(415, 415, "INVALID_ARGUMENT"),
     Unauthorised: Outcome(401, 401, "UNAUTHENTICATED"),
+    RateLimited: Outcome(429, 429, "RESOURCE_EXHAUSTED"),
     NotFound: Outcome(404, 404, "NOT_FOUND"),
     MethodNotAllowed: Outcome(405, 405, "UNIMPLEMENTED"),
     Busy: Outcome(503, 503, "UNAVAILABLE"),
+    Draining: Outcome(503, 503, "UNAVAILABLE"),
     NotReady: Outcome(503, 503, "UNAVAILABLE"),
     DeadlineExceeded: Outcome(504, 504, "DEADLINE_EXCEEDED"),
     BodyTimeout: Outcome(408, 408, "DEADLINE_EXCEEDED"),

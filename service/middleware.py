@@ -7,6 +7,8 @@
   arrive, the limits applied to the compressed and the decompressed bytes.
 - ``BearerAuth``: with ``BPTT_API_KEY`` set, every route but the probes and
   metrics needs ``Authorization: Bearer <key>``.
+- ``RateLimit``: with ``BPTT_RATE_LIMIT_PER_KEY`` set, each key's requests
+  take a token from its bucket (``service.quota``): 429 when it is empty.
 - ``TrailingSlash``: ``/bptt/`` is served as ``/bptt`` (plain curl prints
   nothing for a redirect).
 - ``RequestId``: ``X-Request-Id`` echoed in every answer.
@@ -17,20 +19,24 @@ Pure ASGI (no ``BaseHTTPMiddleware``): nothing is buffered or copied.
 from __future__ import annotations
 
 import hmac
+import math
 import uuid
 import zlib
 from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import BodyTooLarge, BrokenBody, Busy, Unauthorised
+from . import ops
+from .errors import BodyTooLarge, BrokenBody, Busy, RateLimited, Unauthorised
 from .handlers import send_error
+from .quota import Quotas, key_id
 
 __all__ = [
     "OPEN_PATHS",
     "BearerAuth",
     "BodyLimit",
     "GzipRequest",
+    "RateLimit",
     "RequestId",
     "TrailingSlash",
     "authorised",
@@ -107,21 +113,67 @@ class BearerAuth:
 
     Keys are compared with ``hmac.compare_digest`` against every configured key
     (no early exit), so the time taken says nothing about how much of a key was right.
+    The key's id (``service.quota.key_id``, never the key) goes in the scope's
+    state as ``api_key_id``, for the rate limit.
     """
 
     def __init__(self, app: ASGIApp, *, keys: Sequence[str]) -> None:
         self.app = app
-        self.keys = [k.encode() for k in keys]
+        self.keys = [(k.encode(), key_id(k.encode())) for k in keys]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._authorised(scope):
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        await send_error(scope, send, Unauthorised())
+        found = self._key_id(scope)
+        if found is None:
+            await send_error(scope, send, Unauthorised())
+            return
+        scope.setdefault("state", {})["api_key_id"] = found
+        await self.app(scope, receive, send)
 
-    def _authorised(self, scope: Scope) -> bool:
-        header = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
-        return authorised(header, self.keys)
+    def _key_id(self, scope: Scope) -> str | None:
+        """The id of the request's key, or None when it has none or a wrong one."""
+        given = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    given = token.strip()
+                break
+        found = None
+        for key, kid in self.keys:
+            if hmac.compare_digest(given, key):
+                found = kid
+        return found
+
+
+class RateLimit:
+    """A request rate per API key (a token bucket each, ``service.quota``): 429 with Retry-After past it.
+
+    Inside ``BearerAuth`` (it reads the key's id from the scope) and outside the body's
+    middlewares: a refused request is answered before its body is read. Requests without
+    a key (the probes and metrics) are not counted.
+    """
+
+    def __init__(self, app: ASGIApp, *, rate: float, burst: int) -> None:
+        self.app = app
+        self.quotas = Quotas(rate=rate, burst=burst)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kid = (scope.get("state") or {}).get("api_key_id") if scope["type"] == "http" else None
+        wait = self.quotas.take(kid) if kid else 0.0
+        if not wait:
+            await self.app(scope, receive, send)
+            return
+        ops.RATE_LIMITED.labels(kid).inc()
+        retry = max(1, math.ceil(wait))
+        error = RateLimited(
+            f"API key {kid} is over its rate of {self.quotas.rate:g} requests a second (burst "
+            f"{self.quotas.burst}; settings BPTT_RATE_LIMIT_PER_KEY, BPTT_RATE_LIMIT_BURST): retry after {retry} s",
+            retry_after=retry,
+        )
+        await send_error(scope, send, error)
 
 
 def authorised(header: bytes, keys: Sequence[bytes]) -> bool:

@@ -58,8 +58,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     500: {"model": ErrorResponse, "description": "A server fault; the message carries a request id to report."},
     503: {
         "model": ErrorResponse,
-        "description": "At capacity: BPTT_THREADS requests computing and BPTT_MAX_QUEUE waiting. "
-        "Retry after the `Retry-After` header's seconds.",
+        "description": "At capacity (BPTT_THREADS requests computing and BPTT_MAX_QUEUE waiting), or stopping "
+        "(`draining`). Retry after the `Retry-After` header's seconds.",
         "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}},
     },
 }
@@ -128,12 +128,19 @@ def _spec(app: FastAPI) -> dict[str, Any]:
         "description": "BPTT_API_KEY is set and the request has no key or a wrong one (`WWW-Authenticate: Bearer`).",
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
     }
+    rate_limited = {
+        "description": "BPTT_RATE_LIMIT_PER_KEY is set and this key is over its rate: retry after the "
+        "`Retry-After` header's seconds.",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}},
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+    }
     for path, operations in spec["paths"].items():
         if path in OPEN_PATHS:
             continue
         for operation in operations.values():
             operation["security"] = [{"bearerAuth": []}, {}]
             operation["responses"].setdefault("401", unauthorised)
+            operation["responses"].setdefault("429", rate_limited)
     return spec
 
 

@@ -8,6 +8,7 @@ Metrics (prometheus-client), served at ``GET /metrics``:
     bptt_http_requests_in_flight                          gauge
     bptt_engine_seconds{function}                         histogram, forward + BPTT only
     bptt_engine_tokens_total{function}                    counter, predicted tokens
+    bptt_rate_limited_total{key}                          counter, requests refused by a key's quota
 
 ``route`` is the route's template (``/v2/models/{model_name}/infer``), so the
 label set stays small whatever paths clients send. With several worker
@@ -37,11 +38,12 @@ from prometheus_client import (
 from prometheus_client import multiprocess as prometheus_multiprocess
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import checks
+from . import checks, tracing
 from .handlers import request_id
 
 __all__ = [
     "CONTENT_TYPE_LATEST",
+    "RATE_LIMITED",
     "RequestObserver",
     "configure_logging",
     "engine_timer",
@@ -72,16 +74,21 @@ ENGINE_SECONDS = Histogram(
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
 )
 ENGINE_TOKENS = Counter("bptt_engine_tokens_total", "Predicted tokens whose gradients were computed.", ["function"])
+# ``key`` is the key's id (service.quota.key_id), never the key: one label value per configured key.
+RATE_LIMITED = Counter("bptt_rate_limited_total", "Requests refused (429) by their API key's rate limit.", ["key"])
 
 
 @contextlib.contextmanager
 def engine_timer(function: str) -> Iterator[dict[str, int]]:
-    """Time an engine call; set ``tokens`` in the yielded dict to count them."""
+    """Time an engine call; set ``tokens`` in the yielded dict to count them. A traced request's
+    ``engine`` span is this call, and its ``encode`` span begins after it."""
     counts = {"tokens": 0}
+    tracing.phase("engine")
     start = time.perf_counter()
     yield counts
     ENGINE_SECONDS.labels(function).observe(time.perf_counter() - start)
     ENGINE_TOKENS.labels(function).inc(counts["tokens"])
+    tracing.phase("encode")
 
 
 def metrics_payload() -> bytes:

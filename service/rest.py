@@ -237,13 +237,13 @@ async def get_healthz() -> dict[str, str]:
 @router.get(
     "/readyz",
     response_model=HealthResponse,
-    responses={503: {"model": ErrorResponse, "description": "Not ready: starting, or the self-check failed."}},
+    responses={503: {"model": ErrorResponse, "description": "Not ready: starting, self-check failed, or stopping."}},
     summary="Readiness",
     tags=["operations"],
 )
 async def get_readyz(request: Request) -> dict[str, str]:
     """200 once the app has started and the engine's self-check (against central
-    differences) passed: the readiness probe."""
+    differences) passed, until it is stopping: the readiness probe."""
     readiness(request)
     return {"status": "ready", "version": __version__}
 
@@ -261,10 +261,13 @@ async def get_metrics() -> Response:
 
 
 def readiness(request: Request) -> None:
-    """Raise ``NotReady`` (503, with the reason) unless the app started and its self-check passed."""
+    """Raise ``NotReady`` (503, with the reason) unless the app started, its self-check passed and it
+    is not stopping."""
     state = request.app.state
     if not state.ready:
         raise NotReady(state.not_ready_reason)
+    if state.lifecycle.draining:
+        raise NotReady("draining: the server is stopping (SIGTERM); send new work to another replica")
 
 
 async def run_json(request: Request, answer: plans.Answer) -> Response:

@@ -9,6 +9,7 @@ command-line option (``--port 9000``), which wins over the environment;
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
@@ -119,6 +120,18 @@ class Settings(BaseSettings):
         "(base64 tensors parse in milliseconds)",
     )
 
+    # -- stopping ----------------------------------------------------------------
+    # After SIGTERM: readiness 503 at once, new work still accepted for this long (load balancers
+    # take a few seconds to stop sending), then refused with 503 while the admitted work finishes
+    # (within BPTT_REQUEST_TIMEOUT). 0 for a process no balancer sends to; the manifests set 10.
+    drain_grace_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        le=600,
+        description="after SIGTERM, seconds new work is still accepted while readiness answers 503; then new "
+        "work is refused with 503 and the process exits once the admitted work finishes (service/lifecycle.py)",
+    )
+
     # -- browsers on other origins ---------------------------------------------------
     # Empty: no cross-origin access. "https://a.example,http://localhost:8888": those pages may call.
     cors_origins: str = Field(
@@ -134,6 +147,28 @@ class Settings(BaseSettings):
         "`authorization: Bearer <key>` (UNAUTHENTICATED otherwise); unset, the service is open",
     )
 
+    # A token bucket per key (service/quota.py): `rate` requests a second, `burst` at once after a pause.
+    rate_limit_per_key: float | None = Field(
+        default=None,
+        gt=0,
+        description="requests a second each API key may send (needs BPTT_API_KEY); past it, 429 with "
+        "Retry-After; unset, no limit",
+    )
+    rate_limit_burst: int = Field(
+        default=10,
+        ge=1,
+        description="requests a key may send at once, after a pause, under BPTT_RATE_LIMIT_PER_KEY",
+    )
+
+    # -- tracing --------------------------------------------------------------
+    # OpenTelemetry (service/tracing.py): OTLP over HTTP, configured by the standard OTEL_* variables.
+    tracing: bool = Field(
+        default=False,
+        description="send a trace of every request (queue wait, decode, engine, encode) by OpenTelemetry, "
+        "configured by the standard OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, ...); "
+        "needs the `tracing` extra",
+    )
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         """Limits that contradict each other, and a key setting with no key, stop the start."""
@@ -146,6 +181,13 @@ class Settings(BaseSettings):
             raise ValueError(f"grpc_port and port are both {self.port}: gRPC and HTTP need ports of their own")
         if self.api_key is not None and not self.api_keys:
             raise ValueError("api_key is set but holds no key (only commas or spaces): the service would be open")
+        if self.tracing and importlib.util.find_spec("opentelemetry.sdk") is None:
+            raise ValueError("tracing needs the tracing extra: pip install 'bptt-service[tracing]'")
+        if self.rate_limit_per_key is not None and not self.api_keys:
+            raise ValueError(
+                "rate_limit_per_key needs api_key: the limit is per API key, and without keys the clients "
+                "cannot be told apart"
+            )
         return self
 
     @property
