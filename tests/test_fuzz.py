@@ -58,21 +58,48 @@ def _matrix(pool: itertools.cycle, rows: int, cols: int) -> list[list[float]]:
     return [[next(pool) for _ in range(cols)] for _ in range(rows)]
 
 
-def _weights(body: dict) -> tuple[int, int, itertools.cycle, dict]:
+GATES = {"rnn": 0, "gru": 3, "lstm": 4}  # 0: no gate axis
+
+
+def _weights(body: dict, cell: str = "rnn") -> tuple[int, int, itertools.cycle, dict]:
+    """U, V, W of the cell's shapes (a gated cell's U and W stacked by gate), from the generated numbers."""
     U = body.get("U")
     H = max(1, min(len(U), 5)) if isinstance(U, list) else 2
     C = max(1, min(len(U[0]), 7)) if isinstance(U, list) and U and isinstance(U[0], list) else 3
     pool = itertools.cycle(_numbers([body.get(k) for k in ("U", "V", "W")]))
+    G = GATES[cell]
+    if G:
+        stacked = {"U": [_matrix(pool, H, C) for _ in range(G)], "W": [_matrix(pool, H, H) for _ in range(G)]}
+        return H, C, pool, stacked | {"V": _matrix(pool, C, H)}
     return H, C, pool, {"U": _matrix(pool, H, C), "V": _matrix(pool, C, H), "W": _matrix(pool, H, H)}
 
 
-def _sequence(seq: dict, C: int, H: int, pool: itertools.cycle) -> dict:
+def _sequence(seq: dict, C: int, H: int, pool: itertools.cycle, cell: str = "rnn") -> dict:
     x, y = _ids(seq.get("x")) or [0], _ids(seq.get("y")) or [0]
     T = max(1, min(len(x), len(y), 20))
     out = {"x": [v % C for v in (x * T)[:T]], "y": [v % C for v in (y * T)[:T]]}
-    if seq.get("s0") is not None:
-        out["s0"] = [next(pool) for _ in range(H)]
+    for name in ("s0", "c0") if cell == "lstm" else ("s0",):
+        if seq.get(name) is not None:
+            out[name] = [next(pool) for _ in range(H)]
     return out
+
+
+def _cell_options(body: dict, cell: str, H: int, C: int, pool: itertools.cycle, *, biases: bool) -> None:
+    """The options that belong to the body's cell kept (shaped), the others dropped."""
+    G = GATES[cell]
+    for name in ("b", "b_hh"):
+        if body.get(name) is None or not biases or (name == "b_hh" and not G):
+            body.pop(name, None)
+        else:
+            body[name] = [_matrix(pool, 1, H)[0] for _ in range(G)] if G else [next(pool) for _ in range(H)]
+    if body.get("c") is not None and biases:
+        body["c"] = [next(pool) for _ in range(C)]
+    else:
+        body.pop("c", None)
+    if cell != "gru":
+        body.pop("reset_after", None)
+    if cell != "lstm":
+        body.pop("c0", None)
 
 
 def agree(case: schemathesis.Case) -> None:
@@ -81,7 +108,8 @@ def agree(case: schemathesis.Case) -> None:
     if path.endswith("/infer") and case.media_type == "application/octet-stream":
         # Any bytes match {type: string, format: binary}; a valid one is a JSON
         # header and the tensors' bytes, as the route's description says.
-        case.body, length = _binary_infer(body if isinstance(body, bytes) else b"")
+        model = (case.path_parameters or {}).get("model_name", "bptt")
+        case.body, length = _binary_infer(body if isinstance(body, bytes) else b"", GATES.get(model[5:], 0))
         case.headers = {**(case.headers or {}), "Inference-Header-Content-Length": str(length)}
         return
     if not isinstance(body, dict):
@@ -90,20 +118,21 @@ def agree(case: schemathesis.Case) -> None:
         _agree_vjp(body, compare=path == "/vjp/compare")
         return
     if path in ("/bptt", "/bptt/batch", "/gradient-check", "/bptt/compare", "/bptt/flow"):
-        H, C, pool, weights = _weights(body)
+        cell = body.get("cell") if body.get("cell") in GATES else "rnn"
+        H, C, pool, weights = _weights(body, cell)
         body.update(weights)
-        for name, n in (("b", H), ("c", C)):
-            if body.get(name) is not None:
-                body[name] = [next(pool) for _ in range(n)]
+        # /bptt/compare diagnoses the tutorial's vanilla model, which has no biases.
+        _cell_options(body, cell, H, C, pool, biases=path != "/bptt/compare" or cell != "rnn")
         if path == "/bptt/compare":
-            body.update({f"dLd{k}": _matrix(pool, len(w), len(w[0])) for k, w in weights.items()})
+            body.update({f"dLd{k}": np.array(w).tolist() for k, w in weights.items()})
         if path != "/bptt/batch":
-            body.update(_sequence(body, C, H, pool))
+            body.update(_sequence(body, C, H, pool, cell))
         else:
             seqs = body.get("sequences") or [{}]
-            body["sequences"] = [_sequence(s if isinstance(s, dict) else {}, C, H, pool) for s in seqs[:8]]
+            body["sequences"] = [_sequence(s if isinstance(s, dict) else {}, C, H, pool, cell) for s in seqs[:8]]
     elif path.endswith("/infer"):
-        H, C, pool, weights = _weights({})
+        model = (case.path_parameters or {}).get("model_name", "bptt")
+        H, C, pool, weights = _weights({}, {"bptt-gru": "gru", "bptt-lstm": "lstm"}.get(model, "rnn"))
         sizes = [(i.get("shape") or [0])[0] for i in body.get("inputs", []) if isinstance(i, dict)]
         x = [v % C for v in (_ids(sizes) or [1, 2])][:20]
         arrays = {**weights, "x": x, "y": list(reversed(x))}
@@ -112,8 +141,8 @@ def agree(case: schemathesis.Case) -> None:
             {
                 "name": name,
                 "datatype": "FP64" if name in "UVW" else "INT64",
-                "shape": [len(a), len(a[0])] if name in "UVW" else [len(a)],
-                "data": [v for row in a for v in row] if name in "UVW" else a,
+                "shape": list(np.shape(a)),
+                "data": np.ravel(a).tolist() if name in "UVW" else a,
             }
             for name, a in arrays.items()
         ]
@@ -150,15 +179,16 @@ def _agree_vjp(body: dict, *, compare: bool) -> None:
         body["dx"] = arr(N, T, D) if cs else arr(D, N, T)
 
 
-def _binary_infer(seed: bytes) -> tuple[bytes, int]:
-    """A binary-tensor infer request whose sizes come from the generated bytes."""
+def _binary_infer(seed: bytes, G: int = 0) -> tuple[bytes, int]:
+    """A binary-tensor infer request whose sizes come from the generated bytes (G gates stacked, if any)."""
     H, C = 1 + len(seed) % 4, 2 + len(seed) % 5
     T = 1 + len(seed) % 7
     rng = np.random.default_rng(list(seed[:16]) or 0)
+    gates = (G,) if G else ()
     arrays = {
-        "U": rng.uniform(-1, 1, (H, C)),
+        "U": rng.uniform(-1, 1, (*gates, H, C)),
         "V": rng.uniform(-1, 1, (C, H)),
-        "W": rng.uniform(-1, 1, (H, H)),
+        "W": rng.uniform(-1, 1, (*gates, H, H)),
         "x": rng.integers(0, C, T),
         "y": rng.integers(0, C, T),
     }
