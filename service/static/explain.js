@@ -15,19 +15,54 @@ function generator(seed) {
   };
 }
 
+const uniform = (rand, rows, cols, bound) =>
+  Array.from({ length: rows }, () => Array.from({ length: cols }, () => (2 * rand() - 1) * bound));
+
 // The tutorial's initialisation: uniform in +-1/sqrt(fan-in); W times `scale`.
 function randomModel(H, C, T, seed, scale) {
   const rand = generator(seed);
-  const matrix = (rows, cols, bound) =>
-    Array.from({ length: rows }, () => Array.from({ length: cols }, () => (2 * rand() - 1) * bound));
   const tokens = () => Array.from({ length: T }, () => Math.floor(rand() * C));
   return {
-    U: matrix(H, C, 1 / Math.sqrt(C)),
-    V: matrix(C, H, 1 / Math.sqrt(H)),
-    W: matrix(H, H, scale / Math.sqrt(H)),
+    U: uniform(rand, H, C, 1 / Math.sqrt(C)),
+    V: uniform(rand, C, H, 1 / Math.sqrt(H)),
+    W: uniform(rand, H, H, scale / Math.sqrt(H)),
     x: tokens(),
     y: tokens(),
   };
+}
+
+// The cells, their gates stacked in PyTorch's order (GRU r, z, n; LSTM i, f, g, o), and how they are drawn.
+const CELLS = ["rnn", "gru", "lstm"];
+const GATES = { gru: 3, lstm: 4 };
+const NAMES = { rnn: "vanilla RNN", gru: "GRU", lstm: "LSTM" };
+const STROKES = { rnn: "#d62728", gru: "#2ca02c", lstm: "#1f77b4" };
+
+// A gated cell for the vanilla model's tokens and V: every gate's U (H x C) and W (H x H) drawn as the
+// vanilla cell's are, from a generator of the cell's own, so the tokens stay the same whichever cell is chosen.
+// The LSTM's forget gate gets the bias `forgetBias` (1 is Jozefowicz et al. 2015's advice, Keras' default).
+function gatedModel(base, cell, { H, C, seed, scale, resetAfter, forgetBias }) {
+  const G = GATES[cell];
+  const rand = generator((seed ^ Math.imul(G, 0x9e3779b9)) >>> 0);
+  const body = {
+    cell,
+    U: Array.from({ length: G }, () => uniform(rand, H, C, 1 / Math.sqrt(C))),  // (G, H, C)
+    V: base.V,
+    W: Array.from({ length: G }, () => uniform(rand, H, H, scale / Math.sqrt(H))),  // (G, H, H)
+    x: base.x,
+    y: base.y,
+  };
+  if (cell === "gru") body.reset_after = resetAfter;
+  if (cell === "lstm") body.b = Array.from({ length: G }, (_, g) => new Array(H).fill(g === 1 ? forgetBias : 0));
+  return body;
+}
+
+// The random model of the form's sizes and seed, for `cell`, with full BPTT.
+function randomBody(cell) {
+  const num = (id) => Number($(id).value);
+  const sizes = { H: num("H"), C: num("C"), seed: num("seed"), scale: num("scale") };
+  const base = randomModel(sizes.H, sizes.C, num("T"), sizes.seed, sizes.scale);
+  if (cell === "rnn") return base;
+  return gatedModel(base, cell, { ...sizes, resetAfter: $("reset_after").checked, forgetBias: num("forget_bias") });
 }
 
 function request() {
@@ -36,13 +71,17 @@ function request() {
   if (pasted) {
     body = JSON.parse(pasted);
   } else {
-    const num = (id) => Number($(id).value);
-    body = randomModel(num("H"), num("C"), num("T"), num("seed"), num("scale"));
+    body = randomBody($("cell").value);
     const K = $("K").value.trim();
     body.bptt_truncate = K === "" ? null : Number(K);
   }
   body.trace = true;
   return body;
+}
+
+async function post(path, body, headers) {
+  const response = await fetch(path, { method: "POST", headers, body: JSON.stringify(body) });
+  return { ok: response.ok, status: response.status, data: await response.json() };
 }
 
 // A perceptual ramp (viridis' ends and middle), for values in [0, 1].
@@ -179,6 +218,7 @@ function drawCurves(canvas, series, { xlabel, mark }) {
     ctx.stroke();
     ctx.fillText(`1e${e}`, 8, py(10 ** e) + 4);
   }
+  for (const j of new Set([0, Math.floor((n - 1) / 2), n - 1])) ctx.fillText(String(j), px(j) - 4, pad.top + H + 16);
   if (mark !== undefined && mark < n) {
     ctx.strokeStyle = "#888";
     ctx.setLineDash([4, 4]);
@@ -189,10 +229,10 @@ function drawCurves(canvas, series, { xlabel, mark }) {
     ctx.setLineDash([]);
     ctx.fillText(`K = ${mark}`, px(mark) + 4, pad.top + 12);
   }
-  series.forEach(({ label, values, stroke }, i) => {
+  series.forEach(({ label, values, stroke, width }, i) => {
     ctx.strokeStyle = stroke;
     ctx.fillStyle = stroke;
-    ctx.lineWidth = 2;
+    ctx.lineWidth = width || 2;
     ctx.beginPath();
     let started = false;
     values.forEach((v, j) => {
@@ -202,7 +242,9 @@ function drawCurves(canvas, series, { xlabel, mark }) {
       started = true;
     });
     ctx.stroke();
-    ctx.fillText(label, pad.left + W - 60, pad.top + 14 + 16 * i);
+    ctx.textAlign = "right";
+    ctx.fillText(label, pad.left + W - 4, pad.top + 14 + 16 * i);
+    ctx.textAlign = "left";
   });
   ctx.lineWidth = 1;
 }
@@ -234,17 +276,75 @@ async function drawFlow(body, headers) {
   ], { xlabel: "bptt_truncate K →", mark: 4 });
 }
 
+const norm = (v) => Math.sqrt(v.reduce((sum, a) => sum + a * a, 0));
+
+// ||dL/ds_k|| by step for the chosen cell, and the LSTM's ||dL/dc_k||.
+function drawSteps(cell, trace) {
+  const canvas = $("statesteps");
+  const ds = trace.dLds.map(norm);
+  const series = [{ label: "‖∂L/∂s_k‖", values: ds, stroke: STROKES[cell] }];
+  canvas.dataset.dlds = JSON.stringify(ds);  // for tests
+  delete canvas.dataset.dldc;
+  if (trace.dLdc) {
+    const dc = trace.dLdc.map(norm);
+    series.push({ label: "‖∂L/∂c_k‖ (cell state)", values: dc, stroke: "#9467bd" });
+    canvas.dataset.dldc = JSON.stringify(dc);
+  }
+  drawCurves(canvas, series, { xlabel: "step k →" });
+  $("dcnote").hidden = !trace.dLdc;
+}
+
+// The three cells (or the pasted one) on one chart and in the table: mean ||dE_t/ds_{t-j}|| by lag j.
+function drawComparison(runs, chosen) {
+  const curves = runs.map(({ cell, data }) => ({ cell, means: data.trace.state_lag_summary.map((s) => s.mean_norm) }));
+  drawCurves(
+    $("compare"),
+    curves.map(({ cell, means }) => ({
+      label: NAMES[cell], values: means, stroke: STROKES[cell], width: cell === chosen ? 3.5 : 1.5,
+    })),
+    { xlabel: "lag j = t − k →" },
+  );
+  const far = Math.floor((Math.min(...curves.map((c) => c.means.length)) - 1) / 2);  // half way back: many outputs
+  $("farhead").textContent = `at lag ${far}`;
+  $("farlag").textContent = String(far);
+  const tbody = $("comparetable").tBodies[0];
+  tbody.replaceChildren();
+  for (const { cell, means } of curves) {
+    const row = tbody.insertRow();
+    Object.assign(row.dataset, { cell, lag0: String(means[0]), far: String(means[far]), lag: String(far) });  // for tests
+    for (const text of [NAMES[cell], means[0].toExponential(3), means[far].toExponential(3), (means[far] / means[0]).toExponential(2)]) {
+      row.insertCell().textContent = text;
+    }
+    if (cell === chosen) row.style.fontWeight = "600";
+  }
+  if (curves.length < 2) {
+    $("statesummary").textContent = `The pasted ${NAMES[chosen]}: clear the pasted text to compare the three cells on random models.`;
+    return;
+  }
+  // Whatever these weights show, said in words: which cell keeps the most of an output's error `far` steps back.
+  const ranked = [...curves].sort((a, b) => b.means[far] - a.means[far]);
+  const grows = curves.filter((c) => c.means[far] > c.means[0]).map((c) => NAMES[c.cell]);
+  $("statesummary").textContent =
+    `${far} steps back, what is left of an output's error is ` +
+    curves.map((c) => `${c.means[far].toExponential(1)} for the ${NAMES[c.cell]}`).join(", ") +
+    `: here the ${NAMES[ranked[0].cell]} keeps the most, the ${NAMES[ranked[ranked.length - 1].cell]} the least` +
+    (grows.length ? ` (and the ${grows.join(" and the ")} grows: exploding).` : ".");
+}
+
 // After an error, the previous drawing goes: it must not be taken for the new result.
 function clearResults() {
   $("results").hidden = true;
-  $("summary").textContent = "";
-  $("flowsummary").textContent = "";
-  for (const id of ["heatmap", "lags", "flowmap", "lagdecay", "bias"]) {
+  for (const id of ["summary", "flowsummary", "statesummary"]) $(id).textContent = "";
+  for (const id of ["heatmap", "lags", "flowmap", "lagdecay", "bias", "statesteps", "compare"]) {
     const c = $(id);
     c.getContext("2d").clearRect(0, 0, c.width, c.height);
   }
+  $("comparetable").tBodies[0].replaceChildren();
+  delete $("statesteps").dataset.dlds;
+  delete $("statesteps").dataset.dldc;
   delete document.body.dataset.loss;
   delete document.body.dataset.radius;
+  delete document.body.dataset.cell;
 }
 
 function fail(message) {
@@ -254,8 +354,11 @@ function fail(message) {
   status.textContent = message;
 }
 
+let latest = 0;  // the newest computation: an older one that finishes later does not draw over it
+
 async function compute(event) {
   if (event) event.preventDefault();
+  const mine = ++latest;
   const status = $("status");
   status.className = "";
   status.textContent = "computing…";
@@ -266,27 +369,58 @@ async function compute(event) {
     fail(`The pasted text is not JSON: ${err.message}`);
     return;
   }
+  const pasted = $("pasted").value.trim() !== "";
+  const cell = body.cell || "rnn";
   const headers = { "Content-Type": "application/json" };
   if ($("key").value) headers.Authorization = `Bearer ${$("key").value}`;
-  const response = await fetch("/bptt", { method: "POST", headers, body: JSON.stringify(body) });
-  const data = await response.json();
-  if (!response.ok) {
-    fail(`${response.status}: ${data.detail}`);
+  const { ok, status: code, data } = await post("/bptt", body, headers);
+  if (mine !== latest) return;
+  if (!ok) {
+    fail(`${code}: ${data.detail}`);
     return;
+  }
+  // The same tokens through the other cells, with full BPTT (the gated cells' trace always is).
+  const runs = [];
+  for (const other of pasted ? [cell] : CELLS) {
+    if (other === cell && (pasted || body.bptt_truncate == null)) {
+      runs.push({ cell, data });
+      continue;
+    }
+    const answer = await post("/bptt", { ...randomBody(other), trace: true }, headers);
+    if (mine !== latest) return;
+    if (!answer.ok) {
+      fail(`${NAMES[other]}: ${answer.status}: ${answer.data.detail}`);
+      return;
+    }
+    runs.push({ cell: other, data: answer.data });
   }
   const K = body.bptt_truncate;
   $("summary").textContent =
-    `loss ${data.loss.toFixed(6)} over ${data.tokens} tokens (mean ${data.mean_loss.toFixed(4)} per token; ` +
-    `ln C = ${Math.log(body.U[0].length).toFixed(4)}), ${K == null ? "full BPTT" : `bptt_truncate = ${K}`}.`;
-  drawHeatmap($("heatmap"), data.trace.delta_norms);
-  drawLags($("lags"), data.trace.lag_summary);
+    `${NAMES[cell]}: loss ${data.loss.toFixed(6)} over ${data.tokens} tokens (mean ${data.mean_loss.toFixed(4)} per token; ` +
+    `ln C = ${Math.log(body.V.length).toFixed(4)}), ${K == null ? "full BPTT" : `bptt_truncate = ${K}`}.`;
   $("results").hidden = false;
-  await drawFlow(body, headers);
+  drawSteps(cell, data.trace);
+  drawComparison(runs, cell);
+  // delta_t and the Jacobians of tanh(U x + W s) are the vanilla cell's.
+  const vanilla = cell === "rnn";
+  $("vanilla").hidden = !vanilla;
+  $("vanillanote").hidden = vanilla;
+  if (vanilla) {
+    drawHeatmap($("heatmap"), data.trace.delta_norms);
+    drawLags($("lags"), data.trace.lag_summary);
+    await drawFlow(body, headers);
+    if (mine !== latest) return;
+  } else {
+    $("flowsummary").textContent = "";
+    delete document.body.dataset.radius;
+  }
   status.textContent = "done";
   document.body.dataset.loss = String(data.loss);  // for tests
+  document.body.dataset.cell = cell;
 }
 
 $("controls").addEventListener("submit", compute);
+for (const id of ["cell", "reset_after", "forget_bias"]) $(id).addEventListener("change", () => compute());
 // The slider scales W and recomputes at once: vanishing turns into exploding around a spectral radius of 1.
 $("slider").addEventListener("change", () => {
   $("scale").value = $("slider").value;
