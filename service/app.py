@@ -24,6 +24,7 @@ from .compute import Pool
 from .lifecycle import Lifecycle
 from .middleware import BearerAuth, BodyLimit, GzipRequest, RateLimit, RequestId, TrailingSlash
 from .openapi import ERROR_RESPONSES
+from .quota import Quotas
 from .settings import Settings
 from .v2 import routes as v2_routes
 
@@ -86,8 +87,10 @@ def create_app(settings: Settings | None = None, *, tracer_provider: TracerProvi
     )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, max_in_flight=settings.max_bytes_in_flight)
     app.add_middleware(GzipRequest, max_bytes=settings.max_body_bytes)  # outside BodyLimit: it counts the inflated
+    app.state.quotas = None
     if settings.rate_limit_per_key is not None:  # inside the key check: it counts by the key's id
-        app.add_middleware(RateLimit, rate=settings.rate_limit_per_key, burst=settings.rate_limit_burst)
+        app.state.quotas = Quotas(rate=settings.rate_limit_per_key, burst=settings.rate_limit_burst)
+        app.add_middleware(RateLimit, quotas=app.state.quotas)
     if settings.api_keys:
         app.add_middleware(BearerAuth, keys=settings.api_keys)
     if settings.cors_allowed:  # outside the key check: a browser's preflight carries no key

@@ -33,7 +33,7 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import FrameType
 from typing import Any
 
@@ -62,6 +62,7 @@ class Lifecycle:
         self.timeout = timeout
         self.draining = False  # from the first signal: readiness answers 503
         self.stopped = False  # the drain is over: the server is told to stop
+        self.on_drain: list[Callable[[], Awaitable[None]]] = []  # told at once (the gRPC health service)
         self._tasks: anyio.abc.TaskGroup | None = None
 
     @property
@@ -81,6 +82,8 @@ class Lifecycle:
 
     async def _drain(self, grace: float, then: Callable[[], None]) -> None:
         log.info("draining: not ready; new work accepted for %g s more, then refused", grace)
+        for listener in self.on_drain:
+            await listener()
         await anyio.sleep(grace)
         self.pool.close()
         with anyio.move_on_after(self.timeout) as waited:

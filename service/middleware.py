@@ -19,15 +19,13 @@ Pure ASGI (no ``BaseHTTPMiddleware``): nothing is buffered or copied.
 from __future__ import annotations
 
 import hmac
-import math
 import uuid
 import zlib
 from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import ops
-from .errors import BodyTooLarge, BrokenBody, Busy, RateLimited, Unauthorised
+from .errors import BodyTooLarge, BrokenBody, Busy, Unauthorised
 from .handlers import send_error
 from .quota import Quotas, key_id
 
@@ -156,23 +154,16 @@ class RateLimit:
     a key (the probes and metrics) are not counted.
     """
 
-    def __init__(self, app: ASGIApp, *, rate: float, burst: int) -> None:
+    def __init__(self, app: ASGIApp, *, quotas: Quotas) -> None:
         self.app = app
-        self.quotas = Quotas(rate=rate, burst=burst)
+        self.quotas = quotas  # the app's, shared with the gRPC servicer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kid = (scope.get("state") or {}).get("api_key_id") if scope["type"] == "http" else None
-        wait = self.quotas.take(kid) if kid else 0.0
-        if not wait:
+        error = self.quotas.refusal(kid) if kid else None
+        if error is None:
             await self.app(scope, receive, send)
             return
-        ops.RATE_LIMITED.labels(kid).inc()
-        retry = max(1, math.ceil(wait))
-        error = RateLimited(
-            f"API key {kid} is over its rate of {self.quotas.rate:g} requests a second (burst "
-            f"{self.quotas.burst}; settings BPTT_RATE_LIMIT_PER_KEY, BPTT_RATE_LIMIT_BURST): retry after {retry} s",
-            retry_after=retry,
-        )
         await send_error(scope, send, error)
 
 

@@ -14,9 +14,13 @@ Standard library only.
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 import time
 from collections.abc import Callable
+
+from . import ops
+from .errors import RateLimited
 
 __all__ = ["Quotas", "TokenBucket", "key_id"]
 
@@ -64,3 +68,17 @@ class Quotas:
             if bucket is None:
                 bucket = self._buckets[key] = TokenBucket(rate=self.rate, burst=self.burst, clock=self.clock)
             return bucket.take()
+
+    def refusal(self, key: str) -> RateLimited | None:
+        """Take a token from ``key``'s bucket: None when admitted, else the ``RateLimited`` to answer
+        (counted in ``bptt_rate_limited_total``). The HTTP middleware and the gRPC servicer both ask here."""
+        wait = self.take(key)
+        if not wait:
+            return None
+        ops.RATE_LIMITED.labels(key).inc()
+        retry = max(1, math.ceil(wait))
+        return RateLimited(
+            f"API key {key} is over its rate of {self.rate:g} requests a second (burst "
+            f"{self.burst}; settings BPTT_RATE_LIMIT_PER_KEY, BPTT_RATE_LIMIT_BURST): retry after {retry} s",
+            retry_after=retry,
+        )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,10 +33,10 @@ GRADIENTS = ("dLdU", "dLdV", "dLdW", "dLds0", "final_state")
 class Served:
     """A live server with gRPC: its HTTP url and its gRPC target."""
 
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
         self.grpc_port = free_port()
         self.target = f"127.0.0.1:{self.grpc_port}"
-        self.server = LocalServer(args=["--grpc-port", str(self.grpc_port), *args])
+        self.server = LocalServer(args=["--grpc-port", str(self.grpc_port), *args], env=env)
         self.url = self.server.url
 
 
@@ -348,3 +349,45 @@ def test_grpc_gated_models_equal_bptt_with_cell_bit_for_bit(served, triton, mode
         np.testing.assert_array_equal(out[name], getattr(expected, name), err_msg=name)
     assert out["dLdU"].shape == (G, H, C)
     np.testing.assert_array_equal(out["losses"], expected.losses)
+
+
+@pytest.mark.slow  # a server process of its own, drained
+def test_sigterm_turns_grpc_health_not_serving_then_refuses_calls_as_unavailable(triton, rng):
+    """The drain reaches gRPC: health NOT_SERVING at once (Kubernetes' gRPC probe), calls answered during the
+    grace, then UNAVAILABLE with the HTTP route's message, and the process exits 0."""
+    s = Served([], env={"BPTT_DRAIN_GRACE_SECONDS": "1"})
+    p = make_problem(rng, H=3, C=4, T=3)
+    with s.server, grpc.insecure_channel(s.target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        assert stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+        s.server.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        while not isinstance(out := triton(infer, s.target, arrays_of(p)), Failure):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert out.code == "UNAVAILABLE"
+        assert out.message.startswith("the server is shutting down and takes no new work")
+        assert s.server.proc.wait(timeout=15) == 0
+
+
+@pytest.mark.slow  # a server process of its own
+def test_grpc_calls_share_the_keys_rate_limit_with_http(triton, rng):
+    """BPTT_RATE_LIMIT_PER_KEY counts a key's gRPC calls and HTTP requests in one bucket: past the burst,
+    RESOURCE_EXHAUSTED with the HTTP 429's message; another key is not affected."""
+    s = Served(["--api-key", f"{KEY},other", "--rate-limit-per-key", "0.01", "--rate-limit-burst", "2"])
+    p = make_problem(rng, H=2, C=3, T=2)
+    with s.server:
+        assert httpx.get(f"{s.url}/v2/models/bptt", headers={"authorization": f"Bearer {KEY}"}).status_code == 200
+        ok = triton(infer, s.target, arrays_of(p), headers=dict(BEARER))
+        assert not isinstance(ok, Failure), ok
+        refused = triton(infer, s.target, arrays_of(p), headers=dict(BEARER))
+        assert isinstance(refused, Failure) and refused.code == "RESOURCE_EXHAUSTED"
+        assert "is over its rate of 0.01 requests a second (burst 2" in refused.message
+        http = httpx.get(f"{s.url}/v2/models/bptt", headers={"authorization": f"Bearer {KEY}"})
+        assert http.status_code == 429  # the same message, up to the seconds to wait
+        assert http.json()["detail"].split(": retry after")[0] == refused.message.split(": retry after")[0]
+        other = triton(infer, s.target, arrays_of(p), headers={"authorization": "Bearer other"})
+        assert not isinstance(other, Failure), other

@@ -34,6 +34,7 @@ from ..codec import Array, check_finite, element_count, from_bytes
 from ..compute import Pool
 from ..errors import BpttError, InputError, LimitError, Unauthorised
 from ..middleware import authorised, request_id_of
+from ..quota import Quotas, key_id
 from ..settings import Settings
 from . import dataplane, protocol
 from .proto import inference_pb2 as pb
@@ -120,8 +121,14 @@ class Servicer:
         context.set_trailing_metadata((("x-request-id", rid),))
         code, message = "OK", ""
         try:
-            if self.keys and not authorised(str(metadata.get("authorization", "")).encode("latin-1"), self.keys):
+            header = str(metadata.get("authorization", "")).encode("latin-1")
+            if self.keys and not authorised(header, self.keys):
                 raise Unauthorised()
+            quotas: Quotas | None = self.state.quotas
+            if quotas is not None:  # keys are required with a quota: this one is valid
+                refused = quotas.refusal(key_id(header.partition(b" ")[2].strip()))
+                if refused is not None:
+                    raise refused
             return await answer()
         except BpttError as exc:
             code, message = errors.outcome(exc).grpc, errors.body(exc)["detail"]
@@ -287,6 +294,11 @@ class GrpcServer:
         self.health = health_servicer
         self.port = port
 
+    async def not_serving(self) -> None:
+        """Answer NOT_SERVING from now on (a drain has begun), calls still taken."""
+        for name in ("", SERVICE):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
     async def stop(self, grace: float) -> None:
         """Answer NOT_SERVING, refuse new calls (UNAVAILABLE), and give calls in flight ``grace`` seconds."""
         await self.health.enter_graceful_shutdown()
@@ -321,4 +333,6 @@ async def start(app: FastAPI) -> GrpcServer:
     for name in ("", SERVICE):
         await health_servicer.set(name, status)
     log.info("gRPC (Open Inference Protocol) on %s:%d", host, port)
-    return GrpcServer(server, health_servicer, port)
+    running = GrpcServer(server, health_servicer, port)
+    app.state.lifecycle.on_drain.append(running.not_serving)  # readiness of gRPC probes, like /readyz
+    return running
