@@ -13,6 +13,7 @@ import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -32,8 +33,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for run in runs:
         epochs, losses = zip(*run["evaluations"], strict=True)
         ax.plot(epochs, losses, "o-", markersize=3, label=run["label"])
-    first = runs[0]["settings"]
-    title = args.title or f"{Path(first['text']).stem}: H = {first['hidden']}, the same data, seed and schedule"
+    title = args.title or _title(runs[0]["settings"])
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss per token (nats)")
     ax.set_title(title, fontsize=10)
@@ -49,6 +49,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     for run in runs:
         losses = [loss for _, loss in run["evaluations"]]
         print(f"| {run['label']} | {losses[0]:.4f} | {losses[-1]:.4f} | {min(losses):.4f} | {run['seconds']:.0f} |")
+
+
+def _title(settings: dict[str, Any]) -> str:
+    """The first run's data and sizes, e.g. "genesis: C = 1000, H = 48, 1000 sentences, bptt_truncate 4"."""
+    K = settings.get("bptt_truncate")
+    parts = [f"C = {settings.get('vocabulary')}", f"H = {settings.get('hidden')}"]
+    if settings.get("sentences"):
+        parts.append(f"{settings['sentences']} sentences")
+    parts.append(f"bptt_truncate {'full' if K is None else K}")
+    return f"{Path(settings['text']).stem}: {', '.join(parts)}"
 
 
 if __name__ == "__main__":

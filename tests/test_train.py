@@ -158,7 +158,7 @@ def test_plot_curves_draws_the_runs_and_tabulates_them(tmp_path, capsys):
     runs = []
     for label, losses in [("RNN", [5.3, 5.0, 4.8]), ("GRU", [5.3, 4.9, 4.7])]:
         path = tmp_path / f"{label}.json"
-        settings = {"text": "genesis.txt", "hidden": 16}
+        settings = {"text": "data/genesis.txt", "vocabulary": 200, "hidden": 16, "sentences": 60, "bptt_truncate": 4}
         record = {"label": label, "settings": settings, "seconds": 3.0, "evaluations": list(enumerate(losses))}
         path.write_text(json.dumps(record))
         runs.append(str(path))
@@ -167,3 +167,4 @@ def test_plot_curves_draws_the_runs_and_tabulates_them(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = capsys.readouterr().out
     assert "| GRU | 5.3000 | 4.7000 | 4.7000 | 3 |" in out
+    assert plot_curves._title(record["settings"]) == "genesis: C = 200, H = 16, 60 sentences, bptt_truncate 4"
