@@ -1,4 +1,4 @@
-"""Train the tutorial's RNN language model through bptt-service.
+"""Train the tutorial's RNN language model, or a GRU or an LSTM, through bptt-service.
 
 The job of Denny Britz's tutorial (RNNNumpy + SGD), with every gradient
 computed by the service: words of the Book of Genesis (public domain, shipped
@@ -8,11 +8,18 @@ initialisation and its schedule (evaluate every N epochs, halve the learning
 rate when the loss rises). Batches of sentences go to POST /bptt/batch.
 
     python examples/train.py --quick                # about 45 s on two cores, starts its own server
+    python examples/train.py --quick --cell lstm --forget-bias 1
     python examples/train.py --url http://127.0.0.1:8000 --epochs 20
+
+--cell gru or lstm swaps the tanh cell for a gated one (the tutorial's part 4),
+with the same loop: U (G, H, C) and W (G, H, H) stacked by gate in the service's
+order (GRU r, z, n; LSTM i, f, g, o), initialised as the tutorial initialises
+U and W, and a gate bias b (G, H), zeros as in the tutorial's GRU, trained too.
 
 It ends with a loss-curve PNG (examples/output/loss.png unless --plot says
 otherwise), a few sentences sampled from the model, and a line with the loss
-before and after training.
+before and after training; --history also writes the curve as JSON, for
+examples/plot_curves.py to draw several on one plot.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import json
 import math
 import re
 import time
@@ -29,14 +37,15 @@ from pathlib import Path
 
 import numpy as np
 
-from service import engine
+from service import engine, gated
 from service.client import Client
 from service.local import LocalServer
 
 HERE = Path(__file__).resolve().parent
 UNKNOWN, START, END = "UNKNOWN_TOKEN", "SENTENCE_START", "SENTENCE_END"
 
-Gradients = Callable[..., engine.BatchGradients]  # (U, V, W, xs, ys, bptt_truncate=) -> BatchGradients
+Gradients = Callable[..., engine.BatchGradients]  # (U, V, W, xs, ys, bptt_truncate=, cell=, b=) -> BatchGradients
+CELLS = ("rnn", "gru", "lstm")
 
 
 # -- data ---------------------------------------------------------------------------
@@ -86,36 +95,101 @@ def load_corpus(path: Path, *, vocabulary: int, max_sentences: int | None = None
 
 @dataclass
 class Model:
-    """The tutorial's RNNNumpy weights: U (H, C), V (C, H), W (H, H)."""
+    """The weights. The tutorial's RNN (``cell="rnn"``): U (H, C), V (C, H), W (H, H).
+
+    A gated cell: U (G, H, C), V (C, H), W (G, H, H) and the gate bias b (G, H),
+    stacked by gate in the service's order (GRU r, z, n; LSTM i, f, g, o).
+    """
 
     U: np.ndarray
     V: np.ndarray
     W: np.ndarray
+    cell: str = "rnn"
+    b: np.ndarray | None = None
 
     @classmethod
-    def initial(cls, C: int, H: int, seed: int) -> Model:
-        """The tutorial's initialisation: uniform in +-1/sqrt(n) for n incoming connections."""
+    def initial(cls, C: int, H: int, seed: int, *, cell: str = "rnn", forget_bias: float = 0.0) -> Model:
+        """The tutorial's initialisation: uniform in +-1/sqrt(n) for n incoming connections.
+
+        Gated cells: every gate's U and W likewise, b zero (the tutorial's GRU)
+        except the LSTM's forget gate, ``b_f = forget_bias``.
+        """
+        if cell not in CELLS:
+            raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {cell!r}")
+        if forget_bias and cell != "lstm":
+            raise ValueError(f"forget_bias is the LSTM's forget-gate bias: cell {cell!r} has none")
         rng = np.random.default_rng(seed)
-        return cls(
-            U=rng.uniform(-np.sqrt(1.0 / C), np.sqrt(1.0 / C), (H, C)),
+        stack = () if cell == "rnn" else (len(gated.GATES[cell]),)  # (G,) for a gated cell
+        model = cls(
+            U=rng.uniform(-np.sqrt(1.0 / C), np.sqrt(1.0 / C), (*stack, H, C)),
             V=rng.uniform(-np.sqrt(1.0 / H), np.sqrt(1.0 / H), (C, H)),
-            W=rng.uniform(-np.sqrt(1.0 / H), np.sqrt(1.0 / H), (H, H)),
+            W=rng.uniform(-np.sqrt(1.0 / H), np.sqrt(1.0 / H), (*stack, H, H)),
+            cell=cell,
         )
+        if stack:
+            model.b = np.zeros((*stack, H))
+            if cell == "lstm":
+                model.b[1] = forget_bias  # gate f
+        return model
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """What SGD updates, by the name of its gradient's suffix: U, V, W (and b)."""
+        params = {"U": self.U, "V": self.V, "W": self.W}
+        if self.b is not None:
+            params["b"] = self.b
+        return params
+
+    def options(self) -> dict[str, object]:
+        """The request's cell options: none for the tutorial's RNN."""
+        return {} if self.cell == "rnn" else {"cell": self.cell, "b": self.b}
+
+    def step(self, state: tuple[np.ndarray, np.ndarray], x: int) -> tuple[np.ndarray, np.ndarray]:
+        """One step of the forward pass, (s_{t-1}, c_{t-1}) -> (s_t, c_t), c unused but by the LSTM.
+
+        The service computes losses and gradients, not samples, so the cell is
+        restated here (docs/derivation.md, sections 1 and 10; tests/test_train.py
+        checks it against the engine's loss).
+        """
+        s, c = state
+        if self.cell == "rnn":
+            return np.tanh(self.U[:, x] + self.W @ s), c
+        a = self.U[:, :, x] + (0.0 if self.b is None else self.b)  # (G, H), the input side of every gate
+        if self.cell == "gru":
+            r = _sigmoid(a[0] + self.W[0] @ s)
+            z = _sigmoid(a[1] + self.W[1] @ s)
+            n = np.tanh(a[2] + self.W[2] @ (r * s))
+            return (1.0 - z) * n + z * s, c
+        a = a + self.W @ s  # (G, H, H) x (H,) -> (G, H)
+        i, f, g, o = _sigmoid(a[0]), _sigmoid(a[1]), np.tanh(a[2]), _sigmoid(a[3])
+        c = f * c + i * g
+        return o * np.tanh(c), c
+
+    def probabilities(self, s: np.ndarray) -> np.ndarray:
+        """o = softmax(V s), the next token's distribution."""
+        a = self.V @ s
+        e = np.exp(a - a.max())
+        return e / e.sum()
 
     def sample(self, corpus: Corpus, rng: np.random.Generator, max_words: int = 25) -> str:
         """A sentence drawn word by word from the model's distribution (the tutorial's generate_sentence)."""
         index = {w: i for i, w in enumerate(corpus.words)}
+        H = self.V.shape[1]
         ids = [index[START]]
+        state = self.step((np.zeros(H), np.zeros(H)), ids[0])
         while len(ids) <= max_words:
-            o, _ = engine.forward(self.U, self.V, self.W, np.array(ids))
-            p = o[-1].copy()
+            p = self.probabilities(state[0])
             p[index[UNKNOWN]] = 0.0  # as the tutorial does: never print the unknown token
             nxt = int(rng.choice(len(p), p=p / p.sum()))
             if nxt == index[END]:
                 break
             ids.append(nxt)
+            state = self.step(state, nxt)
         text = " ".join(corpus.words[i] for i in ids[1:])
         return re.sub(r" ([.,;:!?])", r"\1", text)
+
+
+def _sigmoid(a: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-a))
 
 
 @dataclass
@@ -130,7 +204,7 @@ def mean_loss(gradients: Gradients, model: Model, corpus: Corpus, batch: int) ->
     """Loss per token over the corpus (the tutorial's calculate_loss), from the service's losses."""
     total, tokens = 0.0, 0
     for xs, ys in batches(corpus, batch, rng=None):
-        g = gradients(model.U, model.V, model.W, xs, ys)
+        g = gradients(model.U, model.V, model.W, xs, ys, **model.options())
         total += g.loss
         tokens += g.tokens
     return total / tokens
@@ -172,11 +246,10 @@ def train(
     start, seen = time.monotonic(), 0
     for epoch in range(1, epochs + 1):
         for xs, ys in batches(corpus, batch, rng):
-            g = gradients(model.U, model.V, model.W, xs, ys, bptt_truncate=bptt_truncate)
+            g = gradients(model.U, model.V, model.W, xs, ys, bptt_truncate=bptt_truncate, **model.options())
             step = learning_rate / len(xs)
-            model.U -= step * g.dLdU
-            model.V -= step * g.dLdV
-            model.W -= step * g.dLdW
+            for name, p in model.parameters().items():
+                p -= step * getattr(g, f"dLd{name}")
             seen += len(xs)
             bar.update(len(xs))
             bar.set_postfix(
@@ -266,6 +339,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--vocabulary", type=int, default=2000, help="C, unknown and sentence tokens included")
     parser.add_argument("--hidden", type=int, default=64, help="H")
+    parser.add_argument("--cell", choices=CELLS, default="rnn", help="the tutorial's tanh cell, a GRU or an LSTM")
+    parser.add_argument(
+        "--forget-bias",
+        type=float,
+        default=0.0,
+        help="LSTM: the forget gate's initial bias (PyTorch's default 0; 1 in Jozefowicz et al. 2015)",
+    )
     parser.add_argument("--sentences", type=int, default=None, help="use only the first N sentences")
     parser.add_argument("--epochs", type=int, default=10, help="passes over the sentences")
     parser.add_argument("--batch", type=int, default=16, help="sentences per /bptt/batch request")
@@ -281,18 +361,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights, the order and the samples")
     parser.add_argument("--plot", type=Path, default=HERE / "output" / "loss.png", help="where the loss curve goes")
+    parser.add_argument("--history", type=Path, help="also write the curve and the settings here, as JSON")
     parser.add_argument(
         "--quick", action="store_true", help="C = 1000, H = 48, 1000 sentences, 12 epochs: about 45 s on two cores"
     )
     args = parser.parse_args(argv)
+    if args.forget_bias and args.cell != "lstm":
+        parser.error(f"--forget-bias is the LSTM's forget-gate bias: --cell {args.cell} has none")
     if args.quick:
         args.vocabulary, args.hidden, args.sentences, args.epochs = 1000, 48, 1000, 12
     truncate = args.bptt_truncate
 
     corpus = load_corpus(args.text, vocabulary=args.vocabulary, max_sentences=args.sentences)
     tokens = sum(len(x) for x in corpus.xs)
-    print(f"{len(corpus.xs)} sentences, {tokens} tokens, C = {corpus.C} words, H = {args.hidden}")
-    model = Model.initial(corpus.C, args.hidden, args.seed)
+    print(f"{len(corpus.xs)} sentences, {tokens} tokens, C = {corpus.C} words, H = {args.hidden}, cell {args.cell}")
+    model = Model.initial(corpus.C, args.hidden, args.seed, cell=args.cell, forget_bias=args.forget_bias)
+    start = time.monotonic()
     with service_at(args.url) as url, Client(url, api_key=args.api_key) as client:
         history = train(
             client.bptt_batch,
@@ -306,10 +390,19 @@ def main(argv: Sequence[str] | None = None) -> None:
             seed=args.seed,
             progress=True,
         )
+    seconds = time.monotonic() - start
     before, after = history.evaluations[0][1], history.evaluations[-1][1]
+    label = args.cell.upper() + (f", forget bias {args.forget_bias:g}" if args.cell == "lstm" else "")
     args.plot.parent.mkdir(parents=True, exist_ok=True)
-    plot(history, args.plot, f"{args.text.stem}: C = {corpus.C}, H = {args.hidden}")
-    print(f"wrote {args.plot}")
+    plot(history, args.plot, f"{args.text.stem}: {label}, C = {corpus.C}, H = {args.hidden}")
+    print(f"wrote {args.plot} ({args.epochs} epochs in {seconds:.0f} s)")
+    if args.history:
+        args.history.parent.mkdir(parents=True, exist_ok=True)
+        settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "api_key"}
+        record = {"label": label, "settings": settings, "seconds": round(seconds, 1)}
+        record["evaluations"] = history.evaluations
+        args.history.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        print(f"wrote {args.history}")
     rng = np.random.default_rng(args.seed)
     for _ in range(5):
         print("  ", model.sample(corpus, rng))

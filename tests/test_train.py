@@ -1,9 +1,10 @@
-"""examples/train.py: the tutorial's training job, through the service."""
+"""examples/train.py: the tutorial's training job, through the service (and examples/plot_curves.py)."""
 
 from __future__ import annotations
 
 import importlib.util
 import itertools
+import json
 import math
 import sys
 from pathlib import Path
@@ -11,17 +12,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service import engine
+from service import engine, gated
 from service.client import Client
 
 pytestmark = pytest.mark.slow
 
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "train.py"
-spec = importlib.util.spec_from_file_location("train_example", EXAMPLE)
-train = importlib.util.module_from_spec(spec)
-sys.modules["train_example"] = train  # dataclasses look their module up
-spec.loader.exec_module(train)
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_example", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[f"{name}_example"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+train = _load("train")
+plot_curves = _load("plot_curves")
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +109,62 @@ def test_main_runs_end_to_end(live_server, tmp_path, capsys):
     assert last.startswith("loss per token: before ") and "after" in last
     before, after = (float(w.rstrip(",")) for w in (last.split()[4], last.split()[-6]))
     assert after < before
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_model_step_agrees_with_the_engine(corpus, cell):
+    """The example's restated forward (for sampling) gives the loss the service computes."""
+    model = train.Model.initial(corpus.C, 8, 1, cell=cell, forget_bias=1.0 if cell == "lstm" else 0.0)
+    model.U *= 30.0  # large enough that the cell's nonlinearities matter
+    if model.b is not None:
+        model.b += np.random.default_rng(2).normal(size=model.b.shape)
+    x, y = corpus.xs[3], corpus.ys[3]
+    state, loss = (np.zeros(8), np.zeros(8)), 0.0
+    for x_t, y_t in zip(x, y, strict=True):
+        state = model.step(state, int(x_t))
+        loss -= math.log(model.probabilities(state[0])[y_t])
+    if cell == "rnn":
+        expected = engine.bptt(model.U, model.V, model.W, x, y).loss
+    else:
+        expected = gated.loss(cell, model.U, model.V, model.W, x, y, b=model.b)
+    assert loss == pytest.approx(expected, rel=1e-12)
+
+
+def test_model_initial_gated_shapes_and_forget_bias():
+    lstm = train.Model.initial(50, 6, 0, cell="lstm", forget_bias=1.0)
+    assert lstm.U.shape == (4, 6, 50) and lstm.W.shape == (4, 6, 6) and lstm.V.shape == (50, 6)
+    np.testing.assert_array_equal(lstm.b, np.repeat([[0.0], [1.0], [0.0], [0.0]], 6, axis=1))  # i, f, g, o
+    assert np.abs(lstm.U).max() <= 1 / math.sqrt(50) and np.abs(lstm.W).max() <= 1 / math.sqrt(6)
+    assert train.Model.initial(50, 6, 0, cell="gru").b.shape == (3, 6)
+    with pytest.raises(ValueError, match="forget_bias is the LSTM's"):
+        train.Model.initial(50, 6, 0, cell="gru", forget_bias=1.0)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_main_trains_a_gated_cell_end_to_end(live_server, tmp_path, capsys, cell):
+    history = tmp_path / f"{cell}.json"
+    argv = ["--url", live_server.url, "--cell", cell, "--vocabulary", "200", "--hidden", "16", "--sentences", "60"]
+    argv += ["--epochs", "1", "--batch", "8", "--plot", str(tmp_path / "loss.png"), "--history", str(history)]
+    train.main(argv)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("loss per token: before ")
+    record = json.loads(history.read_text())
+    assert record["settings"]["cell"] == cell and record["label"].startswith(cell.upper())
+    (_, before), (epoch, after) = record["evaluations"]
+    assert epoch == 1 and after < before
+
+
+def test_plot_curves_draws_the_runs_and_tabulates_them(tmp_path, capsys):
+    runs = []
+    for label, losses in [("RNN", [5.3, 5.0, 4.8]), ("GRU", [5.3, 4.9, 4.7])]:
+        path = tmp_path / f"{label}.json"
+        settings = {"text": "data/genesis.txt", "vocabulary": 200, "hidden": 16, "sentences": 60, "bptt_truncate": 4}
+        record = {"label": label, "settings": settings, "seconds": 3.0, "evaluations": list(enumerate(losses))}
+        path.write_text(json.dumps(record))
+        runs.append(str(path))
+    png = tmp_path / "cells.png"
+    plot_curves.main([str(png), *runs])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = capsys.readouterr().out
+    assert "| GRU | 5.3000 | 4.7000 | 4.7000 | 3 |" in out
+    assert plot_curves._title(record["settings"]) == "genesis: C = 200, H = 16, 60 sentences, bptt_truncate 4"
