@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import functools
 import json
 import math
 import re
@@ -350,6 +351,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=10, help="passes over the sentences")
     parser.add_argument("--batch", type=int, default=16, help="sentences per /bptt/batch request")
     parser.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        help="spread each batch over this many concurrent requests (one connection each: over the replicas "
+        "behind a load balancer, or the workers of one server); the sums are the same",
+    )
+    parser.add_argument(
         "--learning-rate",
         type=float,
         default=0.05,
@@ -377,9 +385,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"{len(corpus.xs)} sentences, {tokens} tokens, C = {corpus.C} words, H = {args.hidden}, cell {args.cell}")
     model = Model.initial(corpus.C, args.hidden, args.seed, cell=args.cell, forget_bias=args.forget_bias)
     start = time.monotonic()
+    if args.shards < 1:
+        parser.error(f"--shards must be an integer >= 1, got {args.shards}")
     with service_at(args.url) as url, Client(url, api_key=args.api_key) as client:
         history = train(
-            client.bptt_batch,
+            functools.partial(client.bptt_batch, shards=args.shards),
             model,
             corpus,
             epochs=args.epochs,

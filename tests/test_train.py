@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import itertools
 import json
@@ -85,6 +86,19 @@ def test_training_through_http_equals_training_in_process(corpus, live_server):
         assert np.abs(a - b).max() <= 1e-12 * np.abs(a).max(), name
 
 
+def test_training_with_shards_equals_training_in_one_request(corpus, live_server):
+    """--shards: each batch over three concurrent requests, summed by the client: the same weights."""
+    one = train.Model.initial(corpus.C, 16, 5)
+    sharded = train.Model.initial(corpus.C, 16, 5)
+    kwargs = dict(epochs=1, batch=12, learning_rate=0.05, bptt_truncate=4, seed=4)
+    train.train(engine.bptt_batch, one, corpus, **kwargs)
+    with Client(live_server.url) as client:
+        train.train(functools.partial(client.bptt_batch, shards=3), sharded, corpus, **kwargs)
+    for name in ("U", "V", "W"):
+        a, b = getattr(one, name), getattr(sharded, name)
+        assert np.abs(a - b).max() <= 1e-12 * np.abs(a).max(), name
+
+
 def test_main_runs_end_to_end(live_server, tmp_path, capsys):
     png = tmp_path / "loss.png"
     train.main(
@@ -98,6 +112,8 @@ def test_main_runs_end_to_end(live_server, tmp_path, capsys):
             "--sentences",
             "60",
             "--epochs",
+            "2",
+            "--shards",
             "2",
             "--plot",
             str(png),
