@@ -296,7 +296,7 @@ def test_grpc_and_http_share_one_queue_bound(triton, rng):
     UNAVAILABLE with the HTTP 503's message; and a call past its client deadline is stopped."""
     s = Served(["--threads", "1", "--max-queue", "0"])
     with s.server:
-        long = make_problem(rng, H=400, C=2, T=3000)
+        long = make_problem(rng, H=400, C=2, T=10_000)  # priced about 1.3 s: seconds of work on any machine here
         done: list[float] = []
 
         def slow_http() -> None:
@@ -307,13 +307,17 @@ def test_grpc_and_http_share_one_queue_bound(triton, rng):
 
         thread = threading.Thread(target=slow_http)
         thread.start()
-        time.sleep(0.5)
         small = make_problem(rng, H=2, C=3, T=2)
+        # Not a fixed sleep: call until the HTTP request holds the thread (answered before it is).
         failure = triton(infer, s.target, arrays_of(small))
+        while not isinstance(failure, Failure) and thread.is_alive():
+            time.sleep(0.02)
+            failure = triton(infer, s.target, arrays_of(small))
+        assert isinstance(failure, Failure), "the HTTP request ended before a gRPC call found the thread taken"
         assert failure.code == "UNAVAILABLE"
         assert failure.message.startswith("the server is at capacity: 1 requests computing and 0 waiting")
         thread.join()
-        assert done and done[0] > 1.0, "the HTTP request was too quick to hold the thread"
+        assert done and done[0] > 0.6, "the HTTP request was too quick to hold the thread"
         # A deadline of 0.3 s: the client gives up, the server stops the work (the thread is free at once).
         failure = triton(infer, s.target, arrays_of(long), client_timeout=0.3)
         assert failure.code == "DEADLINE_EXCEEDED"
