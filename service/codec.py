@@ -136,7 +136,8 @@ def token_ids(value: Any, field: str) -> Tokens:
     """
     items = value if isinstance(value, np.ndarray | list) else list(value)
     for i, v in enumerate(items if isinstance(items, list) else ()):
-        if isinstance(v, bool):  # numpy would read True as 1
+        # numpy would read True as 1, turn [1, "a"] into strings (blaming "1") and refuse [1, [2]]
+        if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
             raise InputError(f"{field}[{i}] must be an integer, got {describe(v)}", field=f"{field}[{i}]")
     a = np.asarray(items)
     if a.ndim != 1:
