@@ -51,7 +51,7 @@ def describe(value: Any) -> str:
     if isinstance(value, bool | np.bool_):
         return "true" if value else "false"
     if isinstance(value, int | float | np.integer | np.floating):
-        v = float(value) if isinstance(value, np.floating) else value
+        v = value.item() if isinstance(value, np.generic) else value  # repr(np.int64(7)) is 'np.int64(7)'
         text = "NaN" if v != v else repr(v).replace("inf", "Infinity")
         return text if len(text) <= 40 else text[:37] + "..."
     if isinstance(value, str):

@@ -132,3 +132,12 @@ def test_tokens_refuse_the_entry_the_server_refuses(client, ids, field, message)
     r = client.post("/bptt", json={"U": w, "V": w, "W": w, "x": ids, "y": [0] * len(ids)})
     first = r.json()["errors"][0]
     assert (first["field"], first["message"]) == (field, message)
+
+
+def test_describe_writes_numpy_integers_as_numbers():
+    """Bug caught: numpy 2's repr, "np.int64(7)", in a message about the value 7."""
+    assert (codec.describe(np.int64(7)), codec.describe(np.uint8(3)), codec.describe(np.float32(0.5))) == (
+        "7",
+        "3",
+        "0.5",
+    )
