@@ -173,3 +173,17 @@ def test_examples_at_the_cost_models_budget_are_admitted_and_one_past_refused(sp
         (lambda n: admitted(settings, [1000], n, 1, None), H),
     ]:
         assert n >= 1 and fits(n) and not fits(n + 1)
+
+
+def test_examples_at_the_roomiest_reach_the_ends_of_their_searches():
+    assert values(max_probabilities=10**9, **ROOMY)[2:] == [1024, 998, 20_000]  # BPTT_MAX_BATCH, T - 2, the end
+
+
+@pytest.mark.parametrize(("which", "T0", "H0"), [(0, 123, 100), (4, 1000, 321)])
+def test_examples_at_a_memory_budget_of_exactly_the_largest_requests_bytes(which, T0, H0):
+    """The budget is the predicted peak plus the request's own arrays of T0 (or H0), to the byte:
+    that shape is the largest admitted, so a byte more or less counted for the arrays moves it."""
+    C = 8000 if which == 0 else 1
+    estimate = costs.bptt(lengths=[T0], H=H0, C=C, K=None, machine=admission.machine(Settings()))
+    budget = estimate.bytes + inputs([T0], H0, C)
+    assert values(max_request_bytes=budget, max_request_seconds=1e9)[which] == (T0 if which == 0 else H0)
