@@ -348,3 +348,9 @@ def test_dumps_and_loads():
     assert codec.loads(b'{"a":[1,2.5]}') == {"a": [1, 2.5]}
     assert codec.loads('{"a":null}') == {"a": None}
     assert codec.dumps({"x": float("nan")}) == b'{"x":null}'  # orjson writes NaN as null: require_finite comes first
+
+
+def test_token_ids_of_a_tuple_or_an_iterator_are_checked_like_a_list():
+    assert codec.token_ids(iter([2, 0, 1]), "x").tolist() == [2, 0, 1]
+    assert error(codec.token_ids, (0, True), "x") == ("x[1]", "x[1] must be an integer, got true")
+    assert error(codec.token_ids, (0, "1"), "x") == ("x[1]", 'x[1] must be an integer, got a string "1"')

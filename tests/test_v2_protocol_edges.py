@@ -474,9 +474,12 @@ def test_v2_sequences_refused_naming_the_input(x, y, s0, lengths, field, message
 
 def test_v2_infer_one_sequence_with_lengths_is_a_batch_of_one(p):
     s0 = np.array([0.3, -0.2])
-    call = parse({"inputs": inputs(p, s0=js("s0", s0), lengths=js("lengths", np.array([3])))})
+    lengths = js("lengths", np.array([3]))
+    call = parse({"inputs": inputs(p, s0=js("s0", s0), lengths=lengths), "parameters": {"bptt_truncate": 1}})
     out = protocol.infer(call)
-    g = engine.bptt_batch(p.U, p.V, p.W, [p.x[:3]], [p.y[:3]], s0=[s0])
+    g = engine.bptt_batch(p.U, p.V, p.W, [p.x[:3]], [p.y[:3]], bptt_truncate=1, s0=[s0])
+    full = engine.bptt_batch(p.U, p.V, p.W, [p.x[:3]], [p.y[:3]], s0=[s0])
+    assert not np.array_equal(g.dLdW, full.dLdW)  # K = 1 matters here
     assert out["final_state"].shape == (1, 2)
     np.testing.assert_array_equal(out["dLdW"], g.dLdW)
     np.testing.assert_array_equal(out["losses"], g.losses)
@@ -556,3 +559,15 @@ def test_v2_encode_response_with_binary_outputs_after_the_header(p):
     assert len(body) == n + 24 + 8
     np.testing.assert_array_equal(np.frombuffer(body[n : n + 24], dtype="<f4").reshape(2, 3), results["dLdU"])
     assert np.frombuffer(body[n + 24 :], dtype="<i8").tolist() == [4]
+
+
+def test_v2_infer_fp64_s0_beyond_float32_with_fp32_weights_is_refused_naming_s0(p):
+    U, V, W = (getattr(p, n).astype(np.float32) for n in "UVW")
+    s0 = np.array([0.5, -1e39])
+    call = parse({"inputs": inputs(p, U=js("U", U), V=js("V", V), W=js("W", W), s0=js("s0", s0))})
+    with pytest.raises(InputError) as info:
+        protocol.infer(call)
+    assert (info.value.field, info.value.message) == (
+        "s0[1]",
+        "s0[1] must be a finite number when converted to float32 (largest 3.403e+38), got -Infinity",
+    )
