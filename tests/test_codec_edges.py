@@ -354,3 +354,15 @@ def test_token_ids_of_a_tuple_or_an_iterator_are_checked_like_a_list():
     assert codec.token_ids(iter([2, 0, 1]), "x").tolist() == [2, 0, 1]
     assert error(codec.token_ids, (0, True), "x") == ("x[1]", "x[1] must be an integer, got true")
     assert error(codec.token_ids, (0, "1"), "x") == ("x[1]", 'x[1] must be an integer, got a string "1"')
+
+
+def test_token_ids_past_int64_are_checked_entry_by_entry_from_int64s_lowest():
+    """Integers beyond 64 bits make numpy's array of objects: each entry is checked against int64's range."""
+    lowest, highest = -(2**63), 2**63 - 1
+    got = codec.token_ids(np.array([lowest, highest], dtype=object), "x")
+    assert got.dtype == np.int64 and got.tolist() == [lowest, highest]
+    assert error(codec.token_ids, [lowest, 2**64], "x")[0] == "x[1]"
+    assert error(codec.token_ids, [lowest - 1, 0], "x") == (
+        "x[0]",
+        f"x[0] = {lowest - 1} is out of range: token ids must be in [0, C), C the vocabulary size",
+    )
