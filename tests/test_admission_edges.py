@@ -179,11 +179,29 @@ def test_examples_at_the_roomiest_reach_the_ends_of_their_searches():
     assert values(max_probabilities=10**9, **ROOMY)[2:] == [1024, 998, 20_000]  # BPTT_MAX_BATCH, T - 2, the end
 
 
-@pytest.mark.parametrize(("which", "T0", "H0"), [(0, 123, 100), (4, 1000, 321)])
-def test_examples_at_a_memory_budget_of_exactly_the_largest_requests_bytes(which, T0, H0):
-    """The budget is the predicted peak plus the request's own arrays of T0 (or H0), to the byte:
-    that shape is the largest admitted, so a byte more or less counted for the arrays moves it."""
-    C = 8000 if which == 0 else 1
-    estimate = costs.bptt(lengths=[T0], H=H0, C=C, K=None, machine=admission.machine(Settings()))
-    budget = estimate.bytes + inputs([T0], H0, C)
-    assert values(max_request_bytes=budget, max_request_seconds=1e9)[which] == (T0 if which == 0 else H0)
+# (example, its shape at n: lengths, H, C, K; n)
+AT_BYTES = [
+    (0, lambda n: ([n], 100, 8000, None), 123),
+    (2, lambda n: ([50] * n, 100, 8000, None), 5),
+    (4, lambda n: ([1000], n, 1, None), 321),
+]
+
+
+@pytest.mark.parametrize(("which", "shape", "n"), AT_BYTES)
+def test_examples_at_a_memory_budget_of_exactly_the_largest_requests_bytes(which, shape, n):
+    """The budget is the predicted peak plus the request's own arrays at n, to the byte: n is the
+    largest admitted, so a byte more counted for the arrays (or another shape) moves it."""
+    lengths, H, C, K = shape(n)
+    estimate = costs.bptt(lengths=lengths, H=H, C=C, K=K, machine=admission.machine(Settings()))
+    budget = estimate.bytes + inputs(lengths, H, C)
+    assert values(max_request_bytes=budget, max_request_seconds=1e9)[which] == n
+
+
+def test_examples_truncation_at_a_memory_budget_that_does_not_depend_on_k():
+    """The peak memory of T = 1000, C = 65, H = 100 is the same for every K: at that peak plus the
+    arrays every K is admitted, a byte below it none; a byte less counted for the arrays admits them."""
+    estimate = costs.bptt(lengths=[1000], H=100, C=65, K=0, machine=admission.machine(Settings()))
+    assert costs.bptt(lengths=[1000], H=100, C=65, K=998, machine=admission.machine(Settings())).bytes == estimate.bytes
+    budget = estimate.bytes + inputs([1000], 100, 65)
+    assert values(max_request_bytes=budget, max_request_seconds=1e9)[3] == 998
+    assert values(max_request_bytes=budget - 1, max_request_seconds=1e9)[3] == -1
