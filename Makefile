@@ -50,9 +50,11 @@ $(VENV)/.bench: pyproject.toml | $(BIN)/python
 bench: $(VENV)/.bench
 	cd benchmarks && ../$(BIN)/python run_all.py
 
-# Mutation testing of the code that decides answers (slow; docs/testing.md).
+# Mutation testing of the code that decides answers (slow; docs/testing.md): both sets,
+# or one with `make mutate SET=rest` (core: engine, checks; rest: codec, V2 decoding, settings, admission).
+SET ?= core rest
 mutate: $(VENV)/.test
-	scripts/mutate.sh
+	for set in $(SET); do scripts/mutate.sh $$set || exit 1; done
 
 # Regenerate openapi/openapi.json from the app (tests/test_openapi.py fails when it drifts).
 openapi: $(VENV)/.run

@@ -51,7 +51,7 @@ def describe(value: Any) -> str:
     if isinstance(value, bool | np.bool_):
         return "true" if value else "false"
     if isinstance(value, int | float | np.integer | np.floating):
-        v = float(value) if isinstance(value, np.floating) else value
+        v = value.item() if isinstance(value, np.generic) else value  # repr(np.int64(7)) is 'np.int64(7)'
         text = "NaN" if v != v else repr(v).replace("inf", "Infinity")
         return text if len(text) <= 40 else text[:37] + "..."
     if isinstance(value, str):
@@ -136,7 +136,8 @@ def token_ids(value: Any, field: str) -> Tokens:
     """
     items = value if isinstance(value, np.ndarray | list) else list(value)
     for i, v in enumerate(items if isinstance(items, list) else ()):
-        if isinstance(v, bool):  # numpy would read True as 1
+        # numpy would read True as 1, turn [1, "a"] into strings (blaming "1") and refuse [1, [2]]
+        if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
             raise InputError(f"{field}[{i}] must be an integer, got {describe(v)}", field=f"{field}[{i}]")
     a = np.asarray(items)
     if a.ndim != 1:

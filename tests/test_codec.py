@@ -108,3 +108,36 @@ def test_array_ragged_lists_are_named():
 def test_tokens_beyond_int64_are_named():
     with pytest.raises(InputError, match=r"x\[1\] = 18446744073709551616 is out of range"):
         codec.token_ids([1, 2**64], "x")
+
+
+@pytest.mark.parametrize(
+    ("ids", "field", "message"),
+    [
+        ([1, "a"], "x[1]", 'x[1] must be an integer, got a string "a"'),
+        ([0, 1, True], "x[2]", "x[2] must be an integer, got true"),
+        (["0", 1], "x[0]", 'x[0] must be an integer, got a string "0"'),
+        ([1, [2]], "x[1]", "x[1] must be an integer, got a list of 1 item(s)"),
+        ([[1, 2], [3, 4]], "x[0]", "x[0] must be an integer, got a list of 2 item(s)"),
+        ([1, None], "x[1]", "x[1] must be an integer, got null"),
+        ([1, {}], "x[1]", "x[1] must be an integer, got an object"),
+    ],
+)
+def test_tokens_refuse_the_entry_the_server_refuses(client, ids, field, message):
+    """Bugs caught: [1, "a"] became the strings ["1", "a"] in numpy, and the client blamed x[0], "1";
+    [1, [2]] was numpy's ValueError, and [[1, 2], [3, 4]] "2 dimensions", not the server's message."""
+    with pytest.raises(InputError) as info:
+        codec.token_ids(ids, "x")
+    assert (info.value.field, info.value.message) == (field, message)
+    w = [[0.1, 0.2], [0.3, 0.4]]
+    r = client.post("/bptt", json={"U": w, "V": w, "W": w, "x": ids, "y": [0] * len(ids)})
+    first = r.json()["errors"][0]
+    assert (first["field"], first["message"]) == (field, message)
+
+
+def test_describe_writes_numpy_integers_as_numbers():
+    """Bug caught: numpy 2's repr, "np.int64(7)", in a message about the value 7."""
+    assert (codec.describe(np.int64(7)), codec.describe(np.uint8(3)), codec.describe(np.float32(0.5))) == (
+        "7",
+        "3",
+        "0.5",
+    )

@@ -316,3 +316,27 @@ def test_v2_chunks_chain_through_final_state(client, rng, cut):
     per_step = -np.log(o[np.arange(12), p.y])
     assert first["loss"][0] == pytest.approx(per_step[:cut].sum(), rel=1e-12)
     assert second["loss"][0] == pytest.approx(per_step[cut:].sum(), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("name", "datatype", "shape", "data", "message"),
+    [
+        (
+            "U",
+            "FP64",
+            [2, 2],
+            [[1.0, "a"], [0.0, 0.0]],
+            'U.data must hold finite numbers (FP64), got a string "a" at U[0][1]',
+        ),
+        ("U", "FP64", [4], [1.0, "a", 0.0, 0.0], 'U.data must hold finite numbers (FP64), got a string "a" at U[1]'),
+        ("x", "INT32", [1, 2], [[[1, True]]], "x.data must hold integers (INT32), got true at x[0][0][1]"),
+        ("x", "INT64", [2], [[1, [2]]], "x.data must hold integers (INT64), got a list of 1 item(s) at x[0][1]"),
+    ],
+)
+def test_v2_bad_entry_of_nested_data_is_named_where_it_is(client, rng, name, datatype, shape, data, message):
+    """Bug caught: the error of the flat form was reported for nested data ("got a list of 2 item(s) at U[0]")."""
+    p = make_problem(rng, H=2, C=2, T=2)
+    inputs = [tensor(n, getattr(p, n)) for n in ("U", "V", "W", "x", "y") if n != name]
+    inputs.append({"name": name, "datatype": datatype, "shape": shape, "data": data})
+    r = client.post(INFER, content=orjson.dumps({"inputs": inputs}))
+    assert error(r, 400, f"{name}.data") == message

@@ -369,7 +369,8 @@ def _from_json(data: list[Any], name: str, datatype: str, dtype: str, shape: lis
     try:
         adapter.validate_python(data, strict=True)
     except pydantic.ValidationError as exc:
-        e = exc.errors(include_url=False)[0]
+        # One error per form (flat, 2 or 3 levels): the deepest is the form the data has.
+        e = max(exc.errors(include_url=False), key=lambda e: sum(isinstance(p, int) for p in e["loc"]))
         where = name + "".join(f"[{p}]" for p in e["loc"] if isinstance(p, int))
         kind = "finite numbers" if datatype in FLOATS else "integers"
         raise InputError(
