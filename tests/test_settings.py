@@ -126,9 +126,19 @@ def test_settings_bad_environment_variable_names_the_setting(monkeypatch, variab
 
 
 def test_settings_to_env_writes_every_setting_and_reads_back_equal(monkeypatch):
-    s = Settings(port=9001, tune_malloc=False, speed=1.5, api_key="k1,k2", cors_origins="https://a.example")
+    s = Settings(
+        port=9001,
+        tune_malloc=False,
+        speed=1.5,
+        api_key="k1,k2",
+        cors_origins="https://a.example",
+        grpc_port=9002,
+        rate_limit_per_key=2.5,
+    )
     env = s.to_env()
     assert len(env) == len(Settings.model_fields)
+    assert env["BPTT_GRPC_PORT"] == "9002"
+    assert env["BPTT_RATE_LIMIT_PER_KEY"] == "2.5"
     assert env["BPTT_PORT"] == "9001"
     assert env["BPTT_TUNE_MALLOC"] == "False"
     assert env["BPTT_SPEED"] == "1.5"
@@ -140,10 +150,11 @@ def test_settings_to_env_writes_every_setting_and_reads_back_equal(monkeypatch):
     assert Settings() == s
 
 
-def test_settings_to_env_leaves_out_an_unset_key():
+def test_settings_to_env_leaves_out_the_unset_settings():
     env = Settings().to_env()
-    assert "BPTT_API_KEY" not in env
-    assert len(env) == len(Settings.model_fields) - 1
+    unset = {"BPTT_API_KEY", "BPTT_GRPC_PORT", "BPTT_RATE_LIMIT_PER_KEY"}  # the settings without a default
+    assert not unset & set(env)
+    assert len(env) == len(Settings.model_fields) - len(unset)
     assert all(name.startswith("BPTT_") and name.isupper() for name in env)
 
 
@@ -183,4 +194,5 @@ def test_settings_table_has_one_row_per_setting_with_variable_option_default_and
         "| `BPTT_MAX_BODY_BYTES` | `--max-body-bytes` | 64 MiB | largest request body in bytes; over it, 413 "
         "before it is read |" in rows
     )
-    assert rows[-1].startswith("| `BPTT_API_KEY` | `--api-key` | unset | API key(s)")
+    assert any(row.startswith("| `BPTT_API_KEY` | `--api-key` | unset | API key(s)") for row in rows)
+    assert rows[-1].startswith("| `BPTT_TRACING` | `--tracing` | `false` | ")

@@ -97,9 +97,9 @@ def test_v2_check_model_takes_the_name_with_or_without_version_1():
     protocol.check_model("bptt", None)
     protocol.check_model("bptt", "1")
     for name, version, message in [
-        ("bptt", "2", "unknown model 'bptt' version '2': this server serves 'bptt', version 1"),
-        ("bptt", "", "unknown model 'bptt' version '': this server serves 'bptt', version 1"),
-        ("BPTT", None, "unknown model 'BPTT': this server serves 'bptt', version 1"),
+        ("bptt", "2", "unknown model 'bptt' version '2': this server serves 'bptt', 'bptt-gru', 'bptt-lstm', version 1"),
+        ("bptt", "", "unknown model 'bptt' version '': this server serves 'bptt', 'bptt-gru', 'bptt-lstm', version 1"),
+        ("BPTT", None, "unknown model 'BPTT': this server serves 'bptt', 'bptt-gru', 'bptt-lstm', version 1"),
     ]:
         with pytest.raises(NotFound) as info:
             protocol.check_model(name, version)
@@ -173,7 +173,7 @@ def test_v2_outputs_asked_for_in_order_with_their_binary_flags(p):
 def test_v2_unknown_or_repeated_output_is_refused(p):
     assert refused({"inputs": inputs(p), "outputs": [{"name": "loss"}, {"name": "dLdX"}]}) == (
         "outputs[dLdX]",
-        "unknown output 'dLdX'; this model has loss, mean_loss, tokens, dLdU, dLdV, dLdW, dLds0, final_state, losses",
+        "unknown output 'dLdX'; the model bptt has loss, mean_loss, tokens, dLdU, dLdV, dLdW, dLds0, final_state, losses",
     )
     assert refused({"inputs": inputs(p), "outputs": [{"name": "loss"}, {"name": "dLdU"}, {"name": "loss"}]}) == (
         "outputs",
@@ -187,7 +187,7 @@ def test_v2_unknown_or_repeated_output_is_refused(p):
 def test_v2_inputs_by_name_datatype_and_presence(p):
     assert refused({"inputs": [*inputs(p), js("z", p.x)]}) == (
         "z",
-        "unknown input 'z'; this model takes U, V, W, x, y, s0, lengths",
+        "unknown input 'z'; the model bptt takes U, V, W, x, y, s0, lengths",
     )
     assert refused({"inputs": [*inputs(p), js("U", p.U)]}) == ("U", "input U is given more than once")
     assert refused({"inputs": inputs(p, U=js("U", p.U, "INT64"))}) == (
@@ -390,15 +390,15 @@ def test_v2_work_size_of_one_sequence_a_batch_and_lengths(p):
 
 def test_v2_sequences_cut_rows_to_their_lengths_at_1_and_T():
     X = np.arange(10).reshape(2, 5)
-    xs, ys, s0s = protocol._sequences(X, X + 1, None, np.array([1, 5]))
+    xs, ys, rows = protocol._sequences(X, X + 1, {}, np.array([1, 5]))
     assert [r.tolist() for r in xs] == [[0], [5, 6, 7, 8, 9]]
     assert [r.tolist() for r in ys] == [[1], [6, 7, 8, 9, 10]]
-    assert s0s is None
-    xs, _, s0s = protocol._sequences(X[0], X[0], np.array([0.5, 1.0]), None)  # [T] is one row
+    assert rows == {}
+    xs, _, rows = protocol._sequences(X[0], X[0], {"s0": np.array([0.5, 1.0])}, None)  # [T] is one row
     assert [r.tolist() for r in xs] == [[0, 1, 2, 3, 4]]
-    assert s0s is not None and [s.tolist() for s in s0s] == [[0.5, 1.0]]
-    _, _, s0s = protocol._sequences(X, X, np.ones((2, 3)), None)
-    assert s0s is not None and len(s0s) == 2 and s0s[1].shape == (3,)
+    assert [s.tolist() for s in rows["s0"]] == [[0.5, 1.0]]
+    _, _, rows = protocol._sequences(X, X, {"s0": np.ones((2, 3)), "c0": np.zeros((2, 3))}, None)
+    assert len(rows["s0"]) == 2 and rows["s0"][1].shape == (3,) and len(rows["c0"]) == 2
 
 
 @pytest.mark.parametrize(
@@ -465,7 +465,7 @@ def test_v2_sequences_cut_rows_to_their_lengths_at_1_and_T():
 )
 def test_v2_sequences_refused_naming_the_input(x, y, s0, lengths, field, message):
     with pytest.raises(InputError) as info:
-        protocol._sequences(x, y, s0, lengths)
+        protocol._sequences(x, y, {} if s0 is None else {"s0": s0}, lengths)
     assert (info.value.field, info.value.message) == (field, message)
 
 
