@@ -96,10 +96,11 @@ def test_v2_server_and_model_metadata():
 def test_v2_check_model_takes_the_name_with_or_without_version_1():
     protocol.check_model("bptt", None)
     protocol.check_model("bptt", "1")
+    served = "this server serves 'bptt', 'bptt-gru', 'bptt-lstm', version 1"
     for name, version, message in [
-        ("bptt", "2", "unknown model 'bptt' version '2': this server serves 'bptt', 'bptt-gru', 'bptt-lstm', version 1"),
-        ("bptt", "", "unknown model 'bptt' version '': this server serves 'bptt', 'bptt-gru', 'bptt-lstm', version 1"),
-        ("BPTT", None, "unknown model 'BPTT': this server serves 'bptt', 'bptt-gru', 'bptt-lstm', version 1"),
+        ("bptt", "2", f"unknown model 'bptt' version '2': {served}"),
+        ("bptt", "", f"unknown model 'bptt' version '': {served}"),
+        ("BPTT", None, f"unknown model 'BPTT': {served}"),
     ]:
         with pytest.raises(NotFound) as info:
             protocol.check_model(name, version)
@@ -173,7 +174,8 @@ def test_v2_outputs_asked_for_in_order_with_their_binary_flags(p):
 def test_v2_unknown_or_repeated_output_is_refused(p):
     assert refused({"inputs": inputs(p), "outputs": [{"name": "loss"}, {"name": "dLdX"}]}) == (
         "outputs[dLdX]",
-        "unknown output 'dLdX'; the model bptt has loss, mean_loss, tokens, dLdU, dLdV, dLdW, dLds0, final_state, losses",
+        "unknown output 'dLdX'; the model bptt has loss, mean_loss, tokens, dLdU, dLdV, dLdW, dLds0, final_state, "
+        "losses",
     )
     assert refused({"inputs": inputs(p), "outputs": [{"name": "loss"}, {"name": "dLdU"}, {"name": "loss"}]}) == (
         "outputs",
