@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from common import median_time, table
+from common import interleaved, table
 
 from service import gated
 
@@ -174,24 +174,26 @@ def main(argv: list[str] | None = None) -> str:
             U, V, W, b, b_hh, x, y = problem(cell, C, H, T)
             kw = {"b": b, "b_hh": b_hh, "reset_after": cell == "gru"}
             want = gated.bptt(cell, U, V, W, x, y, **kw)
-            t_engine = median_time(lambda: gated.bptt(cell, U, V, W, x, y, **kw), repeat=repeat)
-            t_floor = median_time(floor(GATES[cell], C, H, T), repeat=repeat)
-            row: list[object] = [cell, T, t_engine * 1e3, t_engine / t_floor, t_engine / T * 1e3]
-            peers = (
-                ("torch cell", torch_cell(cell, U, V, W, b, b_hh, x, y, module=False)),
-                ("torch nn", torch_cell(cell, U, V, W, b, b_hh, x, y, module=True)),
-                ("JAX", jax_cell(cell, U, V, W, b, b_hh, x, y)),
-            )
-            for name, fn in peers:
-                if fn is None:
-                    row.append("n/a")
-                    continue
-                check_same(want, fn, name)
-                row.append(f"{median_time(fn, repeat=repeat) / t_engine:.2f}")
+            peers = {
+                "torch cell": torch_cell(cell, U, V, W, b, b_hh, x, y, module=False),
+                "torch nn": torch_cell(cell, U, V, W, b, b_hh, x, y, module=True),
+                "JAX": jax_cell(cell, U, V, W, b, b_hh, x, y),
+            }
+            for name, fn in peers.items():
+                if fn is not None:
+                    check_same(want, fn, name)
+            candidates = {
+                "engine": lambda cell=cell, U=U, V=V, W=W, x=x, y=y, kw=kw: gated.bptt(cell, U, V, W, x, y, **kw),
+                "floor": floor(GATES[cell], C, H, T),
+                **{name: fn for name, fn in peers.items() if fn is not None},
+            }
+            t = interleaved(candidates, repeat=repeat)
+            row: list[object] = [cell, T, t["engine"] * 1e3, t["engine"] / t["floor"], t["engine"] / T * 1e3]
+            row += [f"{t[name] / t['engine']:.2f}" if name in t else "n/a" for name in peers]
             rows.append(row)
     return table(
         f"Gated cells, C = {C}, H = {H}, full BPTT, float64 (medians of {repeat}; a peer / engine > 1: the engine "
-        "is faster)",
+        "is faster; every candidate timed once per round)",
         [
             "cell",
             "T",

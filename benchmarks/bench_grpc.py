@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import grpc
 import httpx
 import numpy as np
 import tritonclient.grpc as triton
 from bench_http import _v2_outputs, _v2_request
-from common import ROOT, problem, serve, table
+from common import ROOT, interleaved, problem, serve, table
 
 from service import engine
 from service.local import free_port
@@ -41,19 +39,6 @@ def grpc_echo() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=15)
-
-
-def interleaved(candidates: dict[str, Callable[[], object]], *, repeat: int) -> dict[str, float]:
-    """Median seconds of each candidate, timed in rounds (one call of each per round, after two warm-up
-    rounds): on a shared machine every candidate sees the same background load."""
-    times: dict[str, list[float]] = {name: [] for name in candidates}
-    for round_ in range(repeat + 2):
-        for name, fn in candidates.items():
-            t0 = time.perf_counter()
-            fn()
-            if round_ >= 2:
-                times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -24,7 +24,7 @@ import seed  # noqa: E402
 
 from service.local import LocalServer  # noqa: E402
 
-__all__ = ["ROOT", "machine", "median_time", "problem", "seed", "serve", "table"]
+__all__ = ["ROOT", "interleaved", "machine", "median_time", "problem", "seed", "serve", "table"]
 
 
 def median_time(fn: Callable[[], object], *, repeat: int = 15, warmup: int = 2, budget: float = 30.0) -> float:
@@ -40,6 +40,19 @@ def median_time(fn: Callable[[], object], *, repeat: int = 15, warmup: int = 2, 
         if time.perf_counter() - start > budget and len(times) >= 3:
             break
     return statistics.median(times)
+
+
+def interleaved(candidates: dict[str, Callable[[], object]], *, repeat: int) -> dict[str, float]:
+    """Median seconds of each candidate, timed in rounds (one call of each per round, after two warm-up
+    rounds): on a shared machine every candidate sees the same background load."""
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for round_ in range(repeat + 2):
+        for name, fn in candidates.items():
+            t0 = time.perf_counter()
+            fn()
+            if round_ >= 2:
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def problem(C: int, H: int, T: int, *, seed_: int = 0):
