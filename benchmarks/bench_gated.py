@@ -1,7 +1,8 @@
 """The gated cells' engine (service/gated.py) against PyTorch, JAX and its own matrix-product floor.
 
 C = 8000, H = 100 (the tutorial's configuration), T in {20, 50, 100}, full BPTT,
-float64, one sequence. The peers compute the same loss and gradients (checked to
+float64, one sequence, every candidate on one thread (as the service computes,
+BPTT_BLAS_THREADS=1), timed once per round in turn. The peers compute the same loss and gradients (checked to
 1e-9 before timing), written as their users write them:
 
 - PyTorch, a cell by hand: the gathered input columns U[:, :, x_t], a loop over
@@ -21,6 +22,13 @@ and T backward ones, and dL/dW, one (GH, T) x (T, H) product.
 from __future__ import annotations
 
 import argparse
+import os
+
+# One thread for every candidate, as the service computes (BPTT_BLAS_THREADS=1): on 2 shared cores the
+# thread pools of PyTorch, JAX and BLAS otherwise spin against each other and the ratios mean little.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 import numpy as np
 from common import interleaved, table
@@ -61,7 +69,7 @@ def floor(G: int, C: int, H: int, T: int):
 def torch_cell(cell: str, U, V, W, b, b_hh, x, y, *, module: bool):
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     G, H, C = U.shape
     if module:
         net = {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell](C, H, dtype=torch.float64)

@@ -498,6 +498,10 @@ class Client:
         options = {"weights": (U, V, W), "s0": s0, "bptt_truncate": bptt_truncate, "b": b, "c": c, **gated}
         groups = shard_groups([len(x) for x in xs], shards)
         admitted: list[list[int]] = []
+        # A part costs no more than the whole in any term: when the whole batch is admitted, so is every group.
+        whole = list(range(len(xs)))
+        if Wire.admitted(self._post("/bptt/batch/cost", self.wire.shard_body(whole, xs, ys, options))) is None:
+            admitted, groups = groups, []
         while groups:
             group = groups.pop()
             refusal = Wire.admitted(self._post("/bptt/batch/cost", self.wire.shard_body(group, xs, ys, options)))
@@ -668,6 +672,9 @@ class AsyncClient:
         options = {"weights": (U, V, W), "s0": s0, "bptt_truncate": bptt_truncate, "b": b, "c": c, **gated}
         groups = shard_groups([len(x) for x in xs], shards)
         admitted: list[list[int]] = []
+        whole = await self._post("/bptt/batch/cost", self.wire.shard_body(list(range(len(xs))), xs, ys, options))
+        if Wire.admitted(whole) is None:  # every group is then admitted too (Client.bptt_batch)
+            admitted, groups = groups, []
         while groups:
             group = groups.pop()
             cost = await self._post("/bptt/batch/cost", self.wire.shard_body(group, xs, ys, options))
