@@ -46,6 +46,7 @@ __all__ = [
     "bptt_batch",
     "check_inputs",
     "forward",
+    "kernel_in_use",
     "loss",
     "trace",
     "use_kernel",
@@ -69,6 +70,11 @@ def use_kernel(name: str) -> str:
     if name == "numba" and not kernel.AVAILABLE:
         raise ValueError("the numba kernel is not installed: pip install 'bptt-service[fast]', or use \"numpy\"")
     _kernel = kernel.AVAILABLE and name != "numpy"
+    return kernel_in_use()
+
+
+def kernel_in_use() -> str:
+    """``"numba"`` or ``"numpy"``: the per-step loops ``use_kernel`` chose."""
     return "numba" if _kernel else "numpy"
 
 

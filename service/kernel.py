@@ -34,22 +34,19 @@ call them on chunks of time steps and check the request's deadline
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from .deadline import checkpoint
 
-try:
-    import numba
-except ImportError:  # the `fast` extra is not installed: the engine uses numpy
-    numba = None  # type: ignore[assignment]
-
 __all__ = ["AVAILABLE", "backward_full", "pays", "recur", "warm_up"]
 
-AVAILABLE = numba is not None
+# Imported and compiled at the first use (warm_up), not at import: `import service` stays quick.
+AVAILABLE = importlib.util.find_spec("numba") is not None
 
 RECUR_MAX_BH = 64  # B x H up to which the compiled forward loop is faster (measured)
 BACKWARD_MAX_BHH = 20_000  # B x H x H up to which the compiled backward loop is faster (measured)
@@ -59,11 +56,6 @@ BACKWARD_MAX_BHH = 20_000  # B x H x H up to which the compiled backward loop is
 _CHUNK_FLOPS = 1 << 22
 
 
-def _jit(fn: Callable[..., Any]) -> Any:
-    return numba.njit(nogil=True, fastmath=False, cache=False)(fn) if AVAILABLE else fn
-
-
-@_jit
 def _recur(S, WT, prev):  # type: ignore[no-untyped-def]  # (n, B, H), (H, H), (B, H)
     n, B, H = S.shape
     acc = np.empty(H, S.dtype)
@@ -79,7 +71,6 @@ def _recur(S, WT, prev):  # type: ignore[no-untyped-def]  # (n, B, H), (H, H), (
                 S[t, b, i] = math.tanh(S[t, b, i] + acc[i])  # s_t = tanh(U x_t (+ b) + W s_{t-1})
 
 
-@_jit
 def _backward_full(W, dLds, dtanh, dz, carry):  # type: ignore[no-untyped-def]  # carry (B, H) in and out
     n, B, H = dz.shape
     for k in range(n - 1, -1, -1):
@@ -91,6 +82,15 @@ def _backward_full(W, dLds, dtanh, dz, carry):  # type: ignore[no-untyped-def]  
                 d = dz[k, b, j]
                 for i in range(H):
                     carry[b, i] += d * W[j, i]
+
+
+@functools.cache
+def _compiled() -> Any:
+    """The loops above compiled (lazily, per signature; warm_up compiles the engine's)."""
+    import numba
+
+    jit = numba.njit(nogil=True, fastmath=False, cache=False)
+    return jit(_recur), jit(_backward_full)
 
 
 def pays(B: int, H: int) -> tuple[bool, bool]:
@@ -120,10 +120,11 @@ def recur(S: np.ndarray, WT: np.ndarray, S0: np.ndarray) -> np.ndarray:
     """
     T, B, H = S.shape
     WT, S0 = _plain(WT), _plain(S0)
+    compiled_recur = _compiled()[0]
     step = _steps(B, H)
     for start in range(0, T, step):
         checkpoint()
-        _recur(S[start : start + step], WT, S0 if start == 0 else S[start - 1])
+        compiled_recur(S[start : start + step], WT, S0 if start == 0 else S[start - 1])
     return S
 
 
@@ -131,13 +132,14 @@ def backward_full(W: np.ndarray, dLds: np.ndarray, dtanh: np.ndarray) -> np.ndar
     """Exact BPTT as ``engine._backward_full``: dz (T, B, H) from dLds and dtanh (T, B, H)."""
     T, B, H = dLds.shape
     W, dLds, dtanh = _plain(W), _plain(dLds), _plain(dtanh)
+    compiled_backward = _compiled()[1]
     dz = np.empty_like(dLds)
     carry = np.zeros_like(dLds[0])  # (B, H), W^T dz_{k+1}
     step = _steps(B, H)
     for stop in range(T, 0, -step):
         checkpoint()
         start = max(0, stop - step)
-        _backward_full(W, dLds[start:stop], dtanh[start:stop], dz[start:stop], carry)
+        compiled_backward(W, dLds[start:stop], dtanh[start:stop], dz[start:stop], carry)
     return dz
 
 
