@@ -5,8 +5,8 @@ C = 65, H = 100 (a long sequence); C = 8000, H = 100, T = 50, full and K = 4 (th
 tutorial's size, with the matrix-product floor); and float32 against float64 at
 the tutorial's size. One BLAS thread and the malloc tuning, as the service runs
 (BPTT_BLAS_THREADS=1, BPTT_TUNE_MALLOC). The candidates are timed in interleaved
-rounds, one call of each per round, so that all see the same background load;
-medians over the rounds, ratios from the same run.
+rounds, one call of each per round in a random order, so that all see the same
+background load; medians over the rounds, ratios from the same run.
 
     python benchmarks/bench_kernel.py [--rounds 21 | --quick]
 """
@@ -14,6 +14,7 @@ medians over the rounds, ratios from the same run.
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -27,14 +28,23 @@ from service import engine, kernel, runtime
 
 
 def interleaved(candidates: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Median seconds of each candidate over ``rounds`` rounds, one call of each per round."""
+    """Median seconds of each candidate over ``rounds`` rounds, one call of each per round.
+
+    Each round runs them in a new random order: what runs before a candidate matters (JAX's
+    thread pool spins after its call; the floor's products evict the engine's arrays from the
+    caches), and in a fixed order the candidate after them measured 10% slower than the same
+    code after itself.
+    """
     for fn in candidates.values():  # warm-up
         fn()
-    times: dict[str, list[float]] = {name: [] for name in candidates}
+    names = list(candidates)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    order = random.Random(0)
     for _ in range(rounds):
-        for name, fn in candidates.items():
+        order.shuffle(names)
+        for name in names:
             t0 = time.perf_counter()
-            fn()
+            candidates[name]()
             times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(t) for name, t in times.items()}
 

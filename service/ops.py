@@ -75,13 +75,13 @@ ENGINE_SECONDS = Histogram(
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
 )
 ENGINE_TOKENS = Counter("bptt_engine_tokens_total", "Predicted tokens whose gradients were computed.", ["function"])
-# ``key`` is the key's id (service.quota.key_id), never the key: one label value per configured key.
 KERNEL = Gauge(
     "bptt_engine_kernel",
     "1 for the engine's per-step loops in use (BPTT_KERNEL): numba (compiled where faster) or numpy.",
     ["kernel"],
     multiprocess_mode="max",
 )
+# ``key`` is the key's id (service.quota.key_id), never the key: one label value per configured key.
 RATE_LIMITED = Counter("bptt_rate_limited_total", "Requests refused (429) by their API key's rate limit.", ["key"])
 
 
