@@ -17,8 +17,10 @@ RUN python3 -m venv /opt/venv
 # Dependencies first, in a layer of their own: rebuilt only when pyproject.toml
 # changes. A stub package stands in for the source so pip can resolve them.
 COPY pyproject.toml README.md ./
-# EXTRAS=server,tracing adds OpenTelemetry (BPTT_TRACING, configured by the OTEL_* variables).
-ARG EXTRAS=server
+# fast: the engine's loops compiled by Numba (BPTT_KERNEL; compiled at start-up, before readiness).
+# EXTRAS=server,fast,tracing adds OpenTelemetry (BPTT_TRACING, configured by the OTEL_* variables);
+# EXTRAS=server leaves numba out and the engine runs numpy's loops.
+ARG EXTRAS=server,fast
 RUN mkdir service && echo '__version__ = "0"' > service/__init__.py \
     && pip install ".[${EXTRAS}]" && pip uninstall --yes bptt-service \
     && rm -rf service build ./*.egg-info

@@ -19,7 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
-from . import __version__, handlers, openapi, ops, rest, runtime, tracing
+from . import __version__, engine, handlers, openapi, ops, rest, runtime, tracing
 from .compute import Pool
 from .lifecycle import Lifecycle
 from .middleware import BearerAuth, BodyLimit, GzipRequest, RateLimit, RequestId, TrailingSlash
@@ -55,7 +55,8 @@ def create_app(settings: Settings | None = None, *, tracer_provider: TracerProvi
     """The application, configured by ``settings`` (read from the environment when omitted).
 
     Building it also applies the process-wide choices of the settings: the malloc
-    tuning (``BPTT_TUNE_MALLOC``), the BLAS threads (``BPTT_BLAS_THREADS``) and the log format.
+    tuning (``BPTT_TUNE_MALLOC``), the BLAS threads (``BPTT_BLAS_THREADS``), the engine's loops
+    (``BPTT_KERNEL``) and the log format.
     With ``BPTT_TRACING``, spans go to ``tracer_provider`` (by default one exporting by OTLP,
     configured by the ``OTEL_*`` variables; service/tracing.py).
     """
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None, *, tracer_provider: TracerProvi
     if settings.tune_malloc:
         runtime.tune_malloc()
     runtime.limit_blas(settings.blas_threads)
+    engine.use_kernel(settings.kernel)  # compiled in the self-check, before readiness
     ops.configure_logging(settings.log_level, settings.log_format)
     # FastAPIOffline serves Swagger UI and ReDoc from files in its package: /docs
     # works in clusters without internet (FastAPI's default loads them from a CDN).

@@ -1,7 +1,11 @@
 """The vanilla RNN language model of the seed, forward and backward, in numpy.
 
 This is the whole model in one file: numpy and the standard library only, no
-web imports. Dimension letters, used in every shape comment below:
+web imports. Where they are faster, its two per-step loops (``_recur``,
+``_backward_full``) run compiled instead: service/kernel.py, the same loops
+in Numba, optional (``use_kernel`` chooses; by default numba when installed,
+compiled at the first call or by ``kernel.warm_up()``). Dimension letters,
+used in every shape comment below:
 
     T  sequence length (steps)      H  hidden units
     C  vocabulary size (classes)    B  batch (sequences)
@@ -24,17 +28,19 @@ t, t-1, ..., max(0, t-K) and no further. docs/derivation.md derives every line.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
+from . import kernel
 from .deadline import checkpoint
 from .errors import ComputeError, InputError
 
 Floating = type[np.floating[Any]]
+Loop = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # recur(S, WT, S0), backward(W, dLds, dtanh)
 
 __all__ = [
     "BatchGradients",
@@ -44,9 +50,36 @@ __all__ = [
     "bptt_batch",
     "check_inputs",
     "forward",
+    "kernel_in_use",
     "loss",
     "trace",
+    "use_kernel",
 ]
+
+_kernel = kernel.AVAILABLE  # the compiled loops where they pay (service.kernel); use_kernel switches
+
+
+def use_kernel(name: str) -> str:
+    """Choose the per-step loops: ``"numba"`` (compiled where measured faster, numpy elsewhere),
+    ``"numpy"`` (always numpy), or ``"auto"`` (numba when installed); return the one in use.
+
+    Raises
+    ------
+    ValueError
+        ``"numba"`` without numba installed (``pip install 'bptt-service[fast]'``), or another name.
+    """
+    global _kernel
+    if name not in ("auto", "numba", "numpy"):
+        raise ValueError(f'the kernel must be "auto", "numba" or "numpy", got {name!r}')
+    if name == "numba" and not kernel.AVAILABLE:
+        raise ValueError("the numba kernel is not installed: pip install 'bptt-service[fast]', or use \"numpy\"")
+    _kernel = kernel.AVAILABLE and name != "numpy"
+    return kernel_in_use()
+
+
+def kernel_in_use() -> str:
+    """``"numba"`` or ``"numpy"``: the per-step loops ``use_kernel`` chose."""
+    return "numba" if _kernel else "numpy"
 
 
 @dataclass(frozen=True)
@@ -613,7 +646,8 @@ def _bptt_unchecked(batch: _Batch, K: int | None) -> BatchGradients:
         dLds = dLds_rows.reshape(T, B, H)
 
     dtanh = 1.0 - S * S  # (T, B, H), tanh'(z_t) = 1 - tanh(z_t)**2
-    dz = _backward_full(W, dLds, dtanh) if K is None or K >= T - 1 else _backward_truncated(W, dLds, dtanh, K)
+    backward_full = _loops(S)[1]
+    dz = backward_full(W, dLds, dtanh) if K is None or K >= T - 1 else _backward_truncated(W, dLds, dtanh, K)
     # dz[k, b] = dL/dz_k of sequence b, summed over the outputs that reach step k;
     # zero past the sequence's end, where dLds is zero and nothing flows back.
 
@@ -665,8 +699,12 @@ def _hidden_states(batch: _Batch) -> np.ndarray:
     S: np.ndarray = batch.U.T[batch.X]  # (T, B, H): U[:, x_t] in S[t], overwritten in place by s_t
     if batch.b is not None:
         S += batch.b
-    WT = np.ascontiguousarray(batch.W.T)
-    S0 = batch.S0
+    recur = _loops(S)[0]
+    return recur(S, np.ascontiguousarray(batch.W.T), batch.S0)
+
+
+def _recur(S: np.ndarray, WT: np.ndarray, S0: np.ndarray) -> np.ndarray:
+    """S[t] = tanh(S[t] + W S[t-1]) in place, S[-1] = S0: (T, B, H), (H, H) W^T, (B, H)."""
     dot, add, tanh = np.dot, np.add, np.tanh  # local names: this loop is the hot path
     buf = np.empty_like(S0)
     h = S0
@@ -677,6 +715,16 @@ def _hidden_states(batch: _Batch) -> np.ndarray:
         tanh(st, out=st)  # s_t
         h = st
     return S
+
+
+def _loops(S: np.ndarray) -> tuple[Loop, Loop]:
+    """The (forward, full backward) loops for states S (T, B, H): numpy's, or service.kernel's
+    compiled ones where they were measured faster (small B x H; ``use_kernel`` chooses)."""
+    fast_forward, fast_backward = kernel.pays(S.shape[1], S.shape[2]) if _kernel else (False, False)
+    return (
+        kernel.recur if fast_forward else _recur,
+        kernel.backward_full if fast_backward else _backward_full,
+    )
 
 
 def _logits(batch: _Batch, s_rows: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ Metrics (prometheus-client), served at ``GET /metrics``:
     bptt_engine_seconds{function}                         histogram, forward + BPTT only
     bptt_engine_tokens_total{function}                    counter, predicted tokens
     bptt_rate_limited_total{key}                          counter, requests refused by a key's quota
+    bptt_engine_kernel{kernel}                            gauge, 1 for the loops in use: numba or numpy
 
 ``route`` is the route's template (``/v2/models/{model_name}/infer``), so the
 label set stays small whatever paths clients send. With several worker
@@ -38,7 +39,7 @@ from prometheus_client import (
 from prometheus_client import multiprocess as prometheus_multiprocess
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import checks, tracing
+from . import checks, engine, kernel, tracing
 from .handlers import request_id
 
 __all__ = [
@@ -74,6 +75,12 @@ ENGINE_SECONDS = Histogram(
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
 )
 ENGINE_TOKENS = Counter("bptt_engine_tokens_total", "Predicted tokens whose gradients were computed.", ["function"])
+KERNEL = Gauge(
+    "bptt_engine_kernel",
+    "1 for the engine's per-step loops in use (BPTT_KERNEL): numba (compiled where faster) or numpy.",
+    ["kernel"],
+    multiprocess_mode="max",
+)
 # ``key`` is the key's id (service.quota.key_id), never the key: one label value per configured key.
 RATE_LIMITED = Counter("bptt_rate_limited_total", "Requests refused (429) by their API key's rate limit.", ["key"])
 
@@ -185,7 +192,8 @@ def configure_logging(level: str, fmt: str) -> None:
 
 
 def self_check() -> str | None:
-    """Check the engine against central differences on a tiny model; None if it passes.
+    """Compile the engine's loops (service.kernel, when in use) and check the engine against
+    central differences on a tiny model; None if it passes.
 
     Run once at start-up: ``/readyz`` answers 200 only after it passed.
     """
@@ -197,6 +205,17 @@ def self_check() -> str | None:
 
 
 def _self_check() -> str | None:
+    name = engine.kernel_in_use()
+    start = time.perf_counter()
+    if name == "numba":
+        kernel.warm_up()  # compile now: no request pays for it
+    logging.getLogger("service").info(
+        "engine loops: %s%s",
+        name,
+        f" (compiled in {time.perf_counter() - start:.1f} s)" if name == "numba" else "",
+    )
+    for loops in ("numba", "numpy"):
+        KERNEL.labels(loops).set(loops == name)
     rng = np.random.default_rng(0)
     H, C, T = 3, 4, 6
     arrays = {

@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     blas_threads: int = Field(default=1, ge=1, le=64, description="BLAS threads per compute thread")
     # Keep freed blocks for reuse instead of page-faulting them back in (service/runtime.py).
     tune_malloc: bool = Field(default=True, description="keep freed memory for reuse (docs/performance.md)")
+    # The per-step loops compiled by Numba (the `fast` extra, service/kernel.py) where they pay.
+    kernel: Literal["auto", "numba", "numpy"] = Field(
+        default="auto",
+        description="the engine's per-step loops: `numba` (compiled where faster, needs the `fast` extra), "
+        "`numpy`, or `auto` (numba when installed); the self-check logs which runs",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(default="info", description="log level")
     # One line per request; "json" writes each line as a JSON object for log collectors.
     log_format: Literal["text", "json"] = Field(
@@ -181,6 +187,8 @@ class Settings(BaseSettings):
             raise ValueError(f"grpc_port and port are both {self.port}: gRPC and HTTP need ports of their own")
         if self.api_key is not None and not self.api_keys:
             raise ValueError("api_key is set but holds no key (only commas or spaces): the service would be open")
+        if self.kernel == "numba" and importlib.util.find_spec("numba") is None:
+            raise ValueError("kernel numba needs the fast extra: pip install 'bptt-service[fast]'")
         if self.tracing and importlib.util.find_spec("opentelemetry.sdk") is None:
             raise ValueError("tracing needs the tracing extra: pip install 'bptt-service[tracing]'")
         if self.rate_limit_per_key is not None and not self.api_keys:

@@ -194,3 +194,4 @@ def test_container_serves_correct_gradients_and_stops_cleanly(image, rng):
         status, logs = container.stop()
     assert status == 0, logs[-2000:]
     assert '"path": "/bptt"' in logs  # the JSON access log the image selects
+    assert '"message": "engine loops: numba (compiled in' in logs  # the fast extra, compiled before readiness

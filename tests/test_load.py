@@ -186,7 +186,9 @@ async def fill_the_queue(url: str, valid: list) -> tuple[list, list, list]:
     """THREADS slow gradient checks computing, MAX_QUEUE valid requests waiting, then PAST_THE_QUEUE
     more: each answer with the time it arrived, for (slow, queued, past)."""
     rng = np.random.default_rng(3)
-    slow = orjson.dumps(make_problem(rng, 8, 8, 10_000).body(samples=16))  # seconds of central differences
+    # Seconds of central differences: H = 80, where the forward loop is numpy's also with the
+    # compiled loops installed (service/kernel.py compiles it only while B x H <= 64).
+    slow = orjson.dumps(make_problem(rng, 80, 8, 10_000).body(samples=16))
 
     async def timed(http: httpx.AsyncClient, path: str, body: bytes, headers: dict) -> tuple[httpx.Response, float]:
         r = await http.post(path, content=body, headers=headers)

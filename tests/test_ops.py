@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from helpers import LocalServer, make_problem
 
 import service
-from service import engine, ops
+from service import engine, kernel, ops
 from service.app import create_app
 from service.client import Wire
 from service.settings import Settings
@@ -151,13 +151,11 @@ def test_sigterm_lets_in_flight_request_finish():
 
 
 def test_readyz_is_503_when_the_engine_is_broken(monkeypatch):
-    """A broken engine injected (tanh' off by 1%), not a stubbed check: the self-check finds it."""
-    real = engine._backward_full
-
-    def broken(W, dLds, dtanh):
-        return real(W, dLds, dtanh * 1.01)
-
-    monkeypatch.setattr(engine, "_backward_full", broken)
+    """A broken engine injected (tanh' off by 1%), not a stubbed check: the self-check finds it,
+    in the numpy loop and in the compiled one, whichever runs."""
+    numpy_loop, compiled_loop = engine._backward_full, kernel.backward_full
+    monkeypatch.setattr(engine, "_backward_full", lambda W, dLds, dtanh: numpy_loop(W, dLds, dtanh * 1.01))
+    monkeypatch.setattr(kernel, "backward_full", lambda W, dLds, dtanh: compiled_loop(W, dLds, dtanh * 1.01))
     with TestClient(create_app(Settings()), raise_server_exceptions=False) as c:
         r = c.get("/readyz")
         assert r.status_code == 503

@@ -1,0 +1,192 @@
+"""The compiled loops (service/kernel.py) against the engine's numpy loops, the reference.
+
+numba is in the test extra: without it these tests fail (they never skip), so CI
+tests both paths.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from helpers import assert_close
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from service import engine, kernel, ops
+from service.deadline import Deadline, bounded
+from service.errors import Cancelled
+
+# `everywhere` patches two constants, the same for every example: safe to share across them.
+SLOW_AND_PATCHED = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+GRADIENTS = ("dLdU", "dLdV", "dLdW", "dLds0", "final_state", "losses", "dLdb", "dLdc")
+
+
+@pytest.fixture
+def everywhere(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The compiled loops on every shape, whatever ``kernel.pays`` would choose."""
+    monkeypatch.setattr(kernel, "RECUR_MAX_BH", 1 << 62)
+    monkeypatch.setattr(kernel, "BACKWARD_MAX_BHH", 1 << 62)
+    yield
+    engine.use_kernel("auto")
+
+
+def _draw(data: st.DataObject, dtype: type) -> tuple[tuple[np.ndarray, ...], dict, int | None]:
+    B = data.draw(st.integers(1, 4), label="B")
+    H = data.draw(st.integers(1, 12), label="H")
+    C = data.draw(st.integers(1, 9), label="C")
+    lengths = data.draw(st.lists(st.integers(1, 9), min_size=B, max_size=B), label="lengths")
+    K = data.draw(st.one_of(st.none(), st.integers(0, 10)), label="K")
+    scale = data.draw(st.sampled_from([0.5, 1.0, 3.0]), label="scale")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    U, V, W = (rng.uniform(-scale, scale, shape).astype(dtype) for shape in ((H, C), (C, H), (H, H)))
+    xs = [rng.integers(0, C, n) for n in lengths]
+    ys = [rng.integers(0, C, n) for n in lengths]
+    options: dict = {}
+    if data.draw(st.booleans(), label="s0"):
+        options["s0"] = rng.uniform(-1, 1, (B, H)).astype(dtype)
+    if data.draw(st.booleans(), label="b"):
+        options["b"] = rng.uniform(-1, 1, H).astype(dtype)
+    if data.draw(st.booleans(), label="c"):
+        options["c"] = rng.uniform(-1, 1, C).astype(dtype)
+    return (U, V, W, xs, ys), options, K
+
+
+def _both(args: tuple, options: dict, K: int | None) -> tuple[engine.BatchGradients, engine.BatchGradients]:
+    assert engine.use_kernel("numpy") == "numpy"
+    want = engine.bptt_batch(*args, bptt_truncate=K, **options)
+    assert engine.use_kernel("numba") == "numba"
+    got = engine.bptt_batch(*args, bptt_truncate=K, **options)
+    return want, got
+
+
+def test_kernel_is_installed():
+    """numba comes with the test extra; a missing kernel is a failure here, not a skip."""
+    assert kernel.AVAILABLE, "numba is not installed: pip install -e '.[test]' (the fast extra)"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=SLOW_AND_PATCHED)
+@given(data=st.data())
+def test_kernel_float64_equals_numpy(everywhere, data):
+    args, options, K = _draw(data, np.float64)
+    want, got = _both(args, options, K)
+    assert got.loss == pytest.approx(want.loss, rel=1e-12, abs=1e-300)
+    for name in GRADIENTS:
+        if getattr(want, name) is None:
+            assert getattr(got, name) is None
+        else:
+            assert_close(getattr(got, name), getattr(want, name), rtol=1e-12)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=SLOW_AND_PATCHED)
+@given(data=st.data())
+def test_kernel_float32_within_float32_tolerance(everywhere, data):
+    args, options, K = _draw(data, np.float32)
+    want, got = _both(args, options, K)
+    assert got.dLdW.dtype == np.float32
+    for name in GRADIENTS:
+        if getattr(want, name) is not None:
+            assert_close(getattr(got, name), getattr(want, name), rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_kernel_loops_equal_numpy_loops_at_dispatch_sizes(rng, dtype):
+    """The loops themselves, at the sizes where the engine picks them, past one chunk of steps."""
+    T, B, H = 300, 1, 100  # backward: 1 x 100 x 100 <= 20,000; chunks of 419 steps
+    S = rng.uniform(-1, 1, (T, B, H)).astype(dtype)
+    W = (rng.uniform(-1, 1, (H, H)) / np.sqrt(H)).astype(dtype)
+    S0 = rng.uniform(-1, 1, (B, H)).astype(dtype)
+    WT = np.ascontiguousarray(W.T)
+    rtol = 1e-12 if dtype == np.float64 else 1e-5
+    assert_close(kernel.recur(S.copy(), WT, S0), engine._recur(S.copy(), WT, S0), rtol=rtol)
+    dtanh = 1 - S * S
+    assert_close(kernel.backward_full(W, S, dtanh), engine._backward_full(W, S, dtanh), rtol=rtol)
+
+
+def test_kernel_takes_read_only_and_strided_arrays(rng):
+    """Arrays from a request body are read-only (np.frombuffer) and may be transposed views."""
+    T, B, H = 5, 2, 3
+    S = rng.uniform(-1, 1, (T, B, H))
+    W = rng.uniform(-1, 1, (H, H))
+    W_strided = np.asfortranarray(W)
+    W_strided.flags.writeable = False
+    dtanh = 1 - S * S
+    assert_close(kernel.backward_full(W_strided, S, dtanh), engine._backward_full(W, S, dtanh))
+
+
+def test_kernel_chosen_where_measured_faster():
+    engine.use_kernel("numba")
+    S = np.zeros((3, 1, 32))
+    assert engine._loops(S) == (kernel.recur, kernel.backward_full)
+    assert engine._loops(np.zeros((3, 1, 100))) == (engine._recur, kernel.backward_full)
+    assert engine._loops(np.zeros((3, 64, 100))) == (engine._recur, engine._backward_full)
+    engine.use_kernel("numpy")
+    assert engine._loops(S) == (engine._recur, engine._backward_full)
+    engine.use_kernel("auto")
+
+
+def test_engine_falls_back_to_numpy_without_numba(monkeypatch, rng):
+    monkeypatch.setattr(kernel, "AVAILABLE", False)
+    try:
+        assert engine.use_kernel("auto") == "numpy"
+        assert engine._loops(np.zeros((3, 1, 4))) == (engine._recur, engine._backward_full)
+        with pytest.raises(ValueError, match=r"pip install 'bptt-service\[fast\]'"):
+            engine.use_kernel("numba")
+        U, V, W = rng.uniform(-1, 1, (4, 5)), rng.uniform(-1, 1, (5, 4)), rng.uniform(-1, 1, (4, 4))
+        g = engine.bptt(U, V, W, np.array([1, 2]), np.array([3, 4]))
+        assert np.isfinite(g.loss)
+    finally:
+        monkeypatch.undo()
+        engine.use_kernel("auto")
+
+
+def test_use_kernel_refuses_an_unknown_name():
+    with pytest.raises(ValueError, match='"auto", "numba" or "numpy", got \'jax\''):
+        engine.use_kernel("jax")
+
+
+def test_kernel_stops_at_the_deadline(rng):
+    """The compiled loops check the deadline between chunks of steps, as the numpy loops do between steps."""
+    S = rng.uniform(-1, 1, (10, 1, 4))
+    deadline = Deadline(60)
+    with bounded(deadline):
+        deadline.cancel()
+        with pytest.raises(Cancelled):
+            kernel.recur(S, np.eye(4), np.zeros((1, 4)))
+        with pytest.raises(Cancelled):
+            kernel.backward_full(np.eye(4), S, S)
+
+
+@pytest.fixture
+def service_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """The "service" logger's records (it does not propagate once configure_logging ran)."""
+    logger = logging.getLogger("service")
+    logger.addHandler(caplog.handler)
+    with caplog.at_level(logging.INFO, logger="service"):
+        yield caplog
+    logger.removeHandler(caplog.handler)
+
+
+def test_self_check_compiles_the_kernel(service_log):
+    engine.use_kernel("auto")
+    assert ops.self_check() is None
+    recur, backward = kernel._compiled()
+    for compiled in (recur, backward):
+        dtypes = {str(sig[0].dtype) for sig in compiled.signatures}
+        assert {"float64", "float32"} <= dtypes, compiled.signatures
+    assert any(r.getMessage().startswith("engine loops: numba (compiled in") for r in service_log.records)
+    metrics = ops.metrics_payload()
+    assert b'bptt_engine_kernel{kernel="numba"} 1.0' in metrics
+    assert b'bptt_engine_kernel{kernel="numpy"} 0.0' in metrics
+
+
+def test_self_check_says_numpy_when_the_kernel_is_off(service_log):
+    engine.use_kernel("numpy")
+    try:
+        assert ops.self_check() is None
+        assert any(r.getMessage() == "engine loops: numpy" for r in service_log.records)
+        assert b'bptt_engine_kernel{kernel="numpy"} 1.0' in ops.metrics_payload()
+    finally:
+        engine.use_kernel("auto")
