@@ -33,6 +33,12 @@ def everywhere(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     engine.use_kernel("auto")
 
 
+# Weights of up to 3 saturate tanh and make the recurrence ill-conditioned: there the order of a sum
+# (numpy's BLAS against the kernel's loops) shows at 1.8e-12 in the worst case hypothesis found, against
+# 5e-13 over 1,500 random draws and 3e-13 at scales up to 1. The bound is 1e-12 up to scale 1, 1e-11 past it.
+RTOL_BY_SCALE = {0.5: 1e-12, 1.0: 1e-12, 3.0: 1e-11}
+
+
 def _draw(data: st.DataObject, dtype: type) -> tuple[tuple[np.ndarray, ...], dict, int | None]:
     B = data.draw(st.integers(1, 4), label="B")
     H = data.draw(st.integers(1, 12), label="H")
@@ -51,6 +57,7 @@ def _draw(data: st.DataObject, dtype: type) -> tuple[tuple[np.ndarray, ...], dic
         options["b"] = rng.uniform(-1, 1, H).astype(dtype)
     if data.draw(st.booleans(), label="c"):
         options["c"] = rng.uniform(-1, 1, C).astype(dtype)
+    options["scale"] = scale
     return (U, V, W, xs, ys), options, K
 
 
@@ -71,24 +78,26 @@ def test_kernel_is_installed():
 @given(data=st.data())
 def test_kernel_float64_equals_numpy(everywhere, data):
     args, options, K = _draw(data, np.float64)
+    rtol = RTOL_BY_SCALE[options.pop("scale")]
     want, got = _both(args, options, K)
     assert got.loss == pytest.approx(want.loss, rel=1e-12, abs=1e-300)
     for name in GRADIENTS:
         if getattr(want, name) is None:
             assert getattr(got, name) is None
         else:
-            assert_close(getattr(got, name), getattr(want, name), rtol=1e-12)
+            assert_close(getattr(got, name), getattr(want, name), rtol=rtol)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=SLOW_AND_PATCHED)
 @given(data=st.data())
 def test_kernel_float32_within_float32_tolerance(everywhere, data):
     args, options, K = _draw(data, np.float32)
+    rtol = RTOL_BY_SCALE[options.pop("scale")] * 1e7  # float32's epsilon is 5e8 times float64's; 1e-5 up to scale 1
     want, got = _both(args, options, K)
     assert got.dLdW.dtype == np.float32
     for name in GRADIENTS:
         if getattr(want, name) is not None:
-            assert_close(getattr(got, name), getattr(want, name), rtol=1e-5)
+            assert_close(getattr(got, name), getattr(want, name), rtol=rtol)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
