@@ -6,6 +6,7 @@ through Triton's own HTTP client (binary tensors in and out) and through JSON fo
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +14,10 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
+from service import gated
 from service.client import Client
+from service.errors import InputError
+from service.v2 import protocol
 
 GATES = {"gru": 3, "lstm": 4}
 
@@ -43,7 +47,7 @@ def v2_inputs(arrays: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         {
             "name": n,
             "shape": list(a.shape),
-            "datatype": "FP64" if a.dtype.kind == "f" else "INT64",
+            "datatype": {"float64": "FP64", "float32": "FP32"}.get(a.dtype.name, "INT64"),
             "data": a.tolist(),
         }
         for n, a in arrays.items()
@@ -164,3 +168,118 @@ def test_batch_c0_rows_on_the_lstm(client):
     for name in ("dLdU", "dLdV", "dLdW", "dLds0", "final_state", "dLdc0", "final_cell"):
         np.testing.assert_array_equal(out[name], np.array(want[name]), err_msg=name)
     assert out["losses"].tolist() == want["losses"]
+
+
+# -- the protocol in-process (service.v2.protocol): what the mutation tests run -----------------------------
+
+FP = ["FP64", "FP32"]
+INT = ["INT64", "INT32"]
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_gated_model_inputs_outputs_and_description_exactly(cell):
+    G, gates = (3, "r, z, n") if cell == "gru" else (4, "i, f, g, o")
+    m = protocol._gated(cell)
+    assert (m.name, m.cell) == (f"bptt-{cell}", cell)
+    inputs = {n: (list(t), s, r) for n, (t, s, r) in m.inputs.items()}
+    want = {
+        "U": (FP, [G, -1, -1], True),
+        "V": (FP, [-1, -1], True),
+        "W": (FP, [G, -1, -1], True),
+        "x": (INT, [-1], True),
+        "y": (INT, [-1], True),
+        "s0": (FP, [-1], False),
+        "lengths": (INT, [-1], False),
+        "b": (FP, [G, -1], False),
+        "b_hh": (FP, [G, -1], False),
+        "c": (FP, [-1], False),
+    } | ({"c0": (FP, [-1], False)} if cell == "lstm" else {})
+    assert inputs == want and list(inputs) == list(want)
+    outputs = {"loss": ("FP64", [1]), "mean_loss": ("FP64", [1]), "tokens": ("INT64", [1])}
+    outputs |= {"dLdU": ("FP64", [G, -1, -1]), "dLdV": ("FP64", [-1, -1]), "dLdW": ("FP64", [G, -1, -1])}
+    outputs |= {"dLds0": ("FP64", [-1]), "final_state": ("FP64", [-1]), "losses": ("FP64", [-1])}
+    outputs |= {"dLdb": ("FP64", [G, -1]), "dLdb_hh": ("FP64", [G, -1]), "dLdc": ("FP64", [-1])}
+    outputs |= {"dLdc0": ("FP64", [-1]), "final_cell": ("FP64", [-1])} if cell == "lstm" else {}
+    assert m.outputs == outputs and list(m.outputs) == list(outputs)
+    lstm = cell == "lstm"
+    assert m.description == (
+        f"Loss and BPTT gradients of {'an LSTM' if lstm else 'a GRU'} language model (POST /bptt with "
+        f'"cell": "{cell}"): U [{G}, H, C] and W [{G}, H, H], the gates stacked in PyTorch\'s order ({gates}), '
+        f"V [C, H]; optional biases b and b_hh [{G}, H] (PyTorch's bias_ih, bias_hh) and c [C]"
+        + (", and the initial cell state c0 ([H], or [B, H] for a batch)" if lstm else "")
+        + ". FP64, or FP32 (U, V, W all three) to compute in float32. x, y, s0, lengths and bptt_truncate as "
+        "for the model bptt"
+        + (
+            "."
+            if lstm
+            else "; parameter reset_after (true: torch.nn.GRU's form, the reset applied after the product; "
+            "false or absent: the tutorial's)."
+        )
+        + " The bias gradients are answered for the biases given."
+    )
+    assert protocol.MODELS[m.name] == m
+
+
+def call_of(model: str, arrays: dict[str, np.ndarray], **parameters: Any) -> protocol.Call:
+    body = {"inputs": v2_inputs(arrays), "parameters": parameters}
+    return protocol.parse_request(json.dumps(body).encode(), None, model)
+
+
+@pytest.mark.parametrize(("cell", "reset_after", "dtype"), [("gru", True, "float64"), ("lstm", False, "float32")])
+def test_protocol_infer_single_sequence_equals_the_engine(cell, reset_after, dtype):
+    """One sequence [T], every optional input, in FP64 or FP32: every output equal to gated.bptt's."""
+    arrays = {k: v.astype(dtype) if v.dtype.kind == "f" else v for k, v in problem(cell).items()}
+    parameters = {"bptt_truncate": 3} | ({"reset_after": True} if reset_after else {})
+    call = call_of(f"bptt-{cell}", arrays, **parameters)
+    assert call.reset_after is reset_after and call.model == f"bptt-{cell}"
+    assert protocol.work_size(call) == (4, 7, [6])
+    out = protocol.infer(call)
+    extra = {k: arrays[k] for k in ("b", "b_hh", "c", "s0") + (("c0",) if cell == "lstm" else ())}
+    want = gated.bptt(cell, arrays["U"], arrays["V"], arrays["W"], arrays["x"], arrays["y"], bptt_truncate=3,
+                      reset_after=reset_after, **extra)  # fmt: skip
+    names = ["dLdU", "dLdV", "dLdW", "dLds0", "final_state", "dLdb", "dLdb_hh", "dLdc"]
+    names += ["dLdc0", "final_cell"] if cell == "lstm" else []
+    assert sorted(out) == sorted(["loss", "mean_loss", "tokens", "losses", *names])
+    for name in names:
+        assert out[name].dtype == np.dtype(dtype), name
+        np.testing.assert_array_equal(out[name], getattr(want, name), err_msg=name)
+    assert out["tokens"].dtype == np.int64 and out["tokens"].tolist() == [6]
+    assert out["loss"].tolist() == [want.loss] and out["losses"].tolist() == [want.loss]
+
+
+def test_protocol_infer_gru_batch_without_lengths_equals_the_engine():
+    arrays = problem("gru", T=5)
+    rng = np.random.default_rng(43)
+    x, y = rng.integers(0, 7, (3, 5)), rng.integers(0, 7, (3, 5))
+    batch = {k: arrays[k] for k in ("U", "V", "W", "b", "b_hh", "c")} | {"x": x, "y": y}
+    out = protocol.infer(call_of("bptt-gru", batch))
+    weights = {k: arrays[k] for k in ("U", "V", "W")}
+    want = gated.bptt_batch("gru", **weights, xs=list(x), ys=list(y), b=arrays["b"], b_hh=arrays["b_hh"],
+                            c=arrays["c"])  # fmt: skip
+    for name in ("dLdU", "dLdV", "dLdW", "dLds0", "final_state", "dLdb", "dLdb_hh", "dLdc", "losses"):
+        np.testing.assert_array_equal(out[name], getattr(want, name), err_msg=name)
+    assert out["tokens"].tolist() == [15]
+
+
+def test_protocol_work_size_reads_the_models_rank():
+    arrays = problem("lstm")
+    assert protocol.work_size(call_of("bptt-lstm", arrays)) == (4, 7, [6])
+    flat = arrays | {"U": arrays["U"][0]}  # H x C for a gated model: the engine names it, not the limits
+    assert protocol.work_size(call_of("bptt-lstm", flat)) == (0, 0, [6])
+    deep = protocol.Call(arrays=call_of("bptt-lstm", arrays).arrays | {"U": arrays["U"][None]}, bptt_truncate=None,
+                         request_id=None, outputs=["loss"], model="bptt-lstm")  # fmt: skip
+    assert protocol.work_size(deep) == (0, 0, [6])
+
+
+def test_reset_after_parameter_errors_name_the_parameter():
+    gru, lstm = protocol.MODELS["bptt-gru"], protocol.MODELS["bptt-lstm"]
+    assert protocol.reset_after(gru, True) is True
+    assert protocol.reset_after(gru, False) is False
+    assert protocol.reset_after(lstm, None) is False
+    for model, value, message in [
+        (lstm, False, "parameters.reset_after is a parameter of the model bptt-gru; this is bptt-lstm"),
+        (gru, "yes", "parameters.reset_after must be true or false, got 'yes'"),
+    ]:
+        with pytest.raises(InputError) as info:
+            protocol.reset_after(model, value)
+        assert (info.value.field, info.value.message) == ("parameters.reset_after", message)

@@ -130,7 +130,8 @@ def _gated(cell: str) -> Model:
     if cell == "lstm":
         outputs |= {"dLdc0": ("FP64", [-1]), "final_cell": ("FP64", [-1])}
     description = (
-        f'Loss and BPTT gradients of a {cell.upper()} language model (POST /bptt with "cell": "{cell}"): '
+        f"Loss and BPTT gradients of {'an' if cell == 'lstm' else 'a'} {cell.upper()} language model "
+        f'(POST /bptt with "cell": "{cell}"): '
         f"U [{G}, H, C] and W [{G}, H, H], the gates stacked in PyTorch's order ({gates}), V [C, H]; optional "
         f"biases b and b_hh [{G}, H] (PyTorch's bias_ih, bias_hh) and c [C]"
         + (", and the initial cell state c0 ([H], or [B, H] for a batch)" if cell == "lstm" else "")
