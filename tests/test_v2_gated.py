@@ -283,3 +283,12 @@ def test_reset_after_parameter_errors_name_the_parameter():
         with pytest.raises(InputError) as info:
             protocol.reset_after(model, value)
         assert (info.value.field, info.value.message) == ("parameters.reset_after", message)
+
+
+def test_fp64_bias_beyond_float32_with_fp32_weights_is_refused_by_name():
+    arrays = {k: v.astype("float32") if k in ("U", "V", "W") else v for k, v in problem("gru").items()}
+    arrays["b_hh"] = arrays["b_hh"] * 0 + 1e39  # FP64, past float32's largest
+    with pytest.raises(InputError) as info:
+        protocol.infer(call_of("bptt-gru", arrays))
+    assert info.value.field.startswith("b_hh")
+    assert "when converted to float32" in info.value.message
