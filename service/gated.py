@@ -282,20 +282,7 @@ def bptt(
     """
     K = _check_truncate(bptt_truncate)
     clip = _check_clip(clip)
-    inputs = _Inputs.of(
-        cell,
-        U,
-        V,
-        W,
-        [x],
-        [y],
-        None if s0 is None else [s0],
-        None if c0 is None else [c0],
-        b=b,
-        b_hh=b_hh,
-        c=c,
-        reset_after=reset_after,
-    )
+    inputs = _Inputs.one(cell, U, V, W, x, y, s0=s0, c0=c0, b=b, b_hh=b_hh, c=c, reset_after=reset_after)
     g = _bptt(inputs, K, clip)
     return GatedGradients(
         loss=g.loss,
@@ -374,20 +361,7 @@ def loss(
 ) -> float:
     """The loss ``sum_t -ln o_t[y_t]`` of one sequence, forward pass only (for central differences);
     arguments as for ``bptt``. Not finite when the weights overflow the dtype: no error is raised."""
-    inputs = _Inputs.of(
-        cell,
-        U,
-        V,
-        W,
-        [x],
-        [y],
-        None if s0 is None else [s0],
-        None if c0 is None else [c0],
-        b=b,
-        b_hh=b_hh,
-        c=c,
-        reset_after=reset_after,
-    )
+    inputs = _Inputs.one(cell, U, V, W, x, y, s0=s0, c0=c0, b=b, b_hh=b_hh, c=c, reset_after=reset_after)
     with np.errstate(over="ignore", invalid="ignore"):
         fwd = _forward(inputs)
         return float(_output_layer(inputs, fwd.S).token_loss.sum())
@@ -415,20 +389,7 @@ def trace(
     lag j, which costs O(T^2 H) time and O(T^2) memory: meant for learning on
     small problems, beside ``bptt``. Arguments as for ``bptt``.
     """
-    inputs = _Inputs.of(
-        cell,
-        U,
-        V,
-        W,
-        [x],
-        [y],
-        None if s0 is None else [s0],
-        None if c0 is None else [c0],
-        b=b,
-        b_hh=b_hh,
-        c=c,
-        reset_after=reset_after,
-    )
+    inputs = _Inputs.one(cell, U, V, W, x, y, s0=s0, c0=c0, b=b, b_hh=b_hh, c=c, reset_after=reset_after)
     with np.errstate(over="ignore", invalid="ignore"):
         fwd = _forward(inputs)
         out = _output_layer(inputs, fwd.S)
@@ -463,6 +424,28 @@ class _Inputs:
     b: FloatArray | None  # (G, H)
     b_hh: FloatArray | None  # (G, H)
     c: FloatArray | None  # (C,)
+
+    @classmethod
+    def one(
+        cls,
+        cell: str,
+        U: ArrayLike,
+        V: ArrayLike,
+        W: ArrayLike,
+        x: ArrayLike,
+        y: ArrayLike,
+        *,
+        s0: ArrayLike | None,
+        c0: ArrayLike | None,
+        b: ArrayLike | None,
+        b_hh: ArrayLike | None,
+        c: ArrayLike | None,
+        reset_after: bool,
+    ) -> _Inputs:
+        """One sequence, as ``bptt``, ``loss`` and ``trace`` take it."""
+        s0s = None if s0 is None else [s0]
+        c0s = None if c0 is None else [c0]
+        return cls.of(cell, U, V, W, [x], [y], s0s, c0s, b=b, b_hh=b_hh, c=c, reset_after=reset_after)
 
     @classmethod
     def of(
