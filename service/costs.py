@@ -43,9 +43,12 @@ __all__ = ["CELLS", "DEFAULT", "UNITS", "Estimate", "Machine", "bptt", "compare"
 CELLS: dict[str, int] = {"rnn": 1, "gru": 3, "lstm": 4}
 # A gated cell's recurrence: the per-step overhead and element-wise work over the vanilla cell's, beyond
 # the G-fold products (measured, docs/cost-model.md, "Gated cells").
-GATED_STEP_FACTOR = 2.0
+GATED_STEP_FACTOR = 2.6
 # gated_checks.compare's forward + backward passes beyond the expected gradients' bptt (its SWEEPS;
 # tests/test_costs.py checks they agree). Measured at T = 1000, H = 16: 3.8 to 4.9 times one gated.bptt.
+# gated_checks.GatedMistakeName's size: the candidates whose gradients a gated compare holds at once (a test
+# keeps the two equal).
+GATED_MISTAKES = 14
 GATED_COMPARE_PASSES: dict[str, dict[str, int]] = {
     "gru": {"full": 9, "truncated": 11},
     "lstm": {"full": 7, "truncated": 9},
@@ -355,6 +358,14 @@ def _engine_bptt(
     # _bptt clips after _bptt_unchecked returns, the batch (X, Y, S0) still alive: abs(grad) and its mask
     at_clip = outputs + batch + (max(H * C, H * H) * (s + 1) if clip else 0)
     peak = max(hidden, at_softmax, at_dtanh, at_backward, at_columns, at_losses, at_check, at_clip)
+    if G > 1:
+        # gated._bptt_unchecked on top of the vanilla cell's arrays: the G - 1 more (H, C) and (H, H) blocks
+        # of dLdU and dLdW, and 2G - 1 more (T, B, H) arrays (the input pre-activations A, dA and the
+        # gates are (T, B, G, H); the LSTM's c_t, c_{t-1}, tanh(c_t)). Measured with tracemalloc against
+        # this estimate at nine shapes (docs/cost-model.md, "Gated cells"): 1.0 to 1.3 times the peak.
+        extra = (G - 1) * (H * C + H * H) * s + (2 * G - 1) * M
+        peak += extra
+        outputs += (G - 1) * (H * C + H * H) * s
     return phases, peak, outputs
 
 
@@ -550,6 +561,9 @@ def compare(*, T: int, H: int, C: int, K: int | None, cell: str = "rnn", machine
     else:  # gated_checks.SWEEPS: at most F forward and B backward passes, each about half a bptt
         passes = GATED_COMPARE_PASSES[cell]["full" if K is None else "truncated"]
         sweeps = one.seconds * passes / 2
+        # Every candidate's gradients are held until the diagnosis is written (measured with tracemalloc:
+        # 0.47 to 0.9 times the peak without this term, 1.0 to 2.6 with it).
+        extra += GATED_MISTAKES * 8 * (G * H * C + C * H + G * H * H)
     return Estimate(
         seconds=one.seconds + sweeps,
         bytes=one.bytes + extra,

@@ -352,5 +352,6 @@ def test_the_cost_model_counts_the_passes_of_the_gated_compare():
     for cell, modes in gated_checks.SWEEPS.items():
         for mode, n in modes.items():
             assert costs.GATED_COMPARE_PASSES[cell][mode] == n["forward"] + n["backward"]
+    assert len(gated_checks.GatedMistakeName) == costs.GATED_MISTAKES  # candidates held at once, at most
     one = costs.bptt(lengths=[100], H=32, C=50, K=None, cell="lstm").seconds
     assert costs.compare(T=100, H=32, C=50, K=None, cell="lstm").seconds == pytest.approx(one * (1 + 7 / 2))
