@@ -88,6 +88,23 @@ def catalogue(rng: np.random.Generator, limits: dict) -> list[tuple[str, str, Ca
     add(
         "4 million one-element rows", "/bptt", lambda: b'{"U":' + rows + b',"V":[[0]],"W":[[0]],"x":[0],"y":[0]}', {413}
     )
+    # 6. The gated cells: G times the weights and the recurrence, at the tutorial's size and past it.
+    for cell, G in (("gru", 3), ("lstm", 4)):
+        U = rng.uniform(-0.01, 0.01, (G, 100, 8000))
+        W = rng.uniform(-0.1, 0.1, (G, 100, 100))
+        for T in (2_000, 4_000):
+            xg = rng.integers(0, 8000, T)
+            add(f"{cell} at C = 8000, H = 100, T = {T:,}", "/bptt",
+                lambda U=U, W=W, xg=xg, cell=cell: B64.bptt_body(U, p.V, W, xg, xg, cell=cell), {200, 413})  # fmt: skip
+    lstm_small = rng.uniform(-0.1, 0.1, (4, 100, 65))
+    lstm_W = rng.uniform(-0.1, 0.1, (4, 100, 100))
+    add("lstm trace at T = 100, H = 100", "/bptt",
+        lambda: B64.bptt_body(lstm_small, small.V, lstm_W, small.x[:100], small.y[:100], cell="lstm", trace=True),
+        {200, 413})  # fmt: skip
+    gru_tiny = {"cell": "gru", "U": rng.uniform(-1, 1, (3, 4, 3)).tolist(), "V": tiny.V.tolist(),
+                "W": rng.uniform(-1, 1, (3, 4, 4)).tolist(), "x": tiny.x.tolist(), "y": tiny.y.tolist()}  # fmt: skip
+    gru_compare = gru_tiny | {"dLdU": gru_tiny["U"], "dLdV": gru_tiny["V"], "dLdW": gru_tiny["W"]}
+    add("gru compare at T = 10,000", "/bptt/compare", lambda: orjson.dumps(gru_compare), {200, 413})
     # The body limit, by Content-Length.
     add("a body over BPTT_MAX_BODY_BYTES", "/bptt", lambda: b"[" * (Settings().max_body_bytes + 1), {413})
     # V2 at its edges: a batch with one long row among short ones, and a huge length.
