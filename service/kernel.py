@@ -25,8 +25,9 @@ AVX-512) were measured slower and are not kept.
 Numba is optional (the ``fast`` extra): without it ``AVAILABLE`` is False and
 the engine runs its numpy loops. Compiling takes seconds, so ``warm_up``
 compiles every signature the engine uses (float64 and float32) at start-up,
-inside the readiness self-check (service/ops.py); nothing is cached on disk,
-as a JIT cache is CPU-specific and the container's filesystem is read-only.
+inside the readiness self-check (service/ops.py); nothing is cached on disk
+unless NUMBA_CACHE_DIR names a writable directory, as a JIT cache is CPU-specific
+and the container's filesystem is read-only.
 The compiled loops release the GIL and cannot be interrupted: the wrappers
 call them on chunks of time steps and check the request's deadline
 (service.deadline) between chunks.
@@ -37,6 +38,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -89,7 +91,9 @@ def _compiled() -> Any:
     """The loops above compiled (lazily, per signature; warm_up compiles the engine's)."""
     import numba
 
-    jit = numba.njit(nogil=True, fastmath=False, cache=False)
+    # Cached on disk only where asked, by NUMBA_CACHE_DIR (a writable directory; the tests set one, so
+    # that each server they start loads the loops instead of compiling them for two seconds).
+    jit = numba.njit(nogil=True, fastmath=False, cache=bool(os.environ.get("NUMBA_CACHE_DIR")))
     return jit(_recur), jit(_backward_full)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 
 import numpy as np
@@ -13,6 +14,10 @@ from hypothesis import settings
 
 from service.app import create_app
 from service.settings import Settings
+
+# The compiled loops (service/kernel.py) cached on disk for the whole run: each server a test starts then
+# loads them instead of compiling them in its self-check (two seconds a server).
+os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(tempfile.gettempdir(), "bptt-service-numba-cache"))
 
 # `HYPOTHESIS_PROFILE=quick` (used by `make mutate`) draws fewer examples.
 settings.register_profile("quick", max_examples=20, deadline=None)

@@ -224,11 +224,7 @@ def test_unexpected_error_is_generic_500_and_server_keeps_serving(rng, monkeypat
     assert any(request_id in rec.getMessage() and rec.exc_info for rec in caplog.records)
 
 
-def test_answers_name_no_server_software():
-    server = LocalServer()
-    try:
-        r = httpx.get(f"{server.url}/nope")
-        assert "server" not in r.headers
-        assert "uvicorn" not in r.text.lower() and "python" not in r.text.lower()
-    finally:
-        server.stop()
+def test_answers_name_no_server_software(live_server):
+    r = httpx.get(f"{live_server.url}/nope")
+    assert "server" not in r.headers
+    assert "uvicorn" not in r.text.lower() and "python" not in r.text.lower()

@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import orjson
 from fastapi.testclient import TestClient
-from helpers import LocalServer, make_problem
+from helpers import make_problem
 
 from service.app import create_app
 from service.client import Client
@@ -67,16 +67,16 @@ def test_the_compressed_bytes_count_too():
         assert r.status_code == 413
 
 
-def test_the_client_sends_gzip_to_a_real_server(rng):
+def test_the_client_sends_gzip_to_a_real_server(rng, live_server):
     p = make_problem(rng, H=5, C=7, T=6)
-    with LocalServer() as server:
-        with Client(server.url, encoding="json", gzip=True) as packed, Client(server.url, encoding="json") as plain:
-            a = packed.bptt(p.U, p.V, p.W, p.x, p.y)
-            b = plain.bptt(p.U, p.V, p.W, p.x, p.y)
-        # A streamed (chunked) gzip body too, in small pieces.
-        body = gzip.compress(orjson.dumps(p.body()))
-        chunks = (body[i : i + 100] for i in range(0, len(body), 100))
-        r = httpx.post(f"{server.url}/bptt", content=chunks, headers=GZ)
+    url = live_server.url
+    with Client(url, encoding="json", gzip=True) as packed, Client(url, encoding="json") as plain:
+        a = packed.bptt(p.U, p.V, p.W, p.x, p.y)
+        b = plain.bptt(p.U, p.V, p.W, p.x, p.y)
+    # A streamed (chunked) gzip body too, in small pieces.
+    body = gzip.compress(orjson.dumps(p.body()))
+    chunks = (body[i : i + 100] for i in range(0, len(body), 100))
+    r = httpx.post(f"{url}/bptt", content=chunks, headers=GZ)
     np.testing.assert_array_equal(a.dLdW, b.dLdW)
     assert r.status_code == 200 and np.array(r.json()["dLdW"]).tolist() == b.dLdW.tolist()
 
