@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 from helpers import LocalServer
 
 
@@ -36,6 +37,7 @@ def test_main_bad_setting_fails_clearly():
     assert "'eighty'" in out.stderr
 
 
+@pytest.mark.slow  # a server process started and stopped by a signal: the system tests
 def test_main_serves_and_stops_on_sigterm():
     server = LocalServer()
     try:

@@ -11,6 +11,7 @@ import time
 
 import httpx
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 from helpers import LocalServer, make_problem
 
@@ -120,6 +121,7 @@ def test_docs_work_offline(client):
     assert "https://" not in redoc and "http://" not in redoc
 
 
+@pytest.mark.slow  # a server process started and stopped by a signal: the system tests
 def test_sigterm_lets_in_flight_request_finish():
     """A request in flight when SIGTERM arrives is answered; then the process exits 0."""
     server = LocalServer()
