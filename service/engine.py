@@ -51,6 +51,7 @@ __all__ = [
     "check_inputs",
     "forward",
     "kernel_in_use",
+    "lag_summary",
     "loss",
     "trace",
     "use_kernel",
@@ -463,12 +464,18 @@ class Trace:
     def lag_summary(self) -> list[dict[str, float | int]]:
         """Per lag j: how many outputs reach back j steps, and the mean and
         largest ||dE_t/dz_{t-j}||: the vanishing (or exploding) curve."""
-        out = []
-        for j in range(self.norms.shape[1]):
-            col = self.norms[:, j]
-            col = col[~np.isnan(col)]
-            out.append({"lag": j, "outputs": len(col), "mean_norm": float(col.mean()), "max_norm": float(col.max())})
-        return out
+        return lag_summary(self.norms)
+
+
+def lag_summary(norms: np.ndarray) -> list[dict[str, float | int]]:
+    """Per column j of a (T, L) table of norms, NaN where output t does not reach back j steps: how
+    many outputs reach back j steps, and the mean and largest norm (every cell's traces use it)."""
+    out: list[dict[str, float | int]] = []
+    for j in range(norms.shape[1]):
+        col = norms[:, j]
+        col = col[~np.isnan(col)]
+        out.append({"lag": j, "outputs": len(col), "mean_norm": float(col.mean()), "max_norm": float(col.max())})
+    return out
 
 
 def trace(

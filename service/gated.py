@@ -56,7 +56,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from .deadline import checkpoint
-from .engine import _check_clip, _check_tokens, _check_truncate, _dims, _softmax, _sum_into_columns
+from .engine import _check_clip, _check_tokens, _check_truncate, _dims, _softmax, _sum_into_columns, lag_summary
 from .errors import ComputeError, InputError
 
 __all__ = [
@@ -207,12 +207,7 @@ class GatedTrace:
         largest ||dE_t/ds_{t-j}||: the vanishing (or exploding) curve."""
         if self.norms is None:
             raise ValueError("lag_summary needs the norms: call trace(..., norms=True)")
-        out: list[dict[str, float | int]] = []
-        for j in range(self.norms.shape[1]):
-            col = self.norms[:, j]
-            col = col[~np.isnan(col)]
-            out.append({"lag": j, "outputs": len(col), "mean_norm": float(col.mean()), "max_norm": float(col.max())})
-        return out
+        return lag_summary(self.norms)
 
 
 def bptt(

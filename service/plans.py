@@ -458,7 +458,7 @@ def _trace(arrays: dict[str, Any], encoding: Encoding, settings: Settings) -> di
         "dLds": to_wire(dLds, encoding),
         "dLdc": None,
         "state_norms": [row[~np.isnan(row)] for row in state_norms],
-        "state_lag_summary": _lag_summary(state_norms),
+        "state_lag_summary": engine.lag_summary(state_norms),
     }
 
 
@@ -479,11 +479,3 @@ def _state_gradients(t: engine.Trace, V: Array, W: Array) -> tuple[Array, Array]
         dLds[out - np.arange(1, reach + 1)] += back
         norms[out, 1 : reach + 1] = np.linalg.norm(back, axis=1)
     return dLds, norms
-
-
-def _lag_summary(norms: Array) -> list[dict[str, float | int]]:
-    out: list[dict[str, float | int]] = []
-    for j in range(norms.shape[1]):
-        col = norms[:, j][~np.isnan(norms[:, j])]
-        out.append({"lag": j, "outputs": len(col), "mean_norm": float(col.mean()), "max_norm": float(col.max())})
-    return out
