@@ -507,38 +507,18 @@ def compare(
     """
     g = engine.bptt(**arrays)
     expected = {"dLdU": g.dLdU, "dLdV": g.dLdV, "dLdW": g.dLdW}
-    report = {}
-    for name, want in expected.items():
-        got = submitted[name]
-        scale = max(float(np.abs(want).max()), ABS_FLOOR)
-        rel = float(np.abs(got - want).max()) / scale
-        report[name] = {
-            "max_absolute_error": float(np.abs(got - want).max()),
-            "max_relative_error": rel,
-            "passed": rel <= tolerance,
-            "worst": _worst(got, want, worst),
-        }
+    report = _report(expected, submitted, tolerance, worst)
     passed = all(r["passed"] for r in report.values())
     diagnosis = []
     if not passed:
         f = _Forward.of(arrays)
         for mistake in _mistakes(f.K, f.T):
             candidate = mistake.gradients(f)
-            if all(
-                float(np.abs(submitted[n] - c).max()) <= tolerance * max(float(np.abs(c).max()), ABS_FLOOR)
-                for n, c in zip(("dLdU", "dLdV", "dLdW"), candidate, strict=True)
-            ):
+            if all(_fits(submitted[n], c, tolerance) for n, c in zip(("dLdU", "dLdV", "dLdW"), candidate, strict=True)):
                 diagnosis.append({"mistake": str(mistake.name), "explanation": mistake.explanation})
-        clipped_at = _clipped_at(submitted, expected, tolerance)
-        if clipped_at is not None:
-            diagnosis.append(
-                {
-                    "mistake": str(MistakeName.ALREADY_CLIPPED),
-                    "explanation": f"Your gradients are the expected ones clipped to [-{clipped_at:.6g}, "
-                    f"{clipped_at:.6g}]: check the gradients before clipping them (clipping is a step of the "
-                    "update, after the gradient; this service clips only when asked with `clip`).",
-                }
-            )
+        clipped = _clipped_diagnosis(submitted, expected, tolerance)
+        if clipped is not None:
+            diagnosis.append(clipped)
     disagreement = None if passed or diagnosis else _disagreement(report, submitted["dLdU"], expected["dLdU"])
     return {
         "passed": passed,
@@ -546,6 +526,46 @@ def compare(
         "parameters": report,
         "diagnosis": diagnosis,
         "disagreement": disagreement,
+    }
+
+
+def _report(
+    expected: dict[str, NDArray[Any]], submitted: dict[str, NDArray[Any]], tolerance: float, worst: int
+) -> dict[str, Any]:
+    """Per gradient: the largest absolute and relative error (to the expected gradient's largest entry),
+    whether it passes, and its ``worst`` furthest entries (the vanilla and the gated compare alike)."""
+    report = {}
+    for name, want in expected.items():
+        got = submitted[name]
+        err = float(np.abs(got - want).max())
+        rel = err / max(float(np.abs(want).max()), ABS_FLOOR)
+        report[name] = {
+            "max_absolute_error": err,
+            "max_relative_error": rel,
+            "passed": rel <= tolerance,
+            "worst": _worst(got, want, worst),
+        }
+    return report
+
+
+def _fits(got: NDArray[Any], candidate: NDArray[Any], tolerance: float) -> bool:
+    """The submission is the candidate's gradient, to ``tolerance`` relative to the candidate's largest entry."""
+    scale = max(float(np.abs(candidate).max()), ABS_FLOOR)
+    return bool(float(np.abs(got - candidate).max()) <= tolerance * scale)
+
+
+def _clipped_diagnosis(
+    submitted: dict[str, NDArray[Any]], expected: dict[str, NDArray[Any]], tolerance: float
+) -> dict[str, str] | None:
+    """The ``already_clipped`` diagnosis when the submission is the expected gradients clipped, else None."""
+    clipped_at = _clipped_at(submitted, expected, tolerance)
+    if clipped_at is None:
+        return None
+    return {
+        "mistake": str(MistakeName.ALREADY_CLIPPED),
+        "explanation": f"Your gradients are the expected ones clipped to [-{clipped_at:.6g}, "
+        f"{clipped_at:.6g}]: check the gradients before clipping them (clipping is a step of the "
+        "update, after the gradient; this service clips only when asked with `clip`).",
     }
 
 

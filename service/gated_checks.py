@@ -37,7 +37,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import gated
-from .checks import ABS_FLOOR, _clipped_at, _disagreement, _worst
+from .checks import _clipped_diagnosis, _disagreement, _fits, _report
 from .engine import _dims, _sum_into_columns
 from .errors import InputError
 
@@ -501,52 +501,24 @@ def compare(
     g = gated.bptt(cell, **kwargs)  # checks every input (an unknown cell too)
     expected = {name: np.asarray(getattr(g, name), dtype=np.float64) for name in NAMES}
     submitted = {name: _submitted(name, submitted[name], expected[name], cell) for name in NAMES}  # float64, checked
-    report = {}
-    for name, want in expected.items():
-        got = submitted[name]
-        err = float(np.abs(got - want).max())
-        rel = err / max(float(np.abs(want).max()), ABS_FLOOR)
-        report[name] = {
-            "max_absolute_error": err,
-            "max_relative_error": rel,
-            "passed": rel <= tolerance,
-            "worst": _worst(got, want, worst),
-        }
+    report = _report(expected, submitted, tolerance, worst)
     passed = all(r["passed"] for r in report.values())
     diagnosis = []
     if not passed:
         K = kwargs.get("bptt_truncate")
         reset_after = bool(kwargs.get("reset_after", False))
-        inputs = gated._Inputs.of(
-            cell,
-            kwargs["U"],
-            kwargs["V"],
-            kwargs["W"],
-            [kwargs["x"]],
-            [kwargs["y"]],
-            None if kwargs.get("s0") is None else [kwargs["s0"]],
-            None if kwargs.get("c0") is None else [kwargs["c0"]],
-            b=kwargs.get("b"),
-            b_hh=kwargs.get("b_hh"),
-            c=kwargs.get("c"),
-            reset_after=reset_after,
-        )
+        options = {n: kwargs.get(n) for n in ("s0", "c0", "b", "b_hh", "c")}
+        inputs = gated._Inputs.one(cell, kwargs["U"], kwargs["V"], kwargs["W"], kwargs["x"], kwargs["y"],
+                                   reset_after=reset_after, **options)  # fmt: skip
         with np.errstate(over="ignore", invalid="ignore"):  # a mistake may overflow where the right one does not
             r = _Recompute.of(inputs, K, (g.dLdU, g.dLdV, g.dLdW))
             for mistake in _mistakes(inputs.cell, reset_after, K, r.T):
                 candidate = mistake.gradients(r)
                 if all(_fits(submitted[n], c, tolerance) for n, c in zip(NAMES, candidate, strict=True)):
                     diagnosis.append({"mistake": str(mistake.name), "explanation": mistake.explanation})
-        clipped_at = _clipped_at(submitted, expected, tolerance)
-        if clipped_at is not None:
-            diagnosis.append(
-                {
-                    "mistake": str(GatedMistakeName.ALREADY_CLIPPED),
-                    "explanation": f"Your gradients are the expected ones clipped to [-{clipped_at:.6g}, "
-                    f"{clipped_at:.6g}]: check the gradients before clipping them (clipping is a step of the "
-                    "update, after the gradient; this service clips only when asked with `clip`).",
-                }
-            )
+        clipped = _clipped_diagnosis(submitted, expected, tolerance)  # named as GatedMistakeName spells it
+        if clipped is not None:
+            diagnosis.append(clipped)
     disagreement = None
     if not passed and not diagnosis:
         # dLdU's rows by (gate, unit): column c still collects the steps that read token c
@@ -576,9 +548,3 @@ def _submitted(name: str, value: ArrayLike, want: Array, cell: str) -> NDArray[n
         dims = {"dLdU": "G x H x C", "dLdV": "C x H", "dLdW": "G x H x H"}[name]
         raise InputError(f"{name} must be {dims} = {_dims(want)} for cell {cell!r}, got {_dims(got)}", field=name)
     return got
-
-
-def _fits(got: NDArray[Any], candidate: Array, tolerance: float) -> bool:
-    """The submission is the candidate's gradient, to ``tolerance`` relative to the candidate's largest entry."""
-    scale = max(float(np.abs(candidate).max()), ABS_FLOOR)
-    return bool(float(np.abs(got - candidate).max()) <= tolerance * scale)
