@@ -33,7 +33,7 @@ from numpy.typing import NDArray
 from . import engine, gated
 from .deadline import checkpoint
 
-__all__ = ["ABS_FLOOR", "MistakeName", "compare", "gradient_check", "relative_error"]
+__all__ = ["ABS_FLOOR", "PARAMETERS", "MistakeName", "compare", "gradient_check", "relative_error"]
 
 Array = NDArray[np.float64]
 Grads = tuple[Array, Array, Array]  # dLdU (H, C), dLdV (C, H), dLdW (H, H)
@@ -42,6 +42,9 @@ Grads = tuple[Array, Array, Array]  # dLdU (H, C), dLdV (C, H), dLdW (H, H)
 # central differences cannot resolve smaller derivatives (their error is about
 # h^2 |f'''| + eps |f| / h).
 ABS_FLOOR = 1e-8
+
+# What gradient_check checks, when the request has it (U, V, W always), in the order it reports them.
+PARAMETERS = ("U", "V", "W", "b", "b_hh", "c", "s0", "c0")
 
 # The truncation a learner most often hard-codes: the tutorial's default bptt_truncate.
 TUTORIAL_TRUNCATE = 4
@@ -85,10 +88,7 @@ def gradient_check(
     """
     cell = arrays.get("cell")
     g = engine.bptt(**arrays) if cell is None else gated.bptt(**arrays)
-    params = {"U": arrays["U"], "V": arrays["V"], "W": arrays["W"]}
-    for name in ("b", "b_hh", "c", "s0", "c0"):
-        if arrays.get(name) is not None:
-            params[name] = arrays[name]
+    params = {name: arrays[name] for name in PARAMETERS if arrays.get(name) is not None}
     steps = {name: (h.get(name, 1e-5) if isinstance(h, dict) else h) for name in params}
     analytic = {"U": g.dLdU, "V": g.dLdV, "W": g.dLdW, "b": g.dLdb, "c": g.dLdc, "s0": g.dLds0}
     if isinstance(g, gated.GatedGradients):

@@ -173,8 +173,7 @@ def check_plan(body: bytes, settings: Settings) -> Plan:
     cell, _, H, C = _cell(arrays)
     T, K = len(arrays["x"]), request.bptt_truncate
     admission.check_work(settings, H=H, C=C, lengths=[T])
-    checked = ("U", "V", "W", "b", "b_hh", "c", "s0", "c0")
-    sizes = [a.size for k, a in arrays.items() if k in checked and a is not None]
+    sizes = [arrays[k].size for k in checks.PARAMETERS if arrays.get(k) is not None]  # what gradient_check checks
     estimate = costs.gradient_check(
         T=T, H=H, C=C, K=K, samples=request.samples, sizes=sizes, cell=cell, machine=admission.machine(settings)
     )
