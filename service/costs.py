@@ -43,7 +43,7 @@ __all__ = ["CELLS", "DEFAULT", "UNITS", "Estimate", "Machine", "bptt", "compare"
 CELLS: dict[str, int] = {"rnn": 1, "gru": 3, "lstm": 4}
 # A gated cell's recurrence: the per-step overhead and element-wise work over the vanilla cell's, beyond
 # the G-fold products (measured, docs/cost-model.md, "Gated cells").
-GATED_STEP_FACTOR = 2.6
+GATED_STEP_FACTOR = 3.0
 # gated_checks.compare's forward + backward passes beyond the expected gradients' bptt (its SWEEPS;
 # tests/test_costs.py checks they agree). Measured at T = 1000, H = 16: 3.8 to 4.9 times one gated.bptt.
 # gated_checks.GatedMistakeName's size: the candidates whose gradients a gated compare holds at once (a test
@@ -364,6 +364,8 @@ def _engine_bptt(
         # gates are (T, B, G, H); the LSTM's c_t, c_{t-1}, tanh(c_t)). Measured with tracemalloc against
         # this estimate at nine shapes (docs/cost-model.md, "Gated cells"): 1.0 to 1.3 times the peak.
         extra = (G - 1) * (H * C + H * H) * s + (2 * G - 1) * M
+        if not full:  # gated._backward_lags: the lags' (T, B, G, H) errors beside the vanilla cell's
+            extra += (G + 1) * M
         peak += extra
         outputs += (G - 1) * (H * C + H * H) * s
     return phases, peak, outputs
