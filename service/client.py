@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip as zlib_gzip
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -228,25 +228,42 @@ class Wire:
         **gated: Any,
     ) -> bytes:
         """The body of ``POST /bptt/batch``; ``gated``: cell, b_hh, c0 (one per sequence), reset_after."""
+        body = self.batch_bodies(U, V, W, xs, ys, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip, **gated)
+        return body(range(len(xs)))
+
+    def batch_bodies(
+        self,
+        U: Any,
+        V: Any,
+        W: Any,
+        xs: Sequence[Any],
+        ys: Sequence[Any],
+        *,
+        s0: Sequence[Any] | None = None,
+        bptt_truncate: int | None = None,
+        b: Any = None,
+        c: Any = None,
+        clip: float | None = None,
+        **gated: Any,
+    ) -> Callable[[Iterable[int]], bytes]:
+        """The body of ``POST /bptt/batch`` for any group of the sequences of one batch (by index), as
+        ``batch_body`` builds it for all of them: the weights and sequences are encoded once, whatever the
+        number of groups (``bptt_batch(..., shards=N)`` sends several)."""
         if len(xs) != len(ys):
             raise ValueError(f"need one y per x: {len(xs)} x, got {len(ys)} y")
         c0 = gated.pop("c0", None)
         s0s = [None] * len(xs) if s0 is None else list(s0)
         c0s = [None] * len(xs) if c0 is None else list(c0)
-        body = self._common(U, V, W, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip, **gated)
-        body["sequences"] = [
+        common = self._common(U, V, W, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip, **gated)
+        sequences = [
             self._sequence(x, y, s, f"sequences[{i}].", c0=cs)
             for i, (x, y, s, cs) in enumerate(zip(xs, ys, s0s, c0s, strict=True))
         ]
-        return dumps(body)
 
-    def shard_body(self, group: Sequence[int], xs: Sequence[Any], ys: Sequence[Any], options: dict[str, Any]) -> bytes:
-        """The body of ``POST /bptt/batch`` for the sequences ``group`` of a batch, without ``clip`` (which
-        ``merge_batches`` applies to the sums); ``options`` are ``batch_body``'s keywords for the whole batch."""
-        U, V, W = options["weights"]
-        kwargs: dict[str, Any] = {k: v for k, v in options.items() if k not in ("weights", "s0", "c0", "clip")}
-        kwargs |= {n: None if options.get(n) is None else [options[n][i] for i in group] for n in ("s0", "c0")}
-        return self.batch_body(U, V, W, [xs[i] for i in group], [ys[i] for i in group], **kwargs)
+        def body(group: Iterable[int]) -> bytes:
+            return dumps(common | {"sequences": [sequences[i] for i in group]})
+
+        return body
 
     @staticmethod
     def admitted(response: httpx.Response) -> str | None:
@@ -401,6 +418,48 @@ def merge_batches(parts: Sequence[tuple[list[int], BatchResult]], clip: float | 
     return BatchResult(loss=loss, mean_loss=loss / tokens, tokens=tokens, losses=losses, clipped=clipped, **merged)
 
 
+class _Shards:
+    """``bptt_batch(..., shards=N)`` without I/O: which groups to price, then which to send.
+
+    The groups of ``shard_groups``, every body built from one encoding of the weights
+    (``Wire.batch_bodies``), without ``clip`` (``merge_batches`` clips the sums). The whole batch is
+    priced first, by one dry run (``POST /bptt/batch/cost``: the service's own estimate); a part costs
+    no more than the whole in any term, so when the whole is admitted so is every group, and no shard
+    is refused. Otherwise each group is priced in turn and a refused one split in two, until every group
+    is admitted; a sequence refused alone is a ``ServerError``.
+    """
+
+    def __init__(self, wire: Wire, U: Any, V: Any, W: Any, xs: Sequence[Any], ys: Sequence[Any], *, shards: int,
+                 **options: Any) -> None:  # fmt: skip
+        self.body = wire.batch_bodies(U, V, W, xs, ys, **options)
+        self.lengths = [len(x) for x in xs]
+        self.whole: list[int] | None = list(range(len(xs)))  # priced first, then None
+        self.unpriced = shard_groups(self.lengths, shards)
+        self.admitted: list[list[int]] = []
+
+    def next(self) -> list[int] | None:
+        """The group to price next (the whole batch first), or None when every group is admitted."""
+        if self.whole is not None:
+            return self.whole
+        return self.unpriced[-1] if self.unpriced else None
+
+    def priced(self, group: list[int], answer: httpx.Response) -> None:
+        """Take the dry run's answer for ``group`` (the one ``next`` gave)."""
+        refusal = Wire.admitted(answer)
+        if group is self.whole:
+            self.whole = None
+            if refusal is None:
+                self.admitted, self.unpriced = self.unpriced, []
+            return
+        self.unpriced.pop()
+        if refusal is None:
+            self.admitted.append(group)
+        elif len(group) == 1:
+            raise ServerError(413, f"sequence {group[0]} alone is refused: {refusal}")
+        else:
+            self.unpriced += [[group[i] for i in half] for half in shard_groups([self.lengths[i] for i in group], 2)]
+
+
 class Client:
     """Synchronous client. Use as a context manager, or call ``close()``.
 
@@ -486,40 +545,29 @@ class Client:
 
         ``shards=N`` spreads the batch over up to N concurrent requests, each on a connection of its
         own (so a load balancer spreads them over replicas despite keep-alive), groups of about equal
-        token counts, each checked first with the service's own cost estimate (``/bptt/batch/cost``)
-        and split further where refused; the answers are summed into one ``BatchResult`` (clipping,
-        if asked, applied to the sums). README, "Deploying: one batch over several replicas".
+        token counts sized with the service's own cost estimate (``/bptt/batch/cost``: the whole batch
+        once, each group only when the whole is refused) so that no shard is refused; the answers are
+        summed into one ``BatchResult`` (clipping, if asked, applied to the sums). README, "Deploying:
+        one batch over several replicas".
         """
         gated = {"cell": cell, "b_hh": b_hh, "c0": c0, "reset_after": reset_after}
         if shards == 1:
             body = self.wire.batch_body(U, V, W, xs, ys, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip,
                                         **gated)  # fmt: skip
             return Wire.batch_result(self._post("/bptt/batch", body))
-        options = {"weights": (U, V, W), "s0": s0, "bptt_truncate": bptt_truncate, "b": b, "c": c, **gated}
-        groups = shard_groups([len(x) for x in xs], shards)
-        admitted: list[list[int]] = []
-        # A part costs no more than the whole in any term: when the whole batch is admitted, so is every group.
-        whole = list(range(len(xs)))
-        if Wire.admitted(self._post("/bptt/batch/cost", self.wire.shard_body(whole, xs, ys, options))) is None:
-            admitted, groups = groups, []
-        while groups:
-            group = groups.pop()
-            refusal = Wire.admitted(self._post("/bptt/batch/cost", self.wire.shard_body(group, xs, ys, options)))
-            if refusal is None:
-                admitted.append(group)
-            elif len(group) == 1:
-                raise ServerError(413, f"sequence {group[0]} alone is refused: {refusal}")
-            else:
-                groups += [[group[i] for i in half] for half in shard_groups([len(xs[i]) for i in group], 2)]
+        plan = _Shards(self.wire, U, V, W, xs, ys, shards=shards, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c,
+                       **gated)  # fmt: skip
+        while (group := plan.next()) is not None:
+            plan.priced(group, self._post("/bptt/batch/cost", plan.body(group)))
 
         def send(group: list[int]) -> tuple[list[int], BatchResult]:
             with httpx.Client(base_url=self._http.base_url, headers=self._http.headers, timeout=self._http.timeout,
                               transport=self._transport) as alone:  # fmt: skip
-                content, headers = self._encoded(self.wire.shard_body(group, xs, ys, options))
+                content, headers = self._encoded(plan.body(group))
                 return group, Wire.batch_result(alone.post("/bptt/batch", content=content, headers=headers))
 
-        with ThreadPoolExecutor(len(admitted)) as pool:
-            parts = list(pool.map(send, admitted))
+        with ThreadPoolExecutor(len(plan.admitted)) as pool:
+            parts = list(pool.map(send, plan.admitted))
         return merge_batches(parts, clip)
 
     def trace(
@@ -669,30 +717,18 @@ class AsyncClient:
             body = self.wire.batch_body(U, V, W, xs, ys, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip,
                                         **gated)  # fmt: skip
             return Wire.batch_result(await self._post("/bptt/batch", body))
-        options = {"weights": (U, V, W), "s0": s0, "bptt_truncate": bptt_truncate, "b": b, "c": c, **gated}
-        groups = shard_groups([len(x) for x in xs], shards)
-        admitted: list[list[int]] = []
-        whole = await self._post("/bptt/batch/cost", self.wire.shard_body(list(range(len(xs))), xs, ys, options))
-        if Wire.admitted(whole) is None:  # every group is then admitted too (Client.bptt_batch)
-            admitted, groups = groups, []
-        while groups:
-            group = groups.pop()
-            cost = await self._post("/bptt/batch/cost", self.wire.shard_body(group, xs, ys, options))
-            refusal = Wire.admitted(cost)
-            if refusal is None:
-                admitted.append(group)
-            elif len(group) == 1:
-                raise ServerError(413, f"sequence {group[0]} alone is refused: {refusal}")
-            else:
-                groups += [[group[i] for i in half] for half in shard_groups([len(xs[i]) for i in group], 2)]
+        plan = _Shards(self.wire, U, V, W, xs, ys, shards=shards, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c,
+                       **gated)  # fmt: skip
+        while (group := plan.next()) is not None:
+            plan.priced(group, await self._post("/bptt/batch/cost", plan.body(group)))
 
         async def send(group: list[int]) -> tuple[list[int], BatchResult]:
             async with httpx.AsyncClient(base_url=self._http.base_url, headers=self._http.headers,
                                          timeout=self._http.timeout, transport=self._transport) as alone:  # fmt: skip
-                content, headers = self._encoded(self.wire.shard_body(group, xs, ys, options))
+                content, headers = self._encoded(plan.body(group))
                 return group, Wire.batch_result(await alone.post("/bptt/batch", content=content, headers=headers))
 
-        parts = await asyncio.gather(*(send(g) for g in admitted))
+        parts = await asyncio.gather(*(send(g) for g in plan.admitted))
         return merge_batches(parts, clip)
 
     async def trace(
