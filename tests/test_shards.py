@@ -9,14 +9,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 
+import httpx
 import numpy as np
+import orjson
 import pytest
 from helpers import LocalServer, assert_close
 from hypothesis import given
 from hypothesis import strategies as st
 
 from service import engine, gated
-from service.client import AsyncClient, Client, shard_groups
+from service.client import AsyncClient, Client, Wire, _Shards, shard_groups
 from service.errors import ServerError
 
 
@@ -120,3 +122,40 @@ def test_a_sequence_refused_alone_is_named(small, rng):
     assert refused.value.status == 413
     assert refused.value.detail.startswith("sequence 1 alone is refused: ")
     assert "BPTT_MAX_TOKENS" in refused.value.detail
+
+
+def _dry_run(admitted: bool) -> httpx.Response:
+    return httpx.Response(200, json={"admitted": admitted, "refusal": None if admitted else "over a limit"})
+
+
+def test_the_plan_prices_the_whole_batch_once_when_it_is_admitted(rng):
+    """One dry run of the whole batch, then every group is sent: a part costs no more than the whole."""
+    U, V, W, xs, ys, _ = batch(rng, B=7)
+    plan = _Shards(Wire("base64", "float64"), U, V, W, xs, ys, shards=3)
+    priced = []
+    while (group := plan.next()) is not None:
+        priced.append(group)
+        plan.priced(group, _dry_run(True))
+    assert priced == [list(range(7))]
+    assert sorted(i for g in plan.admitted for i in g) == list(range(7)) and len(plan.admitted) == 3
+
+
+def test_the_plan_splits_refused_groups_until_each_is_admitted(rng):
+    """The whole refused: each group priced, a refused one split in two; the body of a group holds its sequences."""
+    U, V, W, xs, ys, _ = batch(rng, B=6)
+    plan = _Shards(Wire("base64", "float64"), U, V, W, xs, ys, shards=2)
+    while (group := plan.next()) is not None:
+        plan.priced(group, _dry_run(len(group) <= 2))  # the service admits at most 2 sequences
+    assert sorted(i for g in plan.admitted for i in g) == list(range(6))
+    assert all(len(g) <= 2 for g in plan.admitted)
+    body = orjson.loads(plan.body(plan.admitted[0]))
+    assert [s["x"] for s in body["sequences"]] == [list(xs[i]) for i in plan.admitted[0]]
+    assert "clip" not in body
+
+
+def test_the_plan_names_a_sequence_refused_alone(rng):
+    U, V, W, xs, ys, _ = batch(rng, B=2)
+    plan = _Shards(Wire("base64", "float64"), U, V, W, xs, ys, shards=2)
+    with pytest.raises(ServerError, match="sequence 1 alone is refused: over a limit"):
+        while (group := plan.next()) is not None:
+            plan.priced(group, _dry_run(False))
