@@ -818,9 +818,7 @@ def _check_finite(U: np.ndarray, V: np.ndarray, W: np.ndarray, **parts: np.ndarr
             sizes = {n: float(np.abs(a).max()) for n, a in (("U", U), ("V", V), ("W", W))}
             largest = max(sizes, key=lambda n: sizes[n])
             advice = (
-                f'scale {largest} down, or compute in float64 ("dtype": "float64")'
-                if U.dtype == np.float32
-                else f"scale {largest} down"
+                f"scale {largest} down, or compute in float64" if U.dtype == np.float32 else f"scale {largest} down"
             )
             raise ComputeError(
                 f"the computation overflowed in {U.dtype}: {name} is not finite (the largest weight is "
