@@ -149,6 +149,10 @@ class Wire:
         """An array as the wire carries it, in the client's dtype."""
         return to_wire(np.asarray(a, dtype=DTYPES[self.dtype]), self.encoding)
 
+    def shape(self, a: Any) -> dict[str, Any]:
+        """An array's tensor object without its data: what a ``/cost`` dry run needs to price it."""
+        return {"dtype": self.dtype, "shape": list(np.shape(a))}
+
     def _common(
         self,
         U: Any,
@@ -162,21 +166,24 @@ class Wire:
         cell: str = "rnn",
         b_hh: Any = None,
         reset_after: bool = False,
+        shapes_only: bool = False,
     ) -> dict[str, Any]:
+        """The fields every compute request has; with ``shapes_only`` the weights without their data."""
+        array = self.shape if shapes_only else self.array
         body: dict[str, Any] = {} if cell == "rnn" else {"cell": cell}
         if reset_after:
             body["reset_after"] = True
         body |= {
-            "U": self.array(U),
-            "V": self.array(V),
-            "W": self.array(W),
+            "U": array(U),
+            "V": array(V),
+            "W": array(W),
             "encoding": self.encoding,
             "dtype": self.dtype,
             "bptt_truncate": bptt_truncate,
         }
         for name, value in (("b", b), ("b_hh", b_hh), ("c", c)):
             if value is not None:
-                body[name] = self.array(value)
+                body[name] = array(value)
         if clip is not None:
             body["clip"] = float(clip)
         return body
@@ -244,17 +251,20 @@ class Wire:
         b: Any = None,
         c: Any = None,
         clip: float | None = None,
+        shapes_only: bool = False,
         **gated: Any,
     ) -> Callable[[Iterable[int]], bytes]:
         """The body of ``POST /bptt/batch`` for any group of the sequences of one batch (by index), as
         ``batch_body`` builds it for all of them: the weights and sequences are encoded once, whatever the
-        number of groups (``bptt_batch(..., shards=N)`` sends several)."""
+        number of groups (``bptt_batch(..., shards=N)`` sends several). With ``shapes_only``, the weights
+        are tensor objects without data: the body of a ``/bptt/batch/cost`` dry run, a few kilobytes."""
         if len(xs) != len(ys):
             raise ValueError(f"need one y per x: {len(xs)} x, got {len(ys)} y")
         c0 = gated.pop("c0", None)
         s0s = [None] * len(xs) if s0 is None else list(s0)
         c0s = [None] * len(xs) if c0 is None else list(c0)
-        common = self._common(U, V, W, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip, **gated)
+        common = self._common(U, V, W, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip, shapes_only=shapes_only,
+                              **gated)  # fmt: skip
         sequences = [
             self._sequence(x, y, s, f"sequences[{i}].", c0=cs)
             for i, (x, y, s, cs) in enumerate(zip(xs, ys, s0s, c0s, strict=True))
@@ -423,15 +433,17 @@ class _Shards:
 
     The groups of ``shard_groups``, every body built from one encoding of the weights
     (``Wire.batch_bodies``), without ``clip`` (``merge_batches`` clips the sums). The whole batch is
-    priced first, by one dry run (``POST /bptt/batch/cost``: the service's own estimate); a part costs
-    no more than the whole in any term, so when the whole is admitted so is every group, and no shard
-    is refused. Otherwise each group is priced in turn and a refused one split in two, until every group
-    is admitted; a sequence refused alone is a ``ServerError``.
+    priced first, by one dry run (``POST /bptt/batch/cost``: the service's own estimate, from a body
+    that gives the weights' shapes without their data); a part costs no more than the whole in any
+    term, so when the whole is admitted so is every group, and no shard is refused. Otherwise each
+    group is priced in turn and a refused one split in two, until every group is admitted; a sequence
+    refused alone is a ``ServerError``.
     """
 
     def __init__(self, wire: Wire, U: Any, V: Any, W: Any, xs: Sequence[Any], ys: Sequence[Any], *, shards: int,
                  **options: Any) -> None:  # fmt: skip
         self.body = wire.batch_bodies(U, V, W, xs, ys, **options)
+        self.dry_run = wire.batch_bodies(U, V, W, xs, ys, shapes_only=True, **options)
         self.lengths = [len(x) for x in xs]
         self.whole: list[int] | None = list(range(len(xs)))  # priced first, then None
         self.unpriced = shard_groups(self.lengths, shards)
@@ -558,7 +570,7 @@ class Client:
         plan = _Shards(self.wire, U, V, W, xs, ys, shards=shards, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c,
                        **gated)  # fmt: skip
         while (group := plan.next()) is not None:
-            plan.priced(group, self._post("/bptt/batch/cost", plan.body(group)))
+            plan.priced(group, self._post("/bptt/batch/cost", plan.dry_run(group)))
 
         def send(group: list[int]) -> tuple[list[int], BatchResult]:
             with httpx.Client(base_url=self._http.base_url, headers=self._http.headers, timeout=self._http.timeout,
@@ -720,7 +732,7 @@ class AsyncClient:
         plan = _Shards(self.wire, U, V, W, xs, ys, shards=shards, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c,
                        **gated)  # fmt: skip
         while (group := plan.next()) is not None:
-            plan.priced(group, await self._post("/bptt/batch/cost", plan.body(group)))
+            plan.priced(group, await self._post("/bptt/batch/cost", plan.dry_run(group)))
 
         async def send(group: list[int]) -> tuple[list[int], BatchResult]:
             async with httpx.AsyncClient(base_url=self._http.base_url, headers=self._http.headers,
