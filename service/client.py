@@ -275,6 +275,91 @@ class Wire:
 
         return body
 
+    def binary_bodies(
+        self,
+        U: Any,
+        V: Any,
+        W: Any,
+        xs: Sequence[Any],
+        ys: Sequence[Any],
+        *,
+        s0: Sequence[Any] | None = None,
+        bptt_truncate: int | None = None,
+        b: Any = None,
+        c: Any = None,
+        cell: str = "rnn",
+        b_hh: Any = None,
+        c0: Sequence[Any] | None = None,
+        reset_after: bool = False,
+    ) -> Callable[[Sequence[int]], tuple[str, bytes, dict[str, str]]]:
+        """The request (path, body, headers) of ``POST /v2/models/{model}/infer`` for any group of the
+        sequences of one batch (by index), every tensor and every answer in raw little-endian bytes (the
+        Open Inference Protocol's binary tensor extension): no base64 and no JSON of numbers either way.
+        x and y are padded to [B, T] with ``lengths``; a sequence without s0 (or c0) starts from zeros,
+        as on ``/bptt/batch``. The weights are converted once, whatever the number of groups."""
+        if len(xs) != len(ys):
+            raise ValueError(f"need one y per x: {len(xs)} x, got {len(ys)} y")
+        dtype = np.dtype(DTYPES[self.dtype]).newbyteorder("<")
+        given = {"U": U, "V": V, "W": W, "b": b, "b_hh": b_hh, "c": c}
+        weights = {n: np.ascontiguousarray(a, dtype=dtype) for n, a in given.items() if a is not None}
+        tokens = [
+            (token_ids(x, f"sequences[{i}].x"), token_ids(y, f"sequences[{i}].y"))
+            for i, (x, y) in enumerate(zip(xs, ys, strict=True))
+        ]
+        H = weights["W"].shape[-1]
+        parameters: dict[str, Any] = {"binary_data_output": True}
+        if bptt_truncate is not None:
+            parameters["bptt_truncate"] = bptt_truncate
+        if reset_after:
+            parameters["reset_after"] = True
+        path = "/v2/models/" + ("bptt" if cell == "rnn" else f"bptt-{cell}") + "/infer"
+
+        def request(group: Sequence[int]) -> tuple[str, bytes, dict[str, str]]:
+            lengths = np.array([len(tokens[i][0]) for i in group], dtype="<i8")
+            x = np.zeros((len(group), int(lengths.max())), dtype="<i8")  # (B, T), padded at the end
+            y = np.zeros_like(x)
+            for row, i in enumerate(group):
+                x[row, : lengths[row]], y[row, : lengths[row]] = tokens[i]
+            arrays = weights | {"x": x, "y": y, "lengths": lengths}
+            for name, rows in (("s0", s0), ("c0", c0)):
+                if rows is not None:  # (B, H)
+                    arrays[name] = np.stack([np.zeros(H) if rows[i] is None else np.asarray(rows[i]) for i in group])
+                    arrays[name] = arrays[name].astype(dtype)
+            inputs = [
+                {"name": n, "datatype": _V2_TYPES[a.dtype.str], "shape": list(a.shape),
+                 "parameters": {"binary_data_size": a.nbytes}}
+                for n, a in arrays.items()
+            ]  # fmt: skip
+            header = dumps({"inputs": inputs, "parameters": parameters})
+            body = b"".join([header, *(a.tobytes() for a in arrays.values())])
+            return path, body, {"content-type": "application/octet-stream", _V2_HEADER: str(len(header))}
+
+        return request
+
+    @staticmethod
+    def binary_batch_result(response: httpx.Response) -> BatchResult:
+        """The ``BatchResult`` of an answer of ``binary_bodies``' request, or ``ServerError``."""
+        if not response.is_success:
+            try:
+                detail = str(loads(response.content)["error"])
+            except (ValueError, KeyError, TypeError):
+                detail = response.text[:500] or response.reason_phrase
+            raise ServerError(response.status_code, detail)
+        start = int(response.headers[_V2_HEADER])
+        content = memoryview(response.content)
+        out: dict[str, Array] = {}
+        for o in loads(bytes(content[:start]))["outputs"]:
+            size = o["parameters"]["binary_data_size"]
+            out[o["name"]] = np.frombuffer(content[start : start + size], dtype=_V2_DTYPES[o["datatype"]])
+            out[o["name"]] = out[o["name"]].reshape(o["shape"])
+            start += size
+        return BatchResult(
+            loss=float(out["loss"][0]), mean_loss=float(out["mean_loss"][0]), tokens=int(out["tokens"][0]),
+            losses=out["losses"], dLdU=out["dLdU"], dLdV=out["dLdV"], dLdW=out["dLdW"], dLds0=out["dLds0"],
+            final_state=out["final_state"], dLdb=out.get("dLdb"), dLdc=out.get("dLdc"), dLdb_hh=out.get("dLdb_hh"),
+            dLdc0=out.get("dLdc0"), final_cell=out.get("final_cell"),
+        )  # fmt: skip
+
     @staticmethod
     def admitted(response: httpx.Response) -> str | None:
         """From an answer of ``POST /bptt/batch/cost``: None when admitted, else the service's refusal."""
@@ -361,6 +446,9 @@ def decode(response: httpx.Response) -> Any:
 
 
 _HEADERS = {"content-type": "application/json"}
+_V2_HEADER = "inference-header-content-length"
+_V2_TYPES = {"<f8": "FP64", "<f4": "FP32", "<i8": "INT64"}
+_V2_DTYPES = {"FP64": "<f8", "FP32": "<f4", "INT64": "<i8", "INT32": "<i4"}
 
 
 def _compressed(body: bytes) -> tuple[bytes, dict[str, str]]:
@@ -442,12 +530,28 @@ class _Shards:
 
     def __init__(self, wire: Wire, U: Any, V: Any, W: Any, xs: Sequence[Any], ys: Sequence[Any], *, shards: int,
                  **options: Any) -> None:  # fmt: skip
-        self.body = wire.batch_bodies(U, V, W, xs, ys, **options)
         self.dry_run = wire.batch_bodies(U, V, W, xs, ys, shapes_only=True, **options)
+        # Shards travel as binary tensors, but for the vanilla cell's biases, which the model bptt does not take.
+        rnn_biases = options.get("cell", "rnn") == "rnn" and (
+            options.get("b") is not None or options.get("c") is not None
+        )
+        self.binary = None if rnn_biases else wire.binary_bodies(U, V, W, xs, ys, **options)
+        self.body = wire.batch_bodies(U, V, W, xs, ys, **options) if rnn_biases else None
         self.lengths = [len(x) for x in xs]
         self.whole: list[int] | None = list(range(len(xs)))  # priced first, then None
         self.unpriced = shard_groups(self.lengths, shards)
         self.admitted: list[list[int]] = []
+
+    def request(self, group: list[int]) -> tuple[str, bytes, dict[str, str] | None]:
+        """Path, body and headers of ``group``'s request (None: JSON headers, the client's to choose)."""
+        if self.binary is not None:
+            return self.binary(group)
+        assert self.body is not None
+        return "/bptt/batch", self.body(group), None
+
+    def answer(self, response: httpx.Response) -> BatchResult:
+        """The ``BatchResult`` of a group's answer, or ``ServerError``."""
+        return Wire.batch_result(response) if self.binary is None else Wire.binary_batch_result(response)
 
     def next(self) -> list[int] | None:
         """The group to price next (the whole batch first), or None when every group is admitted."""
@@ -573,10 +677,12 @@ class Client:
             plan.priced(group, self._post("/bptt/batch/cost", plan.dry_run(group)))
 
         def send(group: list[int]) -> tuple[list[int], BatchResult]:
+            path, content, headers = plan.request(group)
+            if headers is None:
+                content, headers = self._encoded(content)
             with httpx.Client(base_url=self._http.base_url, headers=self._http.headers, timeout=self._http.timeout,
                               transport=self._transport) as alone:  # fmt: skip
-                content, headers = self._encoded(plan.body(group))
-                return group, Wire.batch_result(alone.post("/bptt/batch", content=content, headers=headers))
+                return group, plan.answer(alone.post(path, content=content, headers=headers))
 
         with ThreadPoolExecutor(len(plan.admitted)) as pool:
             parts = list(pool.map(send, plan.admitted))
@@ -735,10 +841,12 @@ class AsyncClient:
             plan.priced(group, await self._post("/bptt/batch/cost", plan.dry_run(group)))
 
         async def send(group: list[int]) -> tuple[list[int], BatchResult]:
+            path, content, headers = plan.request(group)
+            if headers is None:
+                content, headers = self._encoded(content)
             async with httpx.AsyncClient(base_url=self._http.base_url, headers=self._http.headers,
                                          timeout=self._http.timeout, transport=self._transport) as alone:  # fmt: skip
-                content, headers = self._encoded(plan.body(group))
-                return group, Wire.batch_result(await alone.post("/bptt/batch", content=content, headers=headers))
+                return group, plan.answer(await alone.post(path, content=content, headers=headers))
 
         parts = await asyncio.gather(*(send(g) for g in plan.admitted))
         return merge_batches(parts, clip)

@@ -148,9 +148,17 @@ def test_the_plan_splits_refused_groups_until_each_is_admitted(rng):
         plan.priced(group, _dry_run(len(group) <= 2))  # the service admits at most 2 sequences
     assert sorted(i for g in plan.admitted for i in g) == list(range(6))
     assert all(len(g) <= 2 for g in plan.admitted)
-    body = orjson.loads(plan.body(plan.admitted[0]))
-    assert [s["x"] for s in body["sequences"]] == [list(xs[i]) for i in plan.admitted[0]]
-    assert "clip" not in body
+    group = plan.admitted[0]
+    path, body, headers = plan.request(group)
+    assert path == "/v2/models/bptt/infer" and headers is not None
+    header = orjson.loads(body[: int(headers["inference-header-content-length"])])
+    inputs = {i["name"]: i for i in header["inputs"]}
+    assert inputs["x"]["shape"] == [len(group), max(len(xs[i]) for i in group)]
+    assert inputs["lengths"]["shape"] == [len(group)]
+    assert header["parameters"] == {"binary_data_output": True}  # no clip: merge_batches clips the sums
+    dry_run = orjson.loads(plan.dry_run(group))
+    assert [s["x"] for s in dry_run["sequences"]] == [list(xs[i]) for i in group]
+    assert dry_run["U"] == {"dtype": "float64", "shape": list(U.shape)}
 
 
 def test_the_plan_names_a_sequence_refused_alone(rng):
@@ -159,3 +167,29 @@ def test_the_plan_names_a_sequence_refused_alone(rng):
     with pytest.raises(ServerError, match="sequence 1 alone is refused: over a limit"):
         while (group := plan.next()) is not None:
             plan.priced(group, _dry_run(False))
+
+
+@pytest.mark.parametrize(("cell", "reset_after"), [("rnn", False), ("gru", True), ("gru", False)])
+def test_sharded_batch_with_biases_equals_one_computation(small, rng, cell, reset_after):
+    """Biases: the vanilla cell's b and c go as /bptt/batch bodies (the V2 model bptt takes none), the GRU's
+    b, b_hh, c as binary tensors with reset_after; either way the sums equal the engine's to 1e-12."""
+    H, C = 4, 6
+    lead = () if cell == "rnn" else (3,)
+    U, V, W = rng.normal(0, 0.5, (*lead, H, C)), rng.normal(0, 0.5, (C, H)), rng.normal(0, 0.5, (*lead, H, H))
+    b, c = rng.normal(0, 0.5, (*lead, H)), rng.normal(0, 0.5, C)
+    lengths = [9, 2, 7, 4, 4, 1, 8]
+    xs = [rng.integers(0, C, n) for n in lengths]
+    ys = [rng.integers(0, C, n) for n in lengths]
+    if cell == "rnn":
+        want = engine.bptt_batch(U, V, W, xs, ys, b=b, c=c, bptt_truncate=2)
+        gated_options = {}
+    else:
+        b_hh = rng.normal(0, 0.5, (3, H))
+        want = gated.bptt_batch("gru", U, V, W, xs, ys, b=b, b_hh=b_hh, c=c, bptt_truncate=2, reset_after=reset_after)
+        gated_options = {"cell": "gru", "b_hh": b_hh, "reset_after": reset_after}
+    with Client(small.url) as client:
+        got = client.bptt_batch(U, V, W, xs, ys, b=b, c=c, bptt_truncate=2, shards=3, **gated_options)
+    names = ["dLdU", "dLdV", "dLdW", "dLdb", "dLdc", "dLds0", "final_state", "losses"]
+    for name in names + (["dLdb_hh"] if cell == "gru" else []):
+        assert_close(getattr(got, name), getattr(want, name), 1e-12)
+    assert got.loss == pytest.approx(want.loss, rel=1e-12)
