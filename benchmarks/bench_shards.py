@@ -1,7 +1,10 @@
 """One large batch over one worker, and over two workers with ``bptt_batch(..., shards=2)``.
 
 C = 8000, H = 100, B = 80 sequences of T = 50 (4,000 tokens: the largest batch the default
-limits admit), full BPTT, base64. Each server process computes with one BLAS
+limits admit), full BPTT. The shards travel as the Open Inference Protocol's binary
+tensors; the single request is timed in both forms (``/bptt/batch`` with base64, as
+``shards=1`` sends it, and V2 binary), so that the speed-up against the second is the
+scale-out's alone. Each server process computes with one BLAS
 thread (BPTT_BLAS_THREADS=1) and one compute thread, so that two workers on two
 cores are the scale-out of two single-core replicas. The client opens one
 connection per shard; uvicorn's workers share the port, so the kernel spreads
@@ -16,11 +19,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 
+import httpx
 import numpy as np
 from common import interleaved, problem, serve, table
 
 from service import engine
-from service.client import Client
+from service.client import Client, Wire
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -50,17 +54,32 @@ def main(argv: list[str] | None = None) -> str:
             if err > 1e-12:
                 raise AssertionError(f"{workers} workers, {shards} shards: dLdW differs by {err:.2e}")
             candidates[workers, shards] = run
+
+        # The same single request in the shards' own form (V2 binary tensors), so that the speed-up
+        # below is the scale-out's, not the wire format's.
+        binary = Wire("base64", "float64").binary_bodies(U, V, W, xs, ys)
+
+        def one_binary() -> object:
+            path, content, headers = binary(range(B))
+            with httpx.Client(base_url=urls[1], timeout=300) as http:
+                return Wire.binary_batch_result(http.post(path, content=content, headers=headers))
+
+        got = one_binary()
+        if np.abs(got.dLdW - want.dLdW).max() > 1e-12 * np.abs(want.dLdW).max():  # type: ignore[attr-defined]
+            raise AssertionError("one binary request: dLdW differs")
+        candidates[1, 0] = one_binary
         # Interleaved rounds: every configuration sees the same background load (both servers stay up; the
         # idle one costs nothing).
         seconds = interleaved({f"{w} {s}": fn for (w, s), fn in candidates.items()}, repeat=repeat)
-    base = seconds["1 1"]
-    rows = [
-        [w, s, seconds[f"{w} {s}"] * 1e3, B * T / seconds[f"{w} {s}"], base / seconds[f"{w} {s}"]] for w, s in configs
-    ]
+    rows = []
+    for w, s in ((1, 0), *configs):
+        t = seconds[f"{w} {s}"]
+        how = "1 request, V2 binary" if s == 0 else "1 request, /bptt/batch base64" if s == 1 else f"{s} shards"
+        rows.append([w, how, t * 1e3, B * T / t, seconds["1 1"] / t, seconds["1 0"] / t])
     return table(
         f"One batch (B = {B}, T = {T}, C = {C}, H = {H}, full BPTT) over workers of one BLAS thread each "
-        f"(medians of {repeat} interleaved rounds; speed-up against 1 worker, 1 request)",
-        ["workers", "shards", "ms per batch", "tokens / s", "speed-up"],
+        f"(medians of {repeat} interleaved rounds; speed-up against 1 worker and one request of each form)",
+        ["workers", "requests", "ms per batch", "tokens / s", "vs 1 base64 request", "vs 1 binary request"],
         rows,
     )
 
