@@ -834,11 +834,13 @@ def _backward_truncated(W: np.ndarray, dLds: np.ndarray, dtanh: np.ndarray, K: i
 
 def _sum_into_columns(dz: np.ndarray, x: np.ndarray, C: int) -> np.ndarray:
     """dLdU (H, C) with dLdU[:, x[k]] += dz[k]; repeated tokens accumulate."""
+    dLdU = np.zeros((dz.shape[1], C), dtype=dz.dtype)
+    if _kernel and dz.dtype in (np.float64, np.float32):
+        return kernel.add_columns(dLdU, x, dz)  # one compiled pass (service.kernel)
     order = np.argsort(x, kind="stable")
     xs = x[order]
     starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
     sums = np.add.reduceat(dz[order], starts, axis=0)  # (distinct tokens, H)
-    dLdU = np.zeros((dz.shape[1], C), dtype=dz.dtype)
     dLdU[:, xs[starts]] = sums.T
     return dLdU
 
