@@ -772,12 +772,18 @@ def _scaled_delta_o(batch: _Batch, s_rows: np.ndarray, y: np.ndarray) -> tuple[n
     out of the sum, so D[y] = -(z - E[y]) and the loss, ln(z / E[y]) = log1p((z - E[y]) / E[y]),
     have no cancellation: small losses keep their relative precision (C = 1 gives 0).
     """
-    D = _logits(batch, s_rows)  # (N, C)
+    # In float32 the logits are computed as (C, N), V s_t in columns, and D is its (N, C) view: sgemm
+    # measured 20% faster that way round at C = 8000 (dgemm 20% slower); the row sums are then a
+    # matrix-vector product (measured faster than numpy's sum over the strided axis).
+    f32 = s_rows.dtype == np.float32
+    D = (batch.V @ s_rows.T).T if f32 else s_rows @ batch.V.T  # (N, C)
+    if batch.c is not None:
+        D += batch.c
     rows = np.arange(len(D))
     np.exp(D, out=D)
     e_y = D[rows, y]  # (N,), E[y]
     D[rows, y] = 0.0
-    others: np.ndarray = D.sum(axis=1)  # (N,), z - E[y]
+    others: np.ndarray = D @ np.ones(D.shape[1], D.dtype) if f32 else D.sum(axis=1)  # (N,), z - E[y]
     D[rows, y] = -others  # E[y] - z
     z: np.ndarray = others + e_y
     with np.errstate(divide="ignore"):  # E[y] = 0: a row for the shifted path below
