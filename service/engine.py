@@ -2,10 +2,11 @@
 
 This is the whole model in one file: numpy and the standard library only, no
 web imports. Where they are faster, its two per-step loops (``_recur``,
-``_backward_full``) run compiled instead: service/kernel.py, the same loops
-in Numba, optional (``use_kernel`` chooses; by default numba when installed,
-compiled at the first call or by ``kernel.warm_up()``). Dimension letters,
-used in every shape comment below:
+``_backward_full``) and the scatter of dLdU's columns (``_sum_into_columns``)
+run compiled instead: service/kernel.py, the same loops in Numba, optional
+(``use_kernel`` chooses; by default numba when installed, compiled at the
+first call or by ``kernel.warm_up()``). Dimension letters, used in every shape
+comment below:
 
     T  sequence length (steps)      H  hidden units
     C  vocabulary size (classes)    B  batch (sequences)
