@@ -31,6 +31,7 @@ __all__ = [
     "PARSE_BYTES_PER_NUMBER",
     "PARSE_SECONDS_PER_BYTE",
     "admit",
+    "bptt_estimate",
     "check_json_parse",
     "check_trace",
     "check_work",
@@ -134,6 +135,28 @@ def _count(body: bytes, byte: bytes) -> int:
 
 
 _CHUNK = 1 << 20
+
+
+@functools.lru_cache(maxsize=256)
+def bptt_estimate(
+    *,
+    lengths: tuple[int, ...],
+    H: int,
+    C: int,
+    K: int | None,
+    itemsize: int,
+    biases: bool,
+    clip: bool,
+    trace: bool = False,
+    cell: str,
+    machine: costs.Machine,
+) -> costs.Estimate:
+    """``costs.bptt``, remembered for the last shapes priced: a training loop sends the same shapes at
+    every step, and pricing them is 20 us of a 0.3 ms request at C = 65, H = 32, T = 25."""
+    return costs.bptt(
+        lengths=lengths, H=H, C=C, K=K, itemsize=itemsize, biases=biases, clip=clip, trace=trace, cell=cell,
+        machine=machine,
+    )  # fmt: skip
 
 
 def machine(settings: Settings) -> costs.Machine:

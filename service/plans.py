@@ -114,8 +114,8 @@ def bptt_plan(body: bytes, settings: Settings) -> Plan:
     admission.check_work(settings, H=H, C=C, lengths=[T])
     if request.trace:
         admission.check_trace(settings, H=H, T=T, K=None if cell != "rnn" else K)
-    estimate = costs.bptt(
-        lengths=[T],
+    estimate = admission.bptt_estimate(
+        lengths=(T,),
         H=H,
         C=C,
         K=K,
@@ -149,8 +149,8 @@ def batch_plan(body: bytes, settings: Settings) -> Plan:
     cell, G, H, C = _cell(arrays)
     lengths = [len(x) for x in arrays["xs"]]
     admission.check_work(settings, H=H, C=C, lengths=lengths)
-    estimate = costs.bptt(
-        lengths=lengths,
+    estimate = admission.bptt_estimate(
+        lengths=tuple(lengths),
         H=H,
         C=C,
         K=request.bptt_truncate,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import admission, costs, ops
+from .. import admission, ops
 from ..codec import Array, require_finite
 from ..compute import Priced
 from ..settings import Settings
@@ -33,13 +33,14 @@ def priced(call: protocol.Call, settings: Settings) -> Priced[dict[str, Array]]:
     if H >= 1 and C >= 1 and min(lengths) >= 1:  # else the engine names what is malformed
         float32 = all(call.arrays[n].dtype == np.float32 for n in "UVW")
         cell = protocol.MODELS[call.model].cell
-        estimate = costs.bptt(
-            lengths=lengths,
+        estimate = admission.bptt_estimate(
+            lengths=tuple(lengths),
             H=H,
             C=C,
             K=call.bptt_truncate,
             itemsize=4 if float32 else 8,
             biases=any(n in call.arrays for n in ("b", "b_hh", "c")),
+            clip=False,
             cell=cell,
             machine=admission.machine(settings),
         )
