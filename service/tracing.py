@@ -2,8 +2,9 @@
 phases of its work. Probes and /metrics are not traced.
 
     POST /bptt        the request (SERVER: FastAPI's own telemetry, named by the route's template)
-      queue           waiting for a compute thread
-      decode          the body parsed and validated, priced and admitted, its arrays built
+      queue           waiting for a compute thread (about zero for a request computed in the event loop)
+      decode          the body parsed and validated, priced and admitted, its arrays built (a request
+                      parsed in the event loop, then handed to a thread, waits within it)
       engine          the forward pass and BPTT (``ops.engine_timer``)
       encode          the answer: its arrays written out, the JSON or binary body
 
