@@ -27,8 +27,6 @@ __all__ = ["HOT", "HotRoutes"]
 # The routes served here, by name (the route function's): the ones a client calls in a loop.
 HOT = ("post_bptt", "post_v2_infer", "post_v2_version_infer")
 
-Endpoint = Callable[..., Awaitable[Response]]
-
 
 class HotRoutes:
     """ASGI: ``POST`` to a hot route is answered by its route function directly; the rest goes to ``app``.
