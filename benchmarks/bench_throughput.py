@@ -1,8 +1,10 @@
-"""Small-model throughput under concurrent load from wrk: POST /bptt against GET /healthz.
+"""Small-model throughput under concurrent load from wrk: POST /bptt and the V2 binary infer route
+against GET /healthz.
 
-C = 65, H = 32, T = 25 (a character model), base64 body as the client sends it,
-16 connections, the same server and settings for both routes. Bounded: each
-run lasts --seconds. Needs wrk (Debian: apt-get install wrk).
+C = 65, H = 32, T = 25 (a character model), base64 body as the client sends it
+(and the V2 binary tensor extension, every input and output raw bytes), 16
+connections, the same server and settings for every route. Bounded: each run
+lasts --seconds. Needs wrk (Debian: apt-get install wrk).
 
     python benchmarks/bench_throughput.py [--seconds 10] [--connections 16]
 """
@@ -16,7 +18,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import httpx
 import numpy as np
+from bench_http import _v2_outputs, _v2_request
 from common import problem, serve, table
 
 from service import engine
@@ -24,11 +28,21 @@ from service.client import Client, Wire
 
 LUA = """
 wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Content-Type"] = "{content_type}"
+{headers}
 local f = io.open("{body}", "rb")
 wrk.body = f:read("*all")
 f:close()
 """
+
+
+def lua(directory: Path, name: str, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> str:
+    """A wrk script that POSTs ``body`` (kept in a file next to it); its path."""
+    (directory / f"{name}.body").write_bytes(body)
+    extra = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in (headers or {}).items())
+    script = directory / f"{name}.lua"
+    script.write_text(LUA.format(content_type=content_type, headers=extra, body=directory / f"{name}.body"))
+    return str(script)
 
 
 def wrk(url: str, *, seconds: int, connections: int, script: str | None = None) -> dict[str, float]:
@@ -55,21 +69,29 @@ def main(argv: list[str] | None = None) -> str:
     C, H, T = 65, 32, 25
     U, V, W, x, y = problem(C, H, T)
     body = Wire(args.encoding, "float64").bptt_body(U, V, W, x, y)
+    header, data = _v2_request(U, V, W, x, y)
+    v2_headers = {"Inference-Header-Content-Length": str(len(header))}
     results = {}
     with tempfile.TemporaryDirectory() as tmp, serve("service.app:create_app") as url:
         with Client(url) as client:  # the answer is right before it is fast
             assert np.array_equal(client.bptt(U, V, W, x, y).dLdW, engine.bptt(U, V, W, x, y).dLdW)
-        path = Path(tmp) / "bptt.lua"
-        (Path(tmp) / "body.json").write_bytes(body)
-        path.write_text(LUA.format(body=Path(tmp) / "body.json"))
-        wrk(url + "/healthz", seconds=2, connections=args.connections)  # warm up
-        results["healthz"] = wrk(url + "/healthz", seconds=args.seconds, connections=args.connections)
-        wrk(url + "/bptt", seconds=2, connections=args.connections, script=str(path))
-        results["bptt"] = wrk(url + "/bptt", seconds=args.seconds, connections=args.connections, script=str(path))
+        v2 = httpx.post(f"{url}/v2/models/bptt/infer", content=header + data, headers=v2_headers)
+        assert np.array_equal(_v2_outputs(v2)["dLdW"], engine.bptt(U, V, W, x, y).dLdW)
+        scripts = {
+            "/healthz": None,
+            "/bptt": lua(Path(tmp), "bptt", body, "application/json"),
+            "/v2/models/bptt/infer": lua(Path(tmp), "v2", header + data, "application/octet-stream", v2_headers),
+        }
+        for route, script in scripts.items():
+            wrk(url + route, seconds=2, connections=args.connections, script=script)  # warm up
+            results[route] = wrk(url + route, seconds=args.seconds, connections=args.connections, script=script)
     rows = [[route, r["rps"], r["p50_ms"], r["errors"]] for route, r in results.items()]
-    rows.append(["/bptt / /healthz", results["bptt"]["rps"] / results["healthz"]["rps"], "", "target >= 0.40"])
+    for route in ("/bptt", "/v2/models/bptt/infer"):
+        ratio = results[route]["rps"] / results["/healthz"]["rps"]
+        rows.append([f"{route} / /healthz", ratio, "", "target >= 0.40"])
     return table(
-        f"Throughput, C = {C}, H = {H}, T = {T}, {args.encoding} body of {len(body)} bytes, "
+        f"Throughput, C = {C}, H = {H}, T = {T}, {args.encoding} body of {len(body)} bytes "
+        f"(V2 binary: {len(header) + len(data)} bytes), "
         f"wrk {args.connections} connections, {args.seconds} s, 1 worker",
         ["route", "requests/s", "median latency ms", "non-2xx"],
         rows,

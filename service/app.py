@@ -21,6 +21,7 @@ from fastapi_offline import FastAPIOffline
 
 from . import __version__, engine, handlers, openapi, ops, rest, runtime, tracing
 from .compute import Pool
+from .hot import HotRoutes
 from .lifecycle import Lifecycle
 from .middleware import BearerAuth, Bodies, BodyLimit, GzipRequest, RateLimit, RequestId, TrailingSlash
 from .openapi import ERROR_RESPONSES
@@ -87,6 +88,8 @@ def create_app(settings: Settings | None = None, *, tracer_provider: TracerProvi
     app.state.lifecycle = Lifecycle(
         app.state.pool, grace=settings.drain_grace_seconds, timeout=settings.request_timeout
     )
+    if provider is None:  # traced, FastAPI's router names the request's span
+        app.add_middleware(HotRoutes, routes=[*rest.router.routes, *v2_routes.router.routes])  # innermost
     app.state.bodies = Bodies(settings.max_bytes_in_flight)  # HTTP bodies and gRPC messages (v2/servicer.py)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, bodies=app.state.bodies)
     app.add_middleware(GzipRequest, max_bytes=settings.max_body_bytes)  # outside BodyLimit: it counts the inflated

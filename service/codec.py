@@ -9,6 +9,7 @@ every byte count must match its shape; outbound, arrays become nested lists
 from __future__ import annotations
 
 import binascii
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -104,7 +105,7 @@ def from_bytes(raw: bytes | memoryview, dtype: str, shape: Sequence[int], field:
     Floats must be finite. ``where`` names the bytes in messages ("U.data").
     The result shares memory with ``raw`` and may be read-only.
     """
-    item = np.dtype(dtype).newbyteorder("<")
+    item, native = _wire_dtypes(dtype)
     count = element_count(shape, field)
     if len(raw) != count * item.itemsize:
         raise InputError(
@@ -115,7 +116,14 @@ def from_bytes(raw: bytes | memoryview, dtype: str, shape: Sequence[int], field:
     a = np.frombuffer(raw, dtype=item).reshape(shape)
     if a.dtype.kind == "f":
         check_finite(a, field)
-    return a.astype(item.newbyteorder("="), copy=False)
+    return a.astype(native, copy=False)
+
+
+@functools.lru_cache(maxsize=32)
+def _wire_dtypes(dtype: str) -> tuple[np.dtype[Any], np.dtype[Any]]:
+    """``dtype`` little-endian (the wire's) and in this machine's byte order: made once, not per array."""
+    item = np.dtype(dtype).newbyteorder("<")
+    return item, item.newbyteorder("=")
 
 
 def check_finite(a: Array, field: str, *, note: str = "") -> None:
@@ -192,8 +200,15 @@ def to_wire(a: Array, encoding: Encoding) -> Array | dict[str, Any]:
     """An array as ``dumps`` writes it: itself (nested lists) or a base64 tensor object."""
     if encoding == "json":
         return np.ascontiguousarray(a)
-    little = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
-    return {"dtype": a.dtype.name, "shape": list(a.shape), "data": pybase64.b64encode(little.data).decode("ascii")}
+    name, little = _answer_dtypes(a.dtype)
+    data = np.ascontiguousarray(a, dtype=little)
+    return {"dtype": name, "shape": list(a.shape), "data": pybase64.b64encode(data.data).decode("ascii")}
+
+
+@functools.lru_cache(maxsize=32)
+def _answer_dtypes(dtype: np.dtype[Any]) -> tuple[str, np.dtype[Any]]:
+    """An answer's dtype name and its little-endian form (numpy's ``dtype.name`` is Python code: 2 us)."""
+    return dtype.name, dtype.newbyteorder("<")
 
 
 def from_wire(value: Any, field: str) -> Array:

@@ -13,6 +13,11 @@ BPTT_REQUEST_TIMEOUT; the upload has BPTT_BODY_TIMEOUT): the
 work checks it between steps (``service.deadline``) and stops with 504; a client
 that disconnects has its queued or running work cancelled the same way.
 
+A request the cost model prices cheaper than the hand-off to a thread
+(``Slot.run_priced``, BPTT_INLINE_SECONDS) computes in the event loop instead:
+it still holds its slot (admitted, counted against the bound), and its deadline
+and tracing are the same.
+
 A server that stops closes the pool (``service.lifecycle``): new requests are
 refused with 503 (``Draining``), and ``idle`` waits for the admitted ones.
 """
@@ -23,7 +28,8 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -35,11 +41,19 @@ from .tracing import Work
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
-__all__ = ["Pool", "Slot"]
+__all__ = ["Pool", "Priced", "Slot"]
 
 log = logging.getLogger("service")
 
 Result = TypeVar("Result")
+
+
+@dataclass(frozen=True)
+class Priced(Generic[Result]):
+    """Work the cost model has priced: its estimated ``seconds``, and the work itself."""
+
+    seconds: float
+    run: Callable[[], Result]
 
 
 class Slot:
@@ -65,6 +79,49 @@ class Slot:
                 return work()
 
         try:
+            return await self._run(job, deadline, disconnected)
+        finally:
+            if traced:
+                traced.close()
+
+    async def run_priced(
+        self,
+        price: Callable[[], float],
+        plan: Callable[[], Priced[Result]],
+        *,
+        inline: float,
+        disconnected: Callable[[], Awaitable[None]] | None = None,
+    ) -> Result:
+        """Price the parse (``price()``, which may refuse), parse and price the work (``plan()``), then
+        compute it (``Priced.run``): each step in the event loop while the estimates so far stay within
+        ``inline`` seconds, the rest in a compute thread as ``run`` does (all of it when ``inline`` is 0).
+
+        Below about half a millisecond the hand-off to a thread (and the GIL passed back and forth)
+        costs more than the work. Work in the event loop cannot be stopped by a disconnect, which is
+        why only requests priced this small take it; it runs within the same deadline and spans.
+        """
+        if inline <= 0:  # all of it in a thread, pricing included
+
+            def whole() -> Result:
+                price()
+                return plan().run()
+
+            return await self.run(whole, disconnected=disconnected)
+        deadline = Deadline(self.seconds)
+        traced = Work(self.pool.tracer) if self.pool.tracer is not None else None
+        try:
+            with bounded(deadline), traced.running() if traced else contextlib.nullcontext():
+                spent = price()
+                priced = plan() if spent <= inline else None
+                if priced is not None and spent + priced.seconds <= inline:
+                    self.pool.inline_runs += 1
+                    return priced.run()
+            rest = priced.run if priced is not None else lambda: plan().run()
+
+            def job() -> Result:
+                with bounded(deadline), traced.running() if traced else contextlib.nullcontext():
+                    return rest()
+
             return await self._run(job, deadline, disconnected)
         finally:
             if traced:
@@ -114,6 +171,7 @@ class Pool:
         self.timeout = timeout
         self.admitted = 0  # computing + waiting (+ bodies being read)
         self.closed = False  # the server is stopping: no new request is admitted
+        self.inline_runs = 0  # requests computed in the event loop (Slot.run_priced), since start
         self.tracer: Tracer | None = None  # set by service.tracing.install when BPTT_TRACING is on
         self._limiter: anyio.CapacityLimiter | None = None
         self._idle: anyio.Event | None = None

@@ -33,16 +33,17 @@ from .settings import Settings
 __all__ = [
     "ANSWER_BYTES_PER_NUMBER",
     "PLANS",
-    "Answer",
     "Plan",
-    "batch_answer",
-    "bptt_answer",
-    "check_answer",
-    "compare_answer",
-    "cost_answer",
+    "Planner",
+    "batch_plan",
+    "bptt_plan",
+    "check_plan",
+    "compare_plan",
+    "cost_plan",
+    "flow_plan",
+    "vjp_compare_plan",
+    "vjp_plan",
 ]
-
-Answer = Callable[[bytes, Settings], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,10 @@ class Plan:
         """Admit (413 over a budget), then compute."""
         admission.admit(settings, self.estimate, inputs=self.inputs, what=self.what)
         return self.run()
+
+
+# A route's body parsed and priced: ``service.rest`` runs the plan in the event loop or a compute thread.
+Planner = Callable[[bytes, Settings], Plan]
 
 
 def _nbytes(arrays: dict[str, Any]) -> int:
@@ -109,8 +114,8 @@ def bptt_plan(body: bytes, settings: Settings) -> Plan:
     admission.check_work(settings, H=H, C=C, lengths=[T])
     if request.trace:
         admission.check_trace(settings, H=H, T=T, K=None if cell != "rnn" else K)
-    estimate = costs.bptt(
-        lengths=[T],
+    estimate = admission.bptt_estimate(
+        lengths=(T,),
         H=H,
         C=C,
         K=K,
@@ -144,8 +149,8 @@ def batch_plan(body: bytes, settings: Settings) -> Plan:
     cell, G, H, C = _cell(arrays)
     lengths = [len(x) for x in arrays["xs"]]
     admission.check_work(settings, H=H, C=C, lengths=lengths)
-    estimate = costs.bptt(
-        lengths=lengths,
+    estimate = admission.bptt_estimate(
+        lengths=tuple(lengths),
         H=H,
         C=C,
         K=request.bptt_truncate,
@@ -357,7 +362,7 @@ def flow_plan(body: bytes, settings: Settings) -> Plan:
     return Plan(_what([T], H, C, None), estimate, _nbytes(arrays) + answer, run)
 
 
-PLANS: dict[str, Callable[[bytes, Settings], Plan]] = {
+PLANS: dict[str, Planner] = {
     "/bptt": bptt_plan,
     "/bptt/batch": batch_plan,
     "/gradient-check": check_plan,
@@ -368,50 +373,32 @@ PLANS: dict[str, Callable[[bytes, Settings], Plan]] = {
 }
 
 
-def bptt_answer(body: bytes, settings: Settings) -> dict[str, Any]:
-    """``POST /bptt``."""
-    return bptt_plan(body, settings).admitted(settings)
+def cost_plan(route: str) -> Planner:
+    """``POST {route}/cost``: a plan whose work is the price and verdict of ``route``'s, computing nothing."""
 
-
-def batch_answer(body: bytes, settings: Settings) -> dict[str, Any]:
-    """``POST /bptt/batch``."""
-    return batch_plan(body, settings).admitted(settings)
-
-
-def check_answer(body: bytes, settings: Settings) -> dict[str, Any]:
-    """``POST /gradient-check``."""
-    return check_plan(body, settings).admitted(settings)
-
-
-def compare_answer(body: bytes, settings: Settings) -> dict[str, Any]:
-    """``POST /bptt/compare``."""
-    return compare_plan(body, settings).admitted(settings)
-
-
-def cost_answer(route: str) -> Answer:
-    """``POST {route}/cost``: the plan's price and verdict, computing nothing."""
-
-    def answer(body: bytes, settings: Settings) -> dict[str, Any]:
+    def plan(body: bytes, settings: Settings) -> Plan:
         try:
             with inputs.pricing():  # tensors may come as {dtype, shape}, without their data
-                plan = PLANS[route](body, settings)
+                priced = PLANS[route](body, settings)
         except LimitError as exc:  # a shape limit: refused before any price
-            return {"route": route, "admitted": False, "refusal": exc.message, "estimate": None}
-        refused = admission.refusal(settings, plan.estimate, inputs=plan.inputs, what=plan.what)
-        return {
+            refusal: dict[str, Any] = {"route": route, "admitted": False, "refusal": exc.message, "estimate": None}
+            return Plan(route, costs.Estimate(0.0, 0, {}), 0, lambda: refusal)
+        refused = admission.refusal(settings, priced.estimate, inputs=priced.inputs, what=priced.what)
+        answer: dict[str, Any] = {
             "route": route,
             "admitted": refused is None,
             "refusal": None if refused is None else refused.message,
             "estimate": {
-                "seconds": plan.estimate.seconds,
-                "bytes": plan.estimate.bytes + plan.inputs,
-                "compute_bytes": plan.estimate.bytes,
-                "input_bytes": plan.inputs,  # the request's arrays and its answer
-                "terms": plan.estimate.terms,
+                "seconds": priced.estimate.seconds,
+                "bytes": priced.estimate.bytes + priced.inputs,
+                "compute_bytes": priced.estimate.bytes,
+                "input_bytes": priced.inputs,  # the request's arrays and its answer
+                "terms": priced.estimate.terms,
             },
         }
+        return Plan(route, costs.Estimate(0.0, 0, {}), 0, lambda: answer)
 
-    return answer
+    return plan
 
 
 def _gradients_body(

@@ -83,6 +83,15 @@ class Settings(BaseSettings):
     max_queue: int = Field(
         default=64, ge=0, description="requests waiting for a compute thread, per worker; past it, 503 with Retry-After"
     )
+    # Handing a request to a compute thread and back costs about half a millisecond of GIL time;
+    # requests the cost model prices (parse and computation) under this compute in the event loop.
+    inline_seconds: float = Field(
+        default=0.003,
+        ge=0,
+        le=0.05,
+        description="requests whose parse and computation the cost model prices under this many seconds "
+        "compute in the event loop instead of a compute thread (still admitted and bounded); 0: never",
+    )
 
     # -- the cost model: every compute request is priced from its shapes before it runs --
     # Predicted seconds (service/costs.py) over this: 413 before any work.

@@ -2,8 +2,9 @@
 phases of its work. Probes and /metrics are not traced.
 
     POST /bptt        the request (SERVER: FastAPI's own telemetry, named by the route's template)
-      queue           waiting for a compute thread
-      decode          the body parsed and validated, priced and admitted, its arrays built
+      queue           waiting for a compute thread (about zero for a request computed in the event loop)
+      decode          the body parsed and validated, priced and admitted, its arrays built (a request
+                      parsed in the event loop, then handed to a thread, waits within it)
       engine          the forward pass and BPTT (``ops.engine_timer``)
       encode          the answer: its arrays written out, the JSON or binary body
 
@@ -58,10 +59,15 @@ class Work:
 
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
-        """The work itself, in its compute thread: ``phase`` starts the next span from here."""
-        self.queue.end()
+        """The work itself, in its compute thread (or the event loop, for a request priced cheaper than the
+        hand-off): ``phase`` starts the next span from here. The first block ends the queue span and begins
+        ``decode``; a later one (a request parsed in the event loop, computed in a thread) carries on the
+        phase it finds open. ``close`` ends the last phase."""
+        if self.queue.is_recording():
+            self.queue.end()
         token = _work.set(self)
-        self.next("decode")
+        if self.phase is None:
+            self.next("decode")
         try:
             yield
         except BaseException as exc:
@@ -73,8 +79,6 @@ class Work:
                     self.phase.set_status(Status(StatusCode.ERROR, type(exc).__name__))
             raise
         finally:
-            if self.phase is not None:
-                self.phase.end()
             _work.reset(token)
 
     def next(self, name: str) -> None:
@@ -84,10 +88,13 @@ class Work:
         self.phase = self.tracer.start_span(name, context=self.parent)
 
     def close(self) -> None:
-        """End the queue span if the work never started (its deadline passed, or its client left)."""
+        """End the last phase; and the queue span if the work never started (its deadline passed, or its
+        client left)."""
         if self.queue.is_recording():
             self.queue.set_attribute("bptt.left_the_queue", True)
             self.queue.end()
+        if self.phase is not None and self.phase.is_recording():
+            self.phase.end()
 
 
 def phase(name: str) -> None:

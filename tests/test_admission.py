@@ -153,3 +153,21 @@ def test_pod_memory_terms():
         "parsing": 3 * parse,
         "bodies": 200 << 20,
     }
+
+
+def test_json_parse_counts_commas_and_brackets_across_chunks():
+    """The vectorised count, a megabyte at a time, equals bytes.count, across chunk boundaries."""
+    body = b"[1," * ((3 << 20) // 3 + 7)
+    assert admission._count(body, b",") == body.count(b",")
+    assert admission._count(body, b"[") == body.count(b"[")
+    assert admission._count(b"", b",") == 0
+
+
+def test_bptt_estimate_is_the_cost_models_and_remembered():
+    shapes = {"H": 32, "C": 65, "K": None, "itemsize": 8, "biases": False, "clip": False, "cell": "rnn"}
+    machine = admission.machine(Settings())
+    first = admission.bptt_estimate(lengths=(25,), machine=machine, **shapes)
+    hits = admission.bptt_estimate.cache_info().hits
+    assert admission.bptt_estimate(lengths=(25,), machine=machine, **shapes) is first
+    assert admission.bptt_estimate.cache_info().hits == hits + 1
+    assert first == costs.bptt(lengths=[25], machine=machine, **shapes)

@@ -369,6 +369,9 @@ def small_server() -> Iterator[LocalServer]:
     env |= {"BPTT_MAX_REQUEST_SECONDS": "600", "BPTT_REQUEST_TIMEOUT": "600"}
     # ... and takes seconds: numpy's loops (the compiled ones run it in a fraction of a second).
     env |= {"BPTT_KERNEL": "numpy"}
+    # The small requests wait for the one thread: priced under BPTT_INLINE_SECONDS, they would compute
+    # in the event loop at once (tests/test_compute.py).
+    env |= {"BPTT_INLINE_SECONDS": "0"}
     with LocalServer(env=env) as server:
         yield server
 

@@ -213,6 +213,9 @@ def test_bounded_mixed_load_no_5xx_correct_answers_flat_memory():
     env = {"BPTT_MAX_BODY_BYTES": str(MAX_BODY), "BPTT_THREADS": str(THREADS), "BPTT_MAX_QUEUE": str(MAX_QUEUE)}
     # The full queue's slow requests (seconds each) are neither priced out nor timed out on a slow machine.
     env |= {"BPTT_MAX_REQUEST_SECONDS": "600", "BPTT_REQUEST_TIMEOUT": "600"}
+    # The queue fills with valid requests that wait for a thread: priced under BPTT_INLINE_SECONDS they
+    # would compute in the event loop at once (tests/test_compute.py).
+    env |= {"BPTT_INLINE_SECONDS": "0"}
     server = LocalServer(env=env)
     pick = random.Random(11)
     plan = []

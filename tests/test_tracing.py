@@ -61,6 +61,27 @@ def test_a_request_is_one_span_with_its_queue_wait_and_phases_in_order(traced, r
     assert request.start_time <= children[0].start_time and children[-1].end_time <= request.end_time
 
 
+@pytest.mark.parametrize(
+    "inline", [0.0, 0.001], ids=["all in a thread", "parsed in the event loop, computed in a thread"]
+)
+def test_the_phases_are_the_same_wherever_the_request_computes(inline, rng):
+    """The default settings compute this small request in the event loop (the test above); the same
+    spans, in the same order, when it is handed to a compute thread, before or after its parse."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = create_app(Settings(tracing=True, inline_seconds=inline), tracer_provider=provider)
+    p = make_problem(rng, H=3, C=4, T=5)
+    with TestClient(app) as client:
+        assert client.post("/bptt", content=json.dumps(p.body())).status_code == 200
+        assert app.state.pool.inline_runs == 0
+    request, children = trace_of(exporter, "POST /bptt")
+    assert [s.name for s in children] == PHASES
+    for before, after in itertools.pairwise(children):
+        assert before.end_time <= after.start_time
+    assert request.start_time <= children[0].start_time and children[-1].end_time <= request.end_time
+
+
 def test_v2_infer_is_named_by_its_route_template(traced, rng):
     client, exporter = traced
     exporter.clear()

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
 from .. import admission
+from ..compute import Priced
 from ..openapi import ERROR_RESPONSES, V2_ERRORS, V2_INFER_RESPONSES
 from ..rest import compute, readiness
 from ..settings import Settings
@@ -152,14 +153,18 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     model = protocol.check_model(name, version).name
     header_length = request.headers.get(protocol.HEADER_LENGTH)
     settings: Settings = request.app.state.settings
-    content, headers = await compute(request, lambda body: _answer(body, header_length, settings, model))
+
+    def price(body: bytes) -> float:
+        header = protocol.json_header(body, header_length)
+        return (
+            admission.check_json_parse(settings, header) + (len(body) - len(header)) * admission.PARSE_SECONDS_PER_BYTE
+        )
+
+    def plan(body: bytes) -> Priced[tuple[bytes | memoryview, dict[str, str]]]:
+        """Parse and price; its ``run`` computes and encodes."""
+        call = protocol.parse_request(body, header_length, model)
+        work = dataplane.priced(call, settings)
+        return Priced(work.seconds, lambda: protocol.encode_response(call, work.run()))
+
+    content, headers = await compute(request, price, plan)
     return Response(content, headers=headers)
-
-
-def _answer(
-    body: bytes, header_length: str | None, settings: Settings, model: str
-) -> tuple[bytes | memoryview, dict[str, str]]:
-    """Parse -> admit -> compute -> encode, in a compute thread."""
-    admission.check_json_parse(settings, protocol.json_header(body, header_length))
-    call = protocol.parse_request(body, header_length, model)
-    return protocol.encode_response(call, dataplane.infer(call, settings))
