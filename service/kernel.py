@@ -148,7 +148,8 @@ def backward_full(W: np.ndarray, dLds: np.ndarray, dtanh: np.ndarray) -> np.ndar
 
 
 def warm_up() -> None:
-    """Compile every loop for float64 and float32 (seconds, once per process)."""
+    """Compile every loop for float64 and float32, the gated engine's (service.gated_kernel) too
+    (seconds, once per process)."""
     if not AVAILABLE:
         return
     for dtype in (np.float64, np.float32):
@@ -156,3 +157,6 @@ def warm_up() -> None:
         W = np.zeros((2, 2), dtype)
         recur(S, W, S[0])
         backward_full(W, S, S)
+    from . import gated_kernel  # imports this module: imported here, not at the top
+
+    gated_kernel.warm_up()

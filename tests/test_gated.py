@@ -19,7 +19,7 @@ from helpers import assert_close, numerical_gradient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service import gated
+from service import engine, gated
 from service.errors import ComputeError, InputError
 
 torch.set_num_threads(1)  # the machine is shared; these graphs are tiny
@@ -225,6 +225,23 @@ def test_bptt_float32_close_to_float64(cell, reset_after, K):
     for name in ("dLdU", "dLdV", "dLdW", "dLdb", "dLdb_hh", "dLdc", "dLds0", "final_state"):
         assert_close(getattr(g32, name).astype(np.float64), getattr(g64, name), rtol=1e-5)
     assert g32.loss == pytest.approx(g64.loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("loops", ["numpy", "auto"])
+@pytest.mark.parametrize(("cell", "reset_after"), CELLS, ids=CELL_IDS)
+def test_bptt_float32_one_unit_batch_rows_agree(cell, reset_after, loops):
+    """H = 1, B = 2 equal sequences in float32: equal rows. numpy 2.4's in-place np.negative reads a
+    float32 (B, 1) view with stride (16, 4) at the wrong stride; the numpy loops' sigmoid must not use it."""
+    rng = np.random.default_rng(4)
+    p = make_gated_problem(rng, cell, 1, 3, 4, biases=True, reset_after=reset_after)
+    U, V, W, b = (a.astype(np.float32) for a in (p.U, p.V, p.W, p.b))
+    engine.use_kernel(loops)
+    try:
+        g = gated.bptt_batch(cell, U, V, W, [p.x, p.x], [p.y, p.y], b=b, reset_after=reset_after)
+    finally:
+        engine.use_kernel("auto")
+    np.testing.assert_allclose(g.final_state[1], g.final_state[0], rtol=1e-6)
+    np.testing.assert_allclose(g.dLds0[1], g.dLds0[0], rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize(("cell", "reset_after"), CELLS, ids=CELL_IDS)
