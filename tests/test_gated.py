@@ -284,6 +284,21 @@ def test_bptt_overflow_raises_compute_error(cell, reset_after):
         run(p32)
 
 
+def test_bptt_overflow_in_dLdV_alone_raises_compute_error():
+    """dLdV is read only when the bound N max(1, max|s0|) does not settle it: a state s0 of 1e307 kept by
+    a shut update gate (z = 1) and a tiny V give finite logits but sum_t delta_o[t] s_t beyond float64."""
+    rng = np.random.default_rng(23)
+    p = make_gated_problem(rng, "gru", 2, 3, 80, biases=True, states=True)
+    p.s0 = np.array([1e307, 1e307])
+    p.U[1] = 0.0
+    p.b[1], p.b_hh[1] = 1e3, 0.0  # z = 1: s_t = s0 at every step
+    p.W[1] = 0.0
+    p.V = np.array([[1e-300, 0.0], [0.0, 0.0], [-1e-300, 0.0]])  # logits 1e7, 0, -1e7: o_t = (1, 0, 0)
+    with pytest.raises(ComputeError, match=r"^dLdV is not finite") as info:
+        run(p)
+    assert info.value.field == "dLdV"
+
+
 @settings(max_examples=100, deadline=None)
 @given(p=gated_problems, exponent=st.integers(0, 308), K=st.one_of(st.none(), st.integers(0, 3)))
 def test_bptt_large_weights_finite_or_compute_error(p, exponent, K):
