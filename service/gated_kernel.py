@@ -22,6 +22,16 @@ loop, not BLAS's blocking, so results differ from numpy's in the last bits only
 (tests/test_gated_kernel.py holds them to 1e-12 in float64). ``fastmath`` stays
 off, as in service/kernel.py.
 
+``columns`` builds dLdU (GH, C), zero but for the columns of the tokens read
+(engine._sum_into_columns, at once). At C = 8000, H = 100 it is 19 to 26 MB that
+no cache holds: zeroing it was the largest cost of the engine past the matrix
+products. From ``STREAM_MIN_BYTES`` on (x86-64) it is written in whole 64-byte
+lines by non-temporal stores (an LLVM store hint; numba has no spelling for it,
+hence the two intrinsics), which do not read each line into the cache before
+overwriting it: 1.2 ms instead of 2.9 ms for the LSTM's 26 MB, measured between
+the benchmark's other candidates. Its first reader (the response's encoder) then
+reads it from memory, as it would most of a 26 MB array anyway.
+
 Numba is optional (the ``fast`` extra): without it ``AVAILABLE`` is False and
 the gated engine runs its numpy loops. ``warm_up`` (called by
 ``kernel.warm_up`` at start-up) compiles every signature the engine uses. The
@@ -34,6 +44,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import platform
 from typing import Any
 
 import numpy as np
@@ -58,6 +69,10 @@ __all__ = [
 # the B rows where the compiled loops read it B times.
 GATED_MAX_BGHH = 120_000
 GATED_MAX_GHH_ONE = 270_000  # B = 1: G x H x H up to this
+# dLdU from this size on is written with non-temporal stores (columns): at C = 8000, H = 100 it is
+# 19 to 26 MB, cold in the cache, and filling it this way took 1.2 ms where a memset took 2.9 ms (measured).
+STREAM_MIN_BYTES = 4 << 20
+STREAMED = platform.machine().lower() in ("x86_64", "amd64")  # measured there; the fence is x86's sfence
 
 # About this many multiply-adds per compiled call (a few milliseconds): the deadline is checked between calls.
 _CHUNK_FLOPS = 1 << 22
@@ -206,13 +221,98 @@ def _columns(tokens, sums, out):  # type: ignore[no-untyped-def]
             row[tokens[u]] = sums[u, r]
 
 
+def _streamed_columns(stream_line: Any, store_fence: Any) -> Any:
+    """_columns for large outputs, written in whole 64-byte lines by non-temporal stores (two
+    intrinsics, below): a cold 20 MB output is not read into the cache before it is overwritten."""
+
+    def columns(tokens, sums, out, head, zeros, line):  # type: ignore[no-untyped-def]
+        # out (R, C) C-contiguous; head: elements before its first 64-byte boundary; zeros, line: (L,)
+        # buffers of one line. The nonzero entries, in memory order: flat r * C + tokens[u], u fastest.
+        D, R = sums.shape
+        C = out.shape[1]
+        flat = out.reshape(R * C)
+        n, L = R * C, len(line)
+        r, u = 0, 0
+        nxt = tokens[0] if D > 0 and R > 0 else n  # flat index of the next nonzero entry
+        end = head + (n - head) // L * L  # the whole lines: head .. end
+        p = 0
+        while p < n:
+            if head <= p < end:
+                if nxt >= p + L:
+                    stream_line(flat, p, zeros)
+                    p += L
+                    continue
+                line[:] = 0
+                while nxt < p + L:
+                    line[nxt - p] = sums[u, r]
+                    u += 1
+                    if u == D:
+                        u, r = 0, r + 1
+                    nxt = r * C + tokens[u] if r < R else n
+                stream_line(flat, p, line)
+                p += L
+            else:  # the head and the tail, entry by entry
+                if p == nxt:
+                    flat[p] = sums[u, r]
+                    u += 1
+                    if u == D:
+                        u, r = 0, r + 1
+                    nxt = r * C + tokens[u] if r < R else n
+                else:
+                    flat[p] = 0
+                p += 1
+        store_fence()  # the non-temporal stores are weakly ordered: done before the array is handed on
+
+    return columns
+
+
+def _intrinsics() -> tuple[Any, Any]:
+    """``stream_line(flat, p, line)``: flat[p : p + L] = line, one 64-byte non-temporal store (p on a
+    64-byte boundary); ``store_fence()``: sfence. Numba has no spelling for either."""
+    from llvmlite import ir
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def stream_line(typingctx, flat, p, line):  # type: ignore[no-untyped-def]
+        def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+            flat_type, _, line_type = signature.args
+            dst_array = context.make_array(flat_type)(context, builder, args[0])
+            src_array = context.make_array(line_type)(context, builder, args[2])
+            element = context.get_data_type(flat_type.dtype)
+            size = context.get_abi_sizeof(element)
+            vector = ir.VectorType(element, 64 // size)
+            value = builder.load(builder.bitcast(src_array.data, vector.as_pointer()), align=size)
+            dst = builder.bitcast(builder.gep(dst_array.data, [args[1]]), vector.as_pointer())
+            store = builder.store(value, dst, align=64)
+            store.set_metadata("nontemporal", builder.module.add_metadata([ir.IntType(32)(1)]))
+            return context.get_dummy_value()
+
+        return types.void(flat, p, line), codegen
+
+    @intrinsic
+    def store_fence(typingctx):  # type: ignore[no-untyped-def]
+        def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+            # sfence, x86's order for non-temporal stores (STREAMED is True on x86-64 only)
+            signature_ = ir.FunctionType(ir.VoidType(), [])
+            sfence = cgutils.get_or_insert_function(builder.module, signature_, "llvm.x86.sse.sfence")  # type: ignore[no-untyped-call]
+            builder.call(sfence, [])
+            return context.get_dummy_value()
+
+        return types.void(), codegen
+
+    return stream_line, store_fence
+
+
 @functools.cache
 def _compiled() -> Any:
     """The loops above compiled (lazily, per signature; warm_up compiles the engine's)."""
     import numba
 
     jit = numba.njit(nogil=True, fastmath=False, cache=bool(os.environ.get("NUMBA_CACHE_DIR")))
-    return jit(_gru_forward), jit(_lstm_forward), jit(_gru_back), jit(_lstm_back), jit(_columns)
+    streamed = numba.njit(nogil=True, fastmath=False)(_streamed_columns(*_intrinsics()))  # a closure: not cached
+    return jit(_gru_forward), jit(_lstm_forward), jit(_gru_back), jit(_lstm_back), jit(_columns), streamed
 
 
 def pays(B: int, G: int, H: int) -> bool:
@@ -303,10 +403,20 @@ def lstm_backward_full(
 
 
 def columns(tokens: np.ndarray, sums: np.ndarray, C: int) -> np.ndarray:
-    """dLdU (R, C), zero but for the columns ``tokens`` (D,) distinct ids, which hold ``sums`` (D, R)."""
+    """dLdU (R, C), zero but for the columns ``tokens`` (D,) distinct ids in increasing order, which hold
+    ``sums`` (D, R); from STREAM_MIN_BYTES on, written with non-temporal stores (x86-64)."""
     out = np.empty((sums.shape[1], C), dtype=sums.dtype)
-    _compiled()[4](_plain(tokens), _plain(sums), out)
+    _fill_columns(out, _plain(tokens), _plain(sums), streamed=STREAMED and out.nbytes >= STREAM_MIN_BYTES)
     return out
+
+
+def _fill_columns(out: np.ndarray, tokens: np.ndarray, sums: np.ndarray, *, streamed: bool) -> None:
+    if not streamed:
+        _compiled()[4](tokens, sums, out)
+        return
+    L = 64 // out.itemsize  # entries of one 64-byte line
+    head = min((-out.ctypes.data % 64) // out.itemsize, out.size)  # entries before the first line
+    _compiled()[5](tokens, sums, out, head, np.zeros(L, out.dtype), np.empty(L, out.dtype))
 
 
 def warm_up() -> None:
@@ -321,4 +431,5 @@ def warm_up() -> None:
         A = np.zeros((2, 1, 4, 2), dtype)
         S, CS, TC = lstm_forward(A, np.zeros((4, 2, 2), dtype), np.zeros((1, 2), dtype), np.zeros((1, 2), dtype))
         lstm_backward_full(np.zeros((4, 2, 2), dtype), A, CS, TC, S)
-        columns(np.zeros(1, np.intp), np.zeros((1, 2), dtype), 3)
+        for streamed in (False, STREAMED):
+            _fill_columns(np.empty((2, 3), dtype), np.zeros(1, np.intp), np.zeros((1, 2), dtype), streamed=streamed)

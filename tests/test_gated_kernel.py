@@ -93,8 +93,10 @@ def test_gated_kernel_float32_within_float32_tolerance(everywhere, data):
 @pytest.mark.parametrize(("cell", "reset_after"), CELLS)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_gated_kernel_at_dispatch_size_past_one_chunk(rng, cell, reset_after, dtype):
-    """The tutorial's H = 100, one sequence, T past one chunk of steps (the deadline is checked between)."""
-    G, H, C = len(gated.GATES[cell]), 100, 50
+    """The tutorial's H = 100, one sequence, T past one chunk of steps (the deadline is checked between),
+    C = 4,000: dLdU (4.8 MB and more) streamed (gated_kernel.STREAM_MIN_BYTES)."""
+    G, H, C = len(gated.GATES[cell]), 100, 4000
+    assert G * H * C * np.dtype(dtype).itemsize >= gated_kernel.STREAM_MIN_BYTES
     T = 3 * gated_kernel._steps(1, G, H) + 5
     U, W = (rng.uniform(-1, 1, s) / np.sqrt(H) for s in ((G, H, C), (G, H, H)))
     V = rng.uniform(-1, 1, (C, H)) / np.sqrt(H)
@@ -131,6 +133,36 @@ def test_gated_kernel_takes_read_only_and_strided_arrays(rng):
     assert_close(got.dLds0, want.dLds0, rtol=1e-12)
 
 
+@pytest.mark.parametrize("streamed", [False, True], ids=["plain", "streamed"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_gated_kernel_columns_equal_numpy_scatter(rng, dtype, streamed):
+    """dLdU from the column sums: zeros but for the tokens' columns, at every offset from a 64-byte line
+    (the streamed form writes whole lines, the entries before the first and after the last one by one)."""
+    L = 64 // np.dtype(dtype).itemsize
+    for offset in range(L + 1):
+        for R, C in ((3, 50), (1, 7), (5, 1), (2, 40), (13, 33), (4, 8)):
+            D = int(rng.integers(1, min(C, 10) + 1))
+            tokens = np.sort(rng.choice(C, D, replace=False)).astype(np.intp)
+            sums = rng.standard_normal((D, R)).astype(dtype)
+            raw = np.full(R * C + 2 * L, 7, dtype)
+            out = raw[offset : offset + R * C].reshape(R, C)
+            gated_kernel._fill_columns(out, tokens, sums, streamed=streamed)
+            want = np.zeros((R, C), dtype)
+            want[:, tokens] = sums.T
+            np.testing.assert_array_equal(out, want)
+            assert (raw[:offset] == 7).all() and (raw[offset + R * C :] == 7).all()  # nothing outside
+
+
+def test_gated_kernel_columns_streams_from_its_size(monkeypatch, rng):
+    tokens, sums = np.array([1, 4], dtype=np.intp), rng.standard_normal((2, 3))
+    for size in (0, 1 << 62):
+        monkeypatch.setattr(gated_kernel, "STREAM_MIN_BYTES", size)
+        got = gated_kernel.columns(tokens, sums, 6)
+        want = np.zeros((3, 6))
+        want[:, tokens] = sums.T
+        np.testing.assert_array_equal(got, want)
+
+
 def test_gated_kernel_chosen_where_measured_faster():
     engine.use_kernel("numba")
     assert gated._compiled((50, 1, 4, 100))
@@ -162,7 +194,7 @@ def test_gated_engine_falls_back_to_numpy_without_numba(monkeypatch, rng):
 def test_gated_kernel_warm_up_compiles_through_kernel_warm_up():
     kernel.warm_up()  # the readiness self-check's call: compiles the gated loops too
     compiled = gated_kernel._compiled()
-    assert all(len(loop.signatures) >= 2 for loop in compiled)  # float64 and float32
+    assert all(len(loop.signatures) >= 2 for loop in compiled)  # float64 and float32, the streamed columns too
 
 
 def test_gated_kernel_stops_at_the_deadline():
