@@ -22,7 +22,7 @@ from fastapi_offline import FastAPIOffline
 from . import __version__, engine, handlers, openapi, ops, rest, runtime, tracing
 from .compute import Pool
 from .lifecycle import Lifecycle
-from .middleware import BearerAuth, BodyLimit, GzipRequest, RateLimit, RequestId, TrailingSlash
+from .middleware import BearerAuth, Bodies, BodyLimit, GzipRequest, RateLimit, RequestId, TrailingSlash
 from .openapi import ERROR_RESPONSES
 from .quota import Quotas
 from .settings import Settings
@@ -87,7 +87,8 @@ def create_app(settings: Settings | None = None, *, tracer_provider: TracerProvi
     app.state.lifecycle = Lifecycle(
         app.state.pool, grace=settings.drain_grace_seconds, timeout=settings.request_timeout
     )
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, max_in_flight=settings.max_bytes_in_flight)
+    app.state.bodies = Bodies(settings.max_bytes_in_flight)  # HTTP bodies and gRPC messages (v2/servicer.py)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, bodies=app.state.bodies)
     app.add_middleware(GzipRequest, max_bytes=settings.max_body_bytes)  # outside BodyLimit: it counts the inflated
     app.state.quotas = None
     if settings.rate_limit_per_key is not None:  # inside the key check: it counts by the key's id

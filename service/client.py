@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip as zlib_gzip
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -149,6 +149,10 @@ class Wire:
         """An array as the wire carries it, in the client's dtype."""
         return to_wire(np.asarray(a, dtype=DTYPES[self.dtype]), self.encoding)
 
+    def shape(self, a: Any) -> dict[str, Any]:
+        """An array's tensor object without its data: what a ``/cost`` dry run needs to price it."""
+        return {"dtype": self.dtype, "shape": list(np.shape(a))}
+
     def _common(
         self,
         U: Any,
@@ -162,21 +166,24 @@ class Wire:
         cell: str = "rnn",
         b_hh: Any = None,
         reset_after: bool = False,
+        shapes_only: bool = False,
     ) -> dict[str, Any]:
+        """The fields every compute request has; with ``shapes_only`` the weights without their data."""
+        array = self.shape if shapes_only else self.array
         body: dict[str, Any] = {} if cell == "rnn" else {"cell": cell}
         if reset_after:
             body["reset_after"] = True
         body |= {
-            "U": self.array(U),
-            "V": self.array(V),
-            "W": self.array(W),
+            "U": array(U),
+            "V": array(V),
+            "W": array(W),
             "encoding": self.encoding,
             "dtype": self.dtype,
             "bptt_truncate": bptt_truncate,
         }
         for name, value in (("b", b), ("b_hh", b_hh), ("c", c)):
             if value is not None:
-                body[name] = self.array(value)
+                body[name] = array(value)
         if clip is not None:
             body["clip"] = float(clip)
         return body
@@ -228,25 +235,130 @@ class Wire:
         **gated: Any,
     ) -> bytes:
         """The body of ``POST /bptt/batch``; ``gated``: cell, b_hh, c0 (one per sequence), reset_after."""
+        body = self.batch_bodies(U, V, W, xs, ys, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip, **gated)
+        return body(range(len(xs)))
+
+    def batch_bodies(
+        self,
+        U: Any,
+        V: Any,
+        W: Any,
+        xs: Sequence[Any],
+        ys: Sequence[Any],
+        *,
+        s0: Sequence[Any] | None = None,
+        bptt_truncate: int | None = None,
+        b: Any = None,
+        c: Any = None,
+        clip: float | None = None,
+        shapes_only: bool = False,
+        **gated: Any,
+    ) -> Callable[[Iterable[int]], bytes]:
+        """The body of ``POST /bptt/batch`` for any group of the sequences of one batch (by index), as
+        ``batch_body`` builds it for all of them: the weights and sequences are encoded once, whatever the
+        number of groups (``bptt_batch(..., shards=N)`` sends several). With ``shapes_only``, the weights
+        are tensor objects without data: the body of a ``/bptt/batch/cost`` dry run, a few kilobytes."""
         if len(xs) != len(ys):
             raise ValueError(f"need one y per x: {len(xs)} x, got {len(ys)} y")
         c0 = gated.pop("c0", None)
         s0s = [None] * len(xs) if s0 is None else list(s0)
         c0s = [None] * len(xs) if c0 is None else list(c0)
-        body = self._common(U, V, W, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip, **gated)
-        body["sequences"] = [
+        common = self._common(U, V, W, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip, shapes_only=shapes_only,
+                              **gated)  # fmt: skip
+        sequences = [
             self._sequence(x, y, s, f"sequences[{i}].", c0=cs)
             for i, (x, y, s, cs) in enumerate(zip(xs, ys, s0s, c0s, strict=True))
         ]
-        return dumps(body)
 
-    def shard_body(self, group: Sequence[int], xs: Sequence[Any], ys: Sequence[Any], options: dict[str, Any]) -> bytes:
-        """The body of ``POST /bptt/batch`` for the sequences ``group`` of a batch, without ``clip`` (which
-        ``merge_batches`` applies to the sums); ``options`` are ``batch_body``'s keywords for the whole batch."""
-        U, V, W = options["weights"]
-        kwargs: dict[str, Any] = {k: v for k, v in options.items() if k not in ("weights", "s0", "c0", "clip")}
-        kwargs |= {n: None if options.get(n) is None else [options[n][i] for i in group] for n in ("s0", "c0")}
-        return self.batch_body(U, V, W, [xs[i] for i in group], [ys[i] for i in group], **kwargs)
+        def body(group: Iterable[int]) -> bytes:
+            return dumps(common | {"sequences": [sequences[i] for i in group]})
+
+        return body
+
+    def binary_bodies(
+        self,
+        U: Any,
+        V: Any,
+        W: Any,
+        xs: Sequence[Any],
+        ys: Sequence[Any],
+        *,
+        s0: Sequence[Any] | None = None,
+        bptt_truncate: int | None = None,
+        b: Any = None,
+        c: Any = None,
+        cell: str = "rnn",
+        b_hh: Any = None,
+        c0: Sequence[Any] | None = None,
+        reset_after: bool = False,
+    ) -> Callable[[Sequence[int]], tuple[str, bytes, dict[str, str]]]:
+        """The request (path, body, headers) of ``POST /v2/models/{model}/infer`` for any group of the
+        sequences of one batch (by index), every tensor and every answer in raw little-endian bytes (the
+        Open Inference Protocol's binary tensor extension): no base64 and no JSON of numbers either way.
+        x and y are padded to [B, T] with ``lengths``; a sequence without s0 (or c0) starts from zeros,
+        as on ``/bptt/batch``. The weights are converted once, whatever the number of groups."""
+        if len(xs) != len(ys):
+            raise ValueError(f"need one y per x: {len(xs)} x, got {len(ys)} y")
+        dtype = np.dtype(DTYPES[self.dtype]).newbyteorder("<")
+        given = {"U": U, "V": V, "W": W, "b": b, "b_hh": b_hh, "c": c}
+        weights = {n: np.ascontiguousarray(a, dtype=dtype) for n, a in given.items() if a is not None}
+        tokens = [
+            (token_ids(x, f"sequences[{i}].x"), token_ids(y, f"sequences[{i}].y"))
+            for i, (x, y) in enumerate(zip(xs, ys, strict=True))
+        ]
+        H = weights["W"].shape[-1]
+        parameters: dict[str, Any] = {"binary_data_output": True}
+        if bptt_truncate is not None:
+            parameters["bptt_truncate"] = bptt_truncate
+        if reset_after:
+            parameters["reset_after"] = True
+        path = "/v2/models/" + ("bptt" if cell == "rnn" else f"bptt-{cell}") + "/infer"
+
+        def request(group: Sequence[int]) -> tuple[str, bytes, dict[str, str]]:
+            lengths = np.array([len(tokens[i][0]) for i in group], dtype="<i8")
+            x = np.zeros((len(group), int(lengths.max())), dtype="<i8")  # (B, T), padded at the end
+            y = np.zeros_like(x)
+            for row, i in enumerate(group):
+                x[row, : lengths[row]], y[row, : lengths[row]] = tokens[i]
+            arrays = weights | {"x": x, "y": y, "lengths": lengths}
+            for name, rows in (("s0", s0), ("c0", c0)):
+                if rows is not None:  # (B, H)
+                    arrays[name] = np.stack([np.zeros(H) if rows[i] is None else np.asarray(rows[i]) for i in group])
+                    arrays[name] = arrays[name].astype(dtype)
+            inputs = [
+                {"name": n, "datatype": _V2_TYPES[a.dtype.str], "shape": list(a.shape),
+                 "parameters": {"binary_data_size": a.nbytes}}
+                for n, a in arrays.items()
+            ]  # fmt: skip
+            header = dumps({"inputs": inputs, "parameters": parameters})
+            body = b"".join([header, *(a.tobytes() for a in arrays.values())])
+            return path, body, {"content-type": "application/octet-stream", _V2_HEADER: str(len(header))}
+
+        return request
+
+    @staticmethod
+    def binary_batch_result(response: httpx.Response) -> BatchResult:
+        """The ``BatchResult`` of an answer of ``binary_bodies``' request, or ``ServerError``."""
+        if not response.is_success:
+            try:
+                detail = str(loads(response.content)["error"])
+            except (ValueError, KeyError, TypeError):
+                detail = response.text[:500] or response.reason_phrase
+            raise ServerError(response.status_code, detail)
+        start = int(response.headers[_V2_HEADER])
+        content = memoryview(response.content)
+        out: dict[str, Array] = {}
+        for o in loads(bytes(content[:start]))["outputs"]:
+            size = o["parameters"]["binary_data_size"]
+            out[o["name"]] = np.frombuffer(content[start : start + size], dtype=_V2_DTYPES[o["datatype"]])
+            out[o["name"]] = out[o["name"]].reshape(o["shape"])
+            start += size
+        return BatchResult(
+            loss=float(out["loss"][0]), mean_loss=float(out["mean_loss"][0]), tokens=int(out["tokens"][0]),
+            losses=out["losses"], dLdU=out["dLdU"], dLdV=out["dLdV"], dLdW=out["dLdW"], dLds0=out["dLds0"],
+            final_state=out["final_state"], dLdb=out.get("dLdb"), dLdc=out.get("dLdc"), dLdb_hh=out.get("dLdb_hh"),
+            dLdc0=out.get("dLdc0"), final_cell=out.get("final_cell"),
+        )  # fmt: skip
 
     @staticmethod
     def admitted(response: httpx.Response) -> str | None:
@@ -334,6 +446,9 @@ def decode(response: httpx.Response) -> Any:
 
 
 _HEADERS = {"content-type": "application/json"}
+_V2_HEADER = "inference-header-content-length"
+_V2_TYPES = {"<f8": "FP64", "<f4": "FP32", "<i8": "INT64"}
+_V2_DTYPES = {"FP64": "<f8", "FP32": "<f4", "INT64": "<i8", "INT32": "<i4"}
 
 
 def _compressed(body: bytes) -> tuple[bytes, dict[str, str]]:
@@ -399,6 +514,66 @@ def merge_batches(parts: Sequence[tuple[list[int], BatchResult]], clip: float | 
                 clipped[name] = int(np.count_nonzero(np.abs(grad) > bound))
                 np.clip(grad, -bound, bound, out=grad)
     return BatchResult(loss=loss, mean_loss=loss / tokens, tokens=tokens, losses=losses, clipped=clipped, **merged)
+
+
+class _Shards:
+    """``bptt_batch(..., shards=N)`` without I/O: which groups to price, then which to send.
+
+    The groups of ``shard_groups``, every body built from one encoding of the weights
+    (``Wire.batch_bodies``), without ``clip`` (``merge_batches`` clips the sums). The whole batch is
+    priced first, by one dry run (``POST /bptt/batch/cost``: the service's own estimate, from a body
+    that gives the weights' shapes without their data); a part costs no more than the whole in any
+    term, so when the whole is admitted so is every group, and no shard is refused. Otherwise each
+    group is priced in turn and a refused one split in two, until every group is admitted; a sequence
+    refused alone is a ``ServerError``.
+    """
+
+    def __init__(self, wire: Wire, U: Any, V: Any, W: Any, xs: Sequence[Any], ys: Sequence[Any], *, shards: int,
+                 **options: Any) -> None:  # fmt: skip
+        self.dry_run = wire.batch_bodies(U, V, W, xs, ys, shapes_only=True, **options)
+        # Shards travel as binary tensors, but for the vanilla cell's biases, which the model bptt does not take.
+        rnn_biases = options.get("cell", "rnn") == "rnn" and (
+            options.get("b") is not None or options.get("c") is not None
+        )
+        self.binary = None if rnn_biases else wire.binary_bodies(U, V, W, xs, ys, **options)
+        self.body = wire.batch_bodies(U, V, W, xs, ys, **options) if rnn_biases else None
+        self.lengths = [len(x) for x in xs]
+        self.whole: list[int] | None = list(range(len(xs)))  # priced first, then None
+        self.unpriced = shard_groups(self.lengths, shards)
+        self.admitted: list[list[int]] = []
+
+    def request(self, group: list[int]) -> tuple[str, bytes, dict[str, str] | None]:
+        """Path, body and headers of ``group``'s request (None: JSON headers, the client's to choose)."""
+        if self.binary is not None:
+            return self.binary(group)
+        assert self.body is not None
+        return "/bptt/batch", self.body(group), None
+
+    def answer(self, response: httpx.Response) -> BatchResult:
+        """The ``BatchResult`` of a group's answer, or ``ServerError``."""
+        return Wire.batch_result(response) if self.binary is None else Wire.binary_batch_result(response)
+
+    def next(self) -> list[int] | None:
+        """The group to price next (the whole batch first), or None when every group is admitted."""
+        if self.whole is not None:
+            return self.whole
+        return self.unpriced[-1] if self.unpriced else None
+
+    def priced(self, group: list[int], answer: httpx.Response) -> None:
+        """Take the dry run's answer for ``group`` (the one ``next`` gave)."""
+        refusal = Wire.admitted(answer)
+        if group is self.whole:
+            self.whole = None
+            if refusal is None:
+                self.admitted, self.unpriced = self.unpriced, []
+            return
+        self.unpriced.pop()
+        if refusal is None:
+            self.admitted.append(group)
+        elif len(group) == 1:
+            raise ServerError(413, f"sequence {group[0]} alone is refused: {refusal}")
+        else:
+            self.unpriced += [[group[i] for i in half] for half in shard_groups([self.lengths[i] for i in group], 2)]
 
 
 class Client:
@@ -486,40 +661,31 @@ class Client:
 
         ``shards=N`` spreads the batch over up to N concurrent requests, each on a connection of its
         own (so a load balancer spreads them over replicas despite keep-alive), groups of about equal
-        token counts, each checked first with the service's own cost estimate (``/bptt/batch/cost``)
-        and split further where refused; the answers are summed into one ``BatchResult`` (clipping,
-        if asked, applied to the sums). README, "Deploying: one batch over several replicas".
+        token counts sized with the service's own cost estimate (``/bptt/batch/cost``: the whole batch
+        once, each group only when the whole is refused) so that no shard is refused; the answers are
+        summed into one ``BatchResult`` (clipping, if asked, applied to the sums). README, "Deploying:
+        one batch over several replicas".
         """
         gated = {"cell": cell, "b_hh": b_hh, "c0": c0, "reset_after": reset_after}
         if shards == 1:
             body = self.wire.batch_body(U, V, W, xs, ys, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip,
                                         **gated)  # fmt: skip
             return Wire.batch_result(self._post("/bptt/batch", body))
-        options = {"weights": (U, V, W), "s0": s0, "bptt_truncate": bptt_truncate, "b": b, "c": c, **gated}
-        groups = shard_groups([len(x) for x in xs], shards)
-        admitted: list[list[int]] = []
-        # A part costs no more than the whole in any term: when the whole batch is admitted, so is every group.
-        whole = list(range(len(xs)))
-        if Wire.admitted(self._post("/bptt/batch/cost", self.wire.shard_body(whole, xs, ys, options))) is None:
-            admitted, groups = groups, []
-        while groups:
-            group = groups.pop()
-            refusal = Wire.admitted(self._post("/bptt/batch/cost", self.wire.shard_body(group, xs, ys, options)))
-            if refusal is None:
-                admitted.append(group)
-            elif len(group) == 1:
-                raise ServerError(413, f"sequence {group[0]} alone is refused: {refusal}")
-            else:
-                groups += [[group[i] for i in half] for half in shard_groups([len(xs[i]) for i in group], 2)]
+        plan = _Shards(self.wire, U, V, W, xs, ys, shards=shards, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c,
+                       **gated)  # fmt: skip
+        while (group := plan.next()) is not None:
+            plan.priced(group, self._post("/bptt/batch/cost", plan.dry_run(group)))
 
         def send(group: list[int]) -> tuple[list[int], BatchResult]:
+            path, content, headers = plan.request(group)
+            if headers is None:
+                content, headers = self._encoded(content)
             with httpx.Client(base_url=self._http.base_url, headers=self._http.headers, timeout=self._http.timeout,
                               transport=self._transport) as alone:  # fmt: skip
-                content, headers = self._encoded(self.wire.shard_body(group, xs, ys, options))
-                return group, Wire.batch_result(alone.post("/bptt/batch", content=content, headers=headers))
+                return group, plan.answer(alone.post(path, content=content, headers=headers))
 
-        with ThreadPoolExecutor(len(admitted)) as pool:
-            parts = list(pool.map(send, admitted))
+        with ThreadPoolExecutor(len(plan.admitted)) as pool:
+            parts = list(pool.map(send, plan.admitted))
         return merge_batches(parts, clip)
 
     def trace(
@@ -669,30 +835,20 @@ class AsyncClient:
             body = self.wire.batch_body(U, V, W, xs, ys, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip,
                                         **gated)  # fmt: skip
             return Wire.batch_result(await self._post("/bptt/batch", body))
-        options = {"weights": (U, V, W), "s0": s0, "bptt_truncate": bptt_truncate, "b": b, "c": c, **gated}
-        groups = shard_groups([len(x) for x in xs], shards)
-        admitted: list[list[int]] = []
-        whole = await self._post("/bptt/batch/cost", self.wire.shard_body(list(range(len(xs))), xs, ys, options))
-        if Wire.admitted(whole) is None:  # every group is then admitted too (Client.bptt_batch)
-            admitted, groups = groups, []
-        while groups:
-            group = groups.pop()
-            cost = await self._post("/bptt/batch/cost", self.wire.shard_body(group, xs, ys, options))
-            refusal = Wire.admitted(cost)
-            if refusal is None:
-                admitted.append(group)
-            elif len(group) == 1:
-                raise ServerError(413, f"sequence {group[0]} alone is refused: {refusal}")
-            else:
-                groups += [[group[i] for i in half] for half in shard_groups([len(xs[i]) for i in group], 2)]
+        plan = _Shards(self.wire, U, V, W, xs, ys, shards=shards, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c,
+                       **gated)  # fmt: skip
+        while (group := plan.next()) is not None:
+            plan.priced(group, await self._post("/bptt/batch/cost", plan.dry_run(group)))
 
         async def send(group: list[int]) -> tuple[list[int], BatchResult]:
+            path, content, headers = plan.request(group)
+            if headers is None:
+                content, headers = self._encoded(content)
             async with httpx.AsyncClient(base_url=self._http.base_url, headers=self._http.headers,
                                          timeout=self._http.timeout, transport=self._transport) as alone:  # fmt: skip
-                content, headers = self._encoded(self.wire.shard_body(group, xs, ys, options))
-                return group, Wire.batch_result(await alone.post("/bptt/batch", content=content, headers=headers))
+                return group, plan.answer(await alone.post(path, content=content, headers=headers))
 
-        parts = await asyncio.gather(*(send(g) for g in admitted))
+        parts = await asyncio.gather(*(send(g) for g in plan.admitted))
         return merge_batches(parts, clip)
 
     async def trace(

@@ -55,7 +55,7 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import engine, gated_kernel
+from . import engine, gated_kernel, kernel
 from .deadline import checkpoint
 from .engine import _check_clip, _check_tokens, _check_truncate, _dims, lag_summary
 from .errors import ComputeError, InputError
@@ -970,7 +970,7 @@ def _bptt_unchecked(inputs: _Inputs, K: int | None) -> GatedBatchGradients:
 
 
 def _bptt_parts(inputs: _Inputs, K: int | None) -> tuple[GatedBatchGradients, FloatArray]:
-    """The gradients, and dLdU's nonzero columns (D, GH) for the D distinct tokens read."""
+    """The gradients, and dLdU's nonzero columns (GH, D) for the D distinct tokens read."""
     fwd = _forward(inputs)
     T, B, G, H = fwd.gates.shape
     C = inputs.V.shape[0]
@@ -1030,23 +1030,26 @@ def _bptt_parts(inputs: _Inputs, K: int | None) -> tuple[GatedBatchGradients, Fl
 
 def _sum_into_columns(rows: FloatArray, x: IntArray, C: int) -> tuple[FloatArray, FloatArray]:
     """dLdU (GH, C) with dLdU[:, x[k]] += rows[k] (rows (N, GH)), repeated tokens accumulating; and its
-    nonzero columns (D, GH), the sums for the D distinct tokens (engine._sum_into_columns, which returns
+    nonzero columns (GH, D), the sums for the D distinct tokens (engine._sum_into_columns, which returns
     only the first)."""
+    if engine.kernel_in_use() == "numba":
+        # The D columns summed in one compiled pass (kernel.add_columns, into a GH x D block), then dLdU,
+        # 19 to 26 MB at C = 8000, written once, row by row (gated_kernel.columns).
+        tokens, slot = np.unique(x, return_inverse=True)  # (D,) sorted, (N,): x[k] = tokens[slot[k]]
+        sums = kernel.add_columns(np.zeros((rows.shape[1], len(tokens)), dtype=rows.dtype), slot, rows)
+        return gated_kernel.columns(tokens, sums, C), sums
     order = np.argsort(x, kind="stable")
     xs = x[order]
     starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
     sums = np.add.reduceat(rows[order], starts, axis=0)  # (D, GH)
-    if engine.kernel_in_use() == "numba":
-        # At C = 8000 dLdU is 20 to 26 MB: zeroed and filled row by row, in the cache (gated_kernel.columns)
-        return gated_kernel.columns(xs[starts], sums, C), sums
     dLdU = np.zeros((rows.shape[1], C), dtype=rows.dtype)
     dLdU[:, xs[starts]] = sums.T
-    return dLdU, sums
+    return dLdU, sums.T
 
 
 def _check_finite(inputs: _Inputs, g: GatedBatchGradients, dLdU_columns: FloatArray) -> None:
     """Raise ComputeError, naming the first result that is not finite, if the computation overflowed.
-    ``dLdU_columns`` (D, GH): dLdU's columns of the tokens read (the rest is zero).
+    ``dLdU_columns`` (GH, D): dLdU's columns of the tokens read (the rest is zero).
 
     dLdV (C x H, the largest) is read only when a bound does not settle it: a finite loss means every
     logit was finite (a NaN or infinite one makes its row's loss NaN), so |delta_o| <= 1, and every

@@ -12,7 +12,7 @@ engine's numpy functions:
     lstm_forward(A, W, S0, C0)                    -> S, CS, TC   as gated._lstm_forward, + tanh(c_t)
     gru_backward_full(fwd, dLds)                  -> dA, dL/ds0  as gated._backward_full
     lstm_backward_full(fwd, dLds)                 -> dA, dL/ds0, dL/dc0
-    columns(tokens, sums, C)                      -> dLdU, zero but for the tokens' columns
+    columns(tokens, sums, C)                      -> dLdU, zero but for the tokens' columns (sums)
 
 Dimension letters as in service/gated.py. Sigmoid and tanh are the scalar
 ``math.exp`` and ``math.tanh`` of libm, B x G x H of them a step: cheap at the
@@ -211,14 +211,14 @@ def _lstm_back(W, gates, C_prev, TC, dLds, dA, carry, carry_c):  # type: ignore[
 
 
 def _columns(tokens, sums, out):  # type: ignore[no-untyped-def]
-    # out (R, C): zeros, but out[:, tokens[u]] = sums[u], row by row, so that each row is written
+    # out (R, C): zeros, but out[:, tokens[u]] = sums[:, u], row by row, so that each row is written
     # while it is in the cache (zeroing all of out first, then scattering, misses the cache per entry).
-    D, R = sums.shape
+    R, D = sums.shape
     for r in range(R):
         row = out[r]
         row[:] = 0
         for u in range(D):
-            row[tokens[u]] = sums[u, r]
+            row[tokens[u]] = sums[r, u]
 
 
 def _streamed_columns(stream_line: Any, store_fence: Any) -> Any:
@@ -228,7 +228,7 @@ def _streamed_columns(stream_line: Any, store_fence: Any) -> Any:
     def columns(tokens, sums, out, head, zeros, line):  # type: ignore[no-untyped-def]
         # out (R, C) C-contiguous; head: elements before its first 64-byte boundary; zeros, line: (L,)
         # buffers of one line. The nonzero entries, in memory order: flat r * C + tokens[u], u fastest.
-        D, R = sums.shape
+        R, D = sums.shape
         C = out.shape[1]
         flat = out.reshape(R * C)
         n, L = R * C, len(line)
@@ -244,7 +244,7 @@ def _streamed_columns(stream_line: Any, store_fence: Any) -> Any:
                     continue
                 line[:] = 0
                 while nxt < p + L:
-                    line[nxt - p] = sums[u, r]
+                    line[nxt - p] = sums[r, u]
                     u += 1
                     if u == D:
                         u, r = 0, r + 1
@@ -253,7 +253,7 @@ def _streamed_columns(stream_line: Any, store_fence: Any) -> Any:
                 p += L
             else:  # the head and the tail, entry by entry
                 if p == nxt:
-                    flat[p] = sums[u, r]
+                    flat[p] = sums[r, u]
                     u += 1
                     if u == D:
                         u, r = 0, r + 1
@@ -404,8 +404,8 @@ def lstm_backward_full(
 
 def columns(tokens: np.ndarray, sums: np.ndarray, C: int) -> np.ndarray:
     """dLdU (R, C), zero but for the columns ``tokens`` (D,) distinct ids in increasing order, which hold
-    ``sums`` (D, R); from STREAM_MIN_BYTES on, written with non-temporal stores (x86-64)."""
-    out = np.empty((sums.shape[1], C), dtype=sums.dtype)
+    ``sums`` (R, D); from STREAM_MIN_BYTES on, written with non-temporal stores (x86-64)."""
+    out = np.empty((sums.shape[0], C), dtype=sums.dtype)
     _fill_columns(out, _plain(tokens), _plain(sums), streamed=STREAMED and out.nbytes >= STREAM_MIN_BYTES)
     return out
 
@@ -432,4 +432,4 @@ def warm_up() -> None:
         S, CS, TC = lstm_forward(A, np.zeros((4, 2, 2), dtype), np.zeros((1, 2), dtype), np.zeros((1, 2), dtype))
         lstm_backward_full(np.zeros((4, 2, 2), dtype), A, CS, TC, S)
         for streamed in (False, STREAMED):
-            _fill_columns(np.empty((2, 3), dtype), np.zeros(1, np.intp), np.zeros((1, 2), dtype), streamed=streamed)
+            _fill_columns(np.empty((2, 3), dtype), np.zeros(1, np.intp), np.zeros((2, 1), dtype), streamed=streamed)

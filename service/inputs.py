@@ -9,23 +9,53 @@ agree with each other.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
 
-from .codec import DTYPES, Array, convert, from_base64, token_ids
+from .codec import DTYPES, Array, convert, element_count, from_base64, token_ids
 from .errors import InputError
 from .schemas import BpttBatchRequest, BpttRequest, CompareRequest, FlowRequest, GradientCheckRequest, Tensor
 
-__all__ = ["array", "batch_arrays", "bptt_arrays", "check_arrays", "compare_arrays", "dense", "flow_arrays"]
+__all__ = ["array", "batch_arrays", "bptt_arrays", "check_arrays", "compare_arrays", "dense", "flow_arrays", "pricing"]
 
 Floating = type[np.floating[Any]]
+
+
+# Set while a /cost route prices a request: a tensor object may then give its shape without its data.
+_PRICING: ContextVar[bool] = ContextVar("pricing", default=False)
+
+
+@contextlib.contextmanager
+def pricing() -> Iterator[None]:
+    """Within: tensors without ``data`` are read as zeros of their shape that take no memory (a dry run
+    prices shapes; a client need not send tens of megabytes to learn whether a request is admitted)."""
+    token = _PRICING.set(True)
+    try:
+        yield
+    finally:
+        _PRICING.reset(token)
+
+
+def _tensor(value: Tensor, field: str) -> Array:
+    if value.data is not None:
+        return from_base64(value.dtype, value.shape, value.data, field)
+    if not _PRICING.get():
+        raise InputError(
+            f"{field}.data is required but missing (a tensor may omit its data only in a /cost dry run)",
+            field=f"{field}.data",
+        )
+    element_count(value.shape, field)
+    return np.broadcast_to(np.zeros((), dtype=value.dtype), value.shape)  # (shape), no memory: strides of 0
 
 
 def array(value: list[Any] | Tensor, field: str, *, ndim: int | None, dtype: Floating = np.float64) -> Array:
     """A numpy array of ``dtype`` with ``ndim`` dimensions (None: the caller checks) from a validated field."""
     if isinstance(value, Tensor):
-        a = from_base64(value.dtype, value.shape, value.data, field)
+        a = _tensor(value, field)
         if ndim is not None and a.ndim != ndim:
             raise InputError(f"{field} must be a tensor of {ndim} dimension(s), got shape {list(a.shape)}", field=field)
     else:
@@ -226,7 +256,7 @@ def _optional(value: list[Any] | Tensor | None, field: str, dtype: Floating) -> 
 def dense(value: list[Any] | Tensor, field: str) -> Array:
     """A float64 array of any rank from validated lists or a tensor object (the /vjp routes' arrays)."""
     if isinstance(value, Tensor):
-        return convert(from_base64(value.dtype, value.shape, value.data, field), np.float64, field)
+        return convert(_tensor(value, field), np.float64, field)
     try:
         return np.array(value, dtype=np.float64)
     except ValueError:  # ragged

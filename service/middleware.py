@@ -2,7 +2,7 @@
 
 - ``BodyLimit``: 413 before the body is read when Content-Length is over
   ``max_bytes``, or as soon as a chunked body passes it; the bytes of every
-  body held count against ``max_in_flight`` (503 past it).
+  body held count in ``Bodies`` (503 past BPTT_MAX_BYTES_IN_FLIGHT), with gRPC's messages.
 - ``GzipRequest``: ``Content-Encoding: gzip`` bodies decompressed as they
   arrive, the limits applied to the compressed and the decompressed bytes.
 - ``BearerAuth``: with ``BPTT_API_KEY`` set, every route but the probes and
@@ -32,6 +32,7 @@ from .quota import Quotas, key_id
 __all__ = [
     "OPEN_PATHS",
     "BearerAuth",
+    "Bodies",
     "BodyLimit",
     "GzipRequest",
     "RateLimit",
@@ -45,27 +46,46 @@ __all__ = [
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
+class Bodies:
+    """The bytes of request bodies one worker holds at once, HTTP bodies and gRPC messages together.
+
+    Each counts from its first byte until its answer is sent (it stays in memory while it
+    waits and computes); past ``limit`` (BPTT_MAX_BYTES_IN_FLIGHT), 503 / UNAVAILABLE.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def busy(self) -> Busy:
+        return Busy(
+            f"the server holds {self.held:,} bytes of request bodies, near its limit of "
+            f"{self.limit:,} (setting BPTT_MAX_BYTES_IN_FLIGHT); retry shortly"
+        )
+
+    def take(self, n: int) -> None:
+        """Count ``n`` more bytes, or raise ``Busy`` (counting nothing) when they would pass the limit."""
+        if self.held + n > self.limit:
+            raise self.busy()
+        self.held += n
+
+    def give(self, n: int) -> None:
+        self.held -= n
+
+
 class BodyLimit:
-    """Refuse bodies over ``max_bytes`` without reading them, and bound the bytes held across connections.
+    """Refuse bodies over ``max_bytes`` without reading them, and count the bytes held in ``bodies``.
 
     A Content-Length over the limit is answered at once; a body without one
     (chunked) is counted as it is read, and ``receive`` raises ``BodyTooLarge``
     past the limit, which the app's handler answers with its 413. Every request's
-    body counts against ``max_in_flight`` from its first byte until its answer is
-    sent (it stays in memory while it waits and computes): past it, 503.
+    body counts in ``bodies`` from its first byte until its answer is sent: past its limit, 503.
     """
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, max_in_flight: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, bodies: Bodies) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.max_in_flight = max_in_flight
-        self.in_flight = 0  # bytes of request bodies held now, all connections
-
-    def _busy(self) -> Busy:
-        return Busy(
-            f"the server holds {self.in_flight:,} bytes of request bodies, near its limit of "
-            f"{self.max_in_flight:,} (setting BPTT_MAX_BYTES_IN_FLIGHT); retry shortly"
-        )
+        self.bodies = bodies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -78,12 +98,13 @@ class BodyLimit:
         if declared > self.max_bytes:
             await send_error(scope, send, BodyTooLarge(self.max_bytes))
             return
-        if declared and self.in_flight + declared > self.max_in_flight:
-            await send_error(scope, send, self._busy())
-            return
         # Reserved before the first byte: uploads cannot pile up past the bound. The price: a few
         # slow clients that declare large bodies hold the reservation (up to BPTT_BODY_TIMEOUT).
-        self.in_flight += declared
+        try:
+            self.bodies.take(declared)
+        except Busy as exc:
+            await send_error(scope, send, exc)
+            return
         held = declared
         seen = 0
 
@@ -94,16 +115,14 @@ class BodyLimit:
             if seen > self.max_bytes:
                 raise BodyTooLarge(self.max_bytes)
             if seen > held:  # chunked (or longer than declared): count as it arrives
-                if self.in_flight + seen - held > self.max_in_flight:
-                    raise self._busy()
-                self.in_flight += seen - held
+                self.bodies.take(seen - held)
                 held = seen
             return message
 
         try:
             await self.app(scope, counting_receive, send)
         finally:
-            self.in_flight -= held
+            self.bodies.give(held)
 
 
 class BearerAuth:

@@ -393,7 +393,8 @@ def cost_answer(route: str) -> Answer:
 
     def answer(body: bytes, settings: Settings) -> dict[str, Any]:
         try:
-            plan = PLANS[route](body, settings)
+            with inputs.pricing():  # tensors may come as {dtype, shape}, without their data
+                plan = PLANS[route](body, settings)
         except LimitError as exc:  # a shape limit: refused before any price
             return {"route": route, "admitted": False, "refusal": exc.message, "estimate": None}
         refused = admission.refusal(settings, plan.estimate, inputs=plan.inputs, what=plan.what)

@@ -77,7 +77,11 @@ class Tensor(BaseModel):
 
     dtype: Literal["float32", "float64"] = Field(description="Element type of the bytes.")
     shape: list[Count] = Field(description="Dimensions, e.g. [H, C] for U; the bytes hold product(shape) elements.")
-    data: str = Field(description="Standard base64 (RFC 4648, with padding) of the little-endian, row-major bytes.")
+    data: str | None = Field(
+        default=None,
+        description="Standard base64 (RFC 4648, with padding) of the little-endian, row-major bytes. Required, "
+        "but by the `/cost` dry runs, which price a request from its shapes: there `{dtype, shape}` alone will do.",
+    )
 
 
 def _matrix_or_tensor(value: Any) -> str:

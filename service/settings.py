@@ -115,7 +115,9 @@ class Settings(BaseSettings):
     )
     # Bodies being read or waiting in the queue, summed over all connections.
     max_bytes_in_flight: int = Field(
-        default=256 << 20, ge=1024, description="request bytes held at once (bodies arriving or queued); past it, 503"
+        default=256 << 20,
+        ge=1024,
+        description="request bytes held at once (bodies arriving or queued, gRPC messages); past it, 503",
     )
     # JSON number text is parsed holding the GIL (about 0.1 us a number, 1.5 us a list);
     # the estimate from the body's commas and brackets is refused past this.

@@ -54,6 +54,63 @@ def test_cost_prices_every_compute_route(client, rng, route):
     assert r.json()["estimate"]["seconds"] > 0
 
 
+def _shapes_only(payload: dict, names=("U", "V", "W", "b", "b_hh", "c", "dLdU", "dLdV", "dLdW")) -> dict:
+    """The payload with its weights (base64 tensor objects) as {dtype, shape}, without their data."""
+    return {k: {"dtype": v["dtype"], "shape": v["shape"]} if k in names else v for k, v in payload.items()}
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("route", ["/bptt", "/bptt/batch", "/gradient-check", "/bptt/compare"])
+def test_a_dry_run_of_shapes_alone_answers_what_the_whole_body_does(client, rng, route, cell):
+    """Tensor objects without data are priced as the same request with its data: the same verdict and
+    estimate, every term and byte, for a body of a few hundred bytes instead of the weights."""
+    G = {"rnn": 1, "gru": 3, "lstm": 4}[cell]
+    H, C, T = 4, 6, 5
+    wire = Wire("base64", "float64")
+    lead = () if cell == "rnn" else (G,)
+    arrays = {"U": rng.normal(size=(*lead, H, C)), "V": rng.normal(size=(C, H)), "W": rng.normal(size=(*lead, H, H))}
+    if not (route == "/bptt/compare" and cell == "rnn"):  # the tutorial's compare takes no biases
+        arrays["b"] = rng.normal(size=(*lead, H))
+    payload = {k: wire.array(v) for k, v in arrays.items()}
+    if route in ("/bptt", "/bptt/batch"):  # the routes that answer arrays
+        payload["encoding"] = "base64"
+    if cell != "rnn":
+        payload |= {"cell": cell, "b_hh": wire.array(rng.normal(size=(G, H)))}
+    x, y = rng.integers(0, C, T).tolist(), rng.integers(0, C, T).tolist()
+    if route == "/bptt/batch":
+        payload["sequences"] = [{"x": x, "y": y}, {"x": x[:2], "y": y[:2]}]
+    else:
+        payload |= {"x": x, "y": y}
+    if route == "/bptt/compare":
+        payload |= {f"dLd{n}": wire.array(arrays[n]) for n in "UVW"}
+    whole = client.post(f"{route}/cost", content=orjson.dumps(payload), headers=JSON)
+    shapes = client.post(f"{route}/cost", content=orjson.dumps(_shapes_only(payload)), headers=JSON)
+    assert whole.status_code == shapes.status_code == 200, shapes.text
+    assert whole.json()["admitted"] is True
+    assert shapes.json() == whole.json()
+
+
+def test_a_tensor_without_data_is_refused_outside_a_dry_run(client, rng):
+    p = make_problem(rng, H=4, C=6, T=5)
+    payload = _shapes_only(
+        orjson.loads(Wire("base64", "float64").batch_body(p.U, p.V, p.W, [p.x], [p.y])), names=("V",)
+    )
+    r = client.post("/bptt/batch", content=orjson.dumps(payload), headers=JSON)
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["field"] == "V.data"
+    assert r.json()["detail"].startswith("V.data is required but missing (a tensor may omit its data only in a")
+
+
+def test_a_dry_run_of_shapes_alone_refuses_what_the_whole_body_would(client):
+    """A shape over a limit (C x H) is refused from the shapes alone, as from the data."""
+    payload = {"U": {"dtype": "float64", "shape": [1000, 20_000]}, "V": {"dtype": "float64", "shape": [20_000, 1000]},
+               "W": {"dtype": "float64", "shape": [1000, 1000]}, "x": [0], "y": [0]}  # fmt: skip
+    r = client.post("/bptt/cost", content=orjson.dumps(payload), headers=JSON)
+    assert r.status_code == 200, r.text
+    assert r.json()["admitted"] is False
+    assert "BPTT_MAX_WEIGHTS" in r.json()["refusal"]
+
+
 def test_over_the_time_budget_is_413_naming_the_estimate_and_setting(rng):
     """K close to T costs T K H^2: priced and refused before any work, the price in the message."""
     p = make_problem(rng, H=100, C=65, T=1000)

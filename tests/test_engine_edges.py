@@ -126,6 +126,54 @@ def test_large_weights_without_overflow_give_the_seeds_gradients(rng):
     assert g.loss == pytest.approx(loss, rel=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_rows_beyond_the_unshifted_softmax_match_the_seed(rng, dtype):
+    """Logits too large or too small for the unshifted exp (engine._scaled_delta_o) in some rows only.
+
+    In every other row one logit is pushed to +-(2 limit + 20), with the limit of the dtype (ln of
+    tiny**-0.5: about 354 in float64, 44 in float32), where exp overflows or underflows to 0:
+    those rows take the max-shifted path, the rest the unshifted one. A row mixed up between the two (its
+    normaliser, its loss, its target's entry) fails here, against the seed's loop in float64.
+    """
+    limit = float(np.log(1 / np.sqrt(np.finfo(dtype).tiny)))
+    H, C, T = 4, 6, 8
+    p = make_problem(rng, H=H, C=C, T=T)
+    p.U *= 50  # saturated states: s_t = +-1, so V s_t is known to the sign
+    S = seed.forward_propagation(p.U, p.V, p.W, p.x)[1][:T]  # (T, H)
+    sign = np.sign(S)
+    for t in range(0, T, 2):  # logit y_t (or another) of row t far out; p.V's row reached through s_t
+        c = int(p.y[t]) if t % 4 == 0 else (int(p.y[t]) + 1) % C
+        p.V[c] = sign[t] * (2 * limit + 20) / H * (1 if t % 8 == 0 else -1)
+    tol = 1e-12 if dtype == np.float64 else 1e-4
+    g = engine.bptt(*(a.astype(dtype) for a in (p.U, p.V, p.W)), p.x, p.y)
+    ref = seed.bptt(p.U, p.V, p.W, p.x, p.y, T)
+    for got, want in zip((g.dLdU, g.dLdV, g.dLdW), ref, strict=True):
+        assert_close(got.astype(np.float64), want, rtol=tol)
+    logits = p.V @ S.T  # (C, T); the seed's own loss takes the log of a subnormal o[y] here
+    shifted = logits - logits.max(axis=0)
+    loss = float(np.sum(np.log(np.exp(shifted).sum(axis=0)) - shifted[p.y, np.arange(T)]))
+    assert g.loss == pytest.approx(loss, rel=tol)
+
+
+def test_small_losses_keep_their_relative_precision(rng):
+    """C = 1 gives a loss of exactly 0; a confident prediction, a loss of about 1e-9 to 1e-12 relative.
+
+    The unshifted softmax computes each loss as log1p((z - E[y]) / E[y]) with the target's
+    own term left out of the sum: ln z - a_y instead would leave an error of about 1e-16
+    absolute, 1e-4 relative to a loss of 1e-12.
+    """
+    p = make_problem(rng, H=3, C=1, T=5)
+    assert engine.bptt(p.U, p.V, p.W, p.x, p.y).loss == 0.0
+    q = make_problem(rng, H=3, C=4, T=1)
+    s = seed.forward_propagation(q.U, q.V, q.W, q.x)[1][0]  # (H,)
+    y = int(q.y[0])
+    q.V[y] = s * 30 / (s @ s)  # logit 30 for the target, about 1 for the 3 others
+    a = q.V @ s  # (C,)
+    want = float(np.log1p(np.exp(np.delete(a, y) - a[y]).sum()))  # about 1e-12
+    assert 1e-14 < want < 1e-11
+    assert engine.bptt(q.U, q.V, q.W, q.x, q.y).loss == pytest.approx(want, rel=1e-12, abs=0)
+
+
 def test_overflow_where_only_the_loss_is_infinite_float32():
     """float32 logits of +-3e38 whose difference overflows: the loss is infinite, every gradient finite.
 
@@ -140,7 +188,7 @@ def test_overflow_where_only_the_loss_is_infinite_float32():
         engine.bptt(U, V, W, np.array([0]), np.array([1]))
     assert info.value.message == (
         "the computation overflowed in float32: the loss is not finite (the largest weight is V, magnitude 1.5e+38); "
-        'scale V down, or compute in float64 ("dtype": "float64")'
+        "scale V down, or compute in float64"
     )
     assert info.value.field == "V"
 

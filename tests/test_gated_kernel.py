@@ -143,23 +143,23 @@ def test_gated_kernel_columns_equal_numpy_scatter(rng, dtype, streamed):
         for R, C in ((3, 50), (1, 7), (5, 1), (2, 40), (13, 33), (4, 8)):
             D = int(rng.integers(1, min(C, 10) + 1))
             tokens = np.sort(rng.choice(C, D, replace=False)).astype(np.intp)
-            sums = rng.standard_normal((D, R)).astype(dtype)
+            sums = rng.standard_normal((R, D)).astype(dtype)
             raw = np.full(R * C + 2 * L, 7, dtype)
             out = raw[offset : offset + R * C].reshape(R, C)
             gated_kernel._fill_columns(out, tokens, sums, streamed=streamed)
             want = np.zeros((R, C), dtype)
-            want[:, tokens] = sums.T
+            want[:, tokens] = sums
             np.testing.assert_array_equal(out, want)
             assert (raw[:offset] == 7).all() and (raw[offset + R * C :] == 7).all()  # nothing outside
 
 
 def test_gated_kernel_columns_streams_from_its_size(monkeypatch, rng):
-    tokens, sums = np.array([1, 4], dtype=np.intp), rng.standard_normal((2, 3))
+    tokens, sums = np.array([1, 4], dtype=np.intp), rng.standard_normal((3, 2))
     for size in (0, 1 << 62):
         monkeypatch.setattr(gated_kernel, "STREAM_MIN_BYTES", size)
         got = gated_kernel.columns(tokens, sums, 6)
         want = np.zeros((3, 6))
-        want[:, tokens] = sums.T
+        want[:, tokens] = sums
         np.testing.assert_array_equal(got, want)
 
 

@@ -327,6 +327,40 @@ def test_grpc_and_http_share_one_queue_bound(triton, rng):
         assert time.perf_counter() - start < done[0] / 2
 
 
+@pytest.mark.slow
+def test_grpc_messages_count_with_http_bodies_against_the_bytes_in_flight(triton, rng):
+    """BPTT_MAX_BYTES_IN_FLIGHT bounds gRPC messages and HTTP bodies together: while an HTTP request of
+    about 1.8 MB computes, a 0.64 MB gRPC call is refused UNAVAILABLE with the HTTP 503's message, not
+    queued (the queue bound alone would let max_queue messages of max_body_bytes each wait in memory);
+    once the HTTP request has answered, the same call is served."""
+    mb2 = "2000000"
+    s = Served(["--threads", "1", "--max-queue", "4", "--max-body-bytes", mb2, "--max-bytes-in-flight", mb2])
+    with s.server:
+        long = make_problem(rng, H=400, C=2, T=10_000)  # W alone is 1.7 MB of base64; seconds of work
+        wide = make_problem(rng, H=2, C=20_000, T=2)  # U and V: 640,000 bytes raw
+        done: list[float] = []
+
+        def slow_http() -> None:
+            start = time.perf_counter()
+            with Client(s.url) as client:
+                client.bptt(long.U, long.V, long.W, long.x, long.y)
+            done.append(time.perf_counter() - start)
+
+        thread = threading.Thread(target=slow_http)
+        thread.start()
+        failure = triton(infer, s.target, arrays_of(wide))
+        while not isinstance(failure, Failure) and thread.is_alive():
+            time.sleep(0.02)
+            failure = triton(infer, s.target, arrays_of(wide))
+        assert isinstance(failure, Failure), "the HTTP request ended before a gRPC call found its bytes held"
+        assert failure.code == "UNAVAILABLE", failure
+        assert failure.message.startswith("the server holds 1,"), failure
+        assert "near its limit of 2,000,000 (setting BPTT_MAX_BYTES_IN_FLIGHT)" in failure.message
+        thread.join()
+        assert done and done[0] > 0.6, f"the HTTP request was too quick to hold its bytes: {done}"
+        assert "dLdU" in triton(infer, s.target, arrays_of(wide))
+
+
 @pytest.mark.parametrize(("model", "reset_after"), [("bptt-gru", False), ("bptt-gru", True), ("bptt-lstm", False)])
 def test_grpc_gated_models_equal_bptt_with_cell_bit_for_bit(served, triton, model, reset_after):
     """bptt-gru and bptt-lstm over gRPC, a batch with lengths, biases and initial states: every output

@@ -183,8 +183,7 @@ def service_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureF
 def test_self_check_compiles_the_kernel(service_log):
     engine.use_kernel("auto")
     assert ops.self_check() is None
-    recur, backward = kernel._compiled()
-    for compiled in (recur, backward):
+    for compiled in kernel._compiled():
         dtypes = {str(sig[0].dtype) for sig in compiled.signatures}
         assert {"float64", "float32"} <= dtypes, compiled.signatures
     assert any(r.getMessage().startswith("engine loops: numba (compiled in") for r in service_log.records)
@@ -201,3 +200,22 @@ def test_self_check_says_numpy_when_the_kernel_is_off(service_log):
         assert b'bptt_engine_kernel{kernel="numpy"} 1.0' in ops.metrics_payload()
     finally:
         engine.use_kernel("auto")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_add_columns_sums_repeated_ids_as_numpy_does(rng, dtype):
+    """kernel.add_columns against engine._sum_into_columns's numpy path: repeated ids, strided inputs."""
+    dz = rng.uniform(-1, 1, (40, 6)).astype(dtype)
+    x = rng.integers(0, 5, 40)  # many repeats
+    engine.use_kernel("numpy")
+    try:
+        want = engine._sum_into_columns(dz, x, 7)
+    finally:
+        engine.use_kernel("auto")
+    got = engine._sum_into_columns(dz, x, 7)
+    assert got.dtype == dtype
+    assert_close(got, want, rtol=1e-12 if dtype == np.float64 else 1e-5)
+    strided = kernel.add_columns(np.zeros((6, 7), dtype), x[::2], dz[::2])
+    assert_close(strided, engine._sum_into_columns(dz[::2], x[::2], 7))
+    with pytest.raises(IndexError, match="out of range"):
+        kernel.add_columns(np.zeros((6, 7), dtype), np.array([0, 7]), dz[:2])

@@ -9,14 +9,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 
+import httpx
 import numpy as np
+import orjson
 import pytest
 from helpers import LocalServer, assert_close
 from hypothesis import given
 from hypothesis import strategies as st
 
 from service import engine, gated
-from service.client import AsyncClient, Client, shard_groups
+from service.client import AsyncClient, Client, Wire, _Shards, shard_groups
 from service.errors import ServerError
 
 
@@ -120,3 +122,74 @@ def test_a_sequence_refused_alone_is_named(small, rng):
     assert refused.value.status == 413
     assert refused.value.detail.startswith("sequence 1 alone is refused: ")
     assert "BPTT_MAX_TOKENS" in refused.value.detail
+
+
+def _dry_run(admitted: bool) -> httpx.Response:
+    return httpx.Response(200, json={"admitted": admitted, "refusal": None if admitted else "over a limit"})
+
+
+def test_the_plan_prices_the_whole_batch_once_when_it_is_admitted(rng):
+    """One dry run of the whole batch, then every group is sent: a part costs no more than the whole."""
+    U, V, W, xs, ys, _ = batch(rng, B=7)
+    plan = _Shards(Wire("base64", "float64"), U, V, W, xs, ys, shards=3)
+    priced = []
+    while (group := plan.next()) is not None:
+        priced.append(group)
+        plan.priced(group, _dry_run(True))
+    assert priced == [list(range(7))]
+    assert sorted(i for g in plan.admitted for i in g) == list(range(7)) and len(plan.admitted) == 3
+
+
+def test_the_plan_splits_refused_groups_until_each_is_admitted(rng):
+    """The whole refused: each group priced, a refused one split in two; the body of a group holds its sequences."""
+    U, V, W, xs, ys, _ = batch(rng, B=6)
+    plan = _Shards(Wire("base64", "float64"), U, V, W, xs, ys, shards=2)
+    while (group := plan.next()) is not None:
+        plan.priced(group, _dry_run(len(group) <= 2))  # the service admits at most 2 sequences
+    assert sorted(i for g in plan.admitted for i in g) == list(range(6))
+    assert all(len(g) <= 2 for g in plan.admitted)
+    group = plan.admitted[0]
+    path, body, headers = plan.request(group)
+    assert path == "/v2/models/bptt/infer" and headers is not None
+    header = orjson.loads(body[: int(headers["inference-header-content-length"])])
+    inputs = {i["name"]: i for i in header["inputs"]}
+    assert inputs["x"]["shape"] == [len(group), max(len(xs[i]) for i in group)]
+    assert inputs["lengths"]["shape"] == [len(group)]
+    assert header["parameters"] == {"binary_data_output": True}  # no clip: merge_batches clips the sums
+    dry_run = orjson.loads(plan.dry_run(group))
+    assert [s["x"] for s in dry_run["sequences"]] == [list(xs[i]) for i in group]
+    assert dry_run["U"] == {"dtype": "float64", "shape": list(U.shape)}
+
+
+def test_the_plan_names_a_sequence_refused_alone(rng):
+    U, V, W, xs, ys, _ = batch(rng, B=2)
+    plan = _Shards(Wire("base64", "float64"), U, V, W, xs, ys, shards=2)
+    with pytest.raises(ServerError, match="sequence 1 alone is refused: over a limit"):
+        while (group := plan.next()) is not None:
+            plan.priced(group, _dry_run(False))
+
+
+@pytest.mark.parametrize(("cell", "reset_after"), [("rnn", False), ("gru", True), ("gru", False)])
+def test_sharded_batch_with_biases_equals_one_computation(small, rng, cell, reset_after):
+    """Biases: the vanilla cell's b and c go as /bptt/batch bodies (the V2 model bptt takes none), the GRU's
+    b, b_hh, c as binary tensors with reset_after; either way the sums equal the engine's to 1e-12."""
+    H, C = 4, 6
+    lead = () if cell == "rnn" else (3,)
+    U, V, W = rng.normal(0, 0.5, (*lead, H, C)), rng.normal(0, 0.5, (C, H)), rng.normal(0, 0.5, (*lead, H, H))
+    b, c = rng.normal(0, 0.5, (*lead, H)), rng.normal(0, 0.5, C)
+    lengths = [9, 2, 7, 4, 4, 1, 8]
+    xs = [rng.integers(0, C, n) for n in lengths]
+    ys = [rng.integers(0, C, n) for n in lengths]
+    if cell == "rnn":
+        want = engine.bptt_batch(U, V, W, xs, ys, b=b, c=c, bptt_truncate=2)
+        gated_options = {}
+    else:
+        b_hh = rng.normal(0, 0.5, (3, H))
+        want = gated.bptt_batch("gru", U, V, W, xs, ys, b=b, b_hh=b_hh, c=c, bptt_truncate=2, reset_after=reset_after)
+        gated_options = {"cell": "gru", "b_hh": b_hh, "reset_after": reset_after}
+    with Client(small.url) as client:
+        got = client.bptt_batch(U, V, W, xs, ys, b=b, c=c, bptt_truncate=2, shards=3, **gated_options)
+    names = ["dLdU", "dLdV", "dLdW", "dLdb", "dLdc", "dLds0", "final_state", "losses"]
+    for name in names + (["dLdb_hh"] if cell == "gru" else []):
+        assert_close(getattr(got, name), getattr(want, name), 1e-12)
+    assert got.loss == pytest.approx(want.loss, rel=1e-12)

@@ -2,7 +2,10 @@
 
 Started by the app's lifespan when BPTT_GRPC_PORT is set (``start``), in uvicorn's
 event loop: every call takes a slot of the app's one compute pool, so a single
-queue bound holds for HTTP and gRPC together. ``ModelInfer`` decodes its message
+queue bound holds for HTTP and gRPC together, and its message counts with the
+HTTP bodies against BPTT_MAX_BYTES_IN_FLIGHT until its answer is sent (the queue
+bound alone would let max_queue messages of max_body_bytes wait in memory).
+``ModelInfer`` decodes its message
 into the ``protocol.Call`` that the HTTP route builds from JSON (``decode``), and
 ``dataplane.infer`` admits and computes it in a compute thread, within the
 client's gRPC deadline capped by BPTT_REQUEST_TIMEOUT; a call the client cancels
@@ -22,6 +25,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -33,7 +37,7 @@ from .. import admission, errors
 from ..codec import Array, check_finite, element_count, from_bytes
 from ..compute import Pool
 from ..errors import BpttError, InputError, LimitError, Unauthorised
-from ..middleware import authorised, request_id_of
+from ..middleware import Bodies, authorised, request_id_of
 from ..quota import Quotas, key_id
 from ..settings import Settings
 from . import dataplane, protocol
@@ -52,6 +56,19 @@ Context = Any  # grpc.aio.ServicerContext (grpc ships no type information)
 
 # The typed field of InferTensorContents that carries each numpy dtype.
 CONTENTS = {"float64": "fp64_contents", "float32": "fp32_contents", "int64": "int64_contents", "int32": "int_contents"}
+
+
+@dataclass(frozen=True)
+class Received:
+    """A ``ModelInferRequest`` and the size of its serialized bytes (``len``, where ``ByteSize()`` would
+    walk a message of tens of megabytes in the event loop)."""
+
+    size: int
+    message: pb.ModelInferRequest
+
+    @classmethod
+    def parse(cls, data: bytes) -> Received:
+        return cls(len(data), pb.ModelInferRequest.FromString(data))
 
 
 class Servicer:
@@ -101,7 +118,9 @@ class Servicer:
 
         return await self._call(context, "ModelMetadata", answer)
 
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
+    async def ModelInfer(self, received: Received, context: Context) -> pb.ModelInferResponse:
+        request = received.message
+
         async def answer() -> pb.ModelInferResponse:
             model = protocol.check_model(request.model_name, request.model_version or None)
 
@@ -109,7 +128,13 @@ class Servicer:
                 call = decode(request, self.settings, model)
                 return encode(call, dataplane.infer(call, self.settings))
 
-            return await self._compute(context, work)
+            # The message is held until the answer is sent: it counts with the HTTP bodies.
+            bodies: Bodies = self.state.bodies
+            bodies.take(received.size)
+            try:
+                return await self._compute(context, work)
+            finally:
+                bodies.give(received.size)
 
         return await self._call(context, "ModelInfer", answer)
 
@@ -305,6 +330,34 @@ class GrpcServer:
         await self.server.stop(grace)
 
 
+class _Handlers:
+    """Stands in for a server to take the method handlers the generated code registers."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Any] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self.handlers = handlers
+
+
+def _add_servicer(servicer: Servicer, server: Any) -> None:
+    """The generated registration, but ``ModelInfer`` takes a ``Received``: its message and its size."""
+    taken = _Handlers()
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, taken)  # type: ignore[no-untyped-call]
+    handlers = taken.handlers | {
+        "ModelInfer": grpc.unary_unary_rpc_method_handler(
+            servicer.ModelInfer,
+            request_deserializer=Received.parse,
+            response_serializer=pb.ModelInferResponse.SerializeToString,
+        )
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+
+
 async def start(app: FastAPI) -> GrpcServer:
     """Serve gRPC on BPTT_HOST:BPTT_GRPC_PORT in the running event loop, with the app's pool and settings.
 
@@ -323,7 +376,7 @@ async def start(app: FastAPI) -> GrpcServer:
             ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
         ]
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(app), server)  # type: ignore[no-untyped-call]
+    _add_servicer(Servicer(app), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
