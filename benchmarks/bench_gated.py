@@ -16,7 +16,13 @@ The floor is the matrix products any implementation does: the three (T, H) x
 (H, C)-sized products of the output layer, T forward (1, H) x (H, GH) products
 and T backward ones, and dL/dW, one (GH, T) x (T, H) product.
 
-    python benchmarks/bench_gated.py [--quick]
+Each round runs the candidates in a new random order (``common.interleaved``
+with a seed), as bench_kernel.py does: in the fixed order of the first tables
+(engine, floor, PyTorch cell, nn module, JAX) the engine always ran right after
+JAX, and measured 4% to 8% slower there than the same call after PyTorch's
+(docs/performance.md). ``--fixed-order`` runs that order.
+
+    python benchmarks/bench_gated.py [--quick] [--fixed-order]
 """
 
 from __future__ import annotations
@@ -173,6 +179,7 @@ def check_same(want, fn, name: str) -> None:
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats, T in {20, 50}")
+    parser.add_argument("--fixed-order", action="store_true", help="the same order every round (the first tables')")
     args = parser.parse_args(argv)
     tune_malloc()  # as the service runs: large arrays reuse the heap instead of fresh pages
     C, H = 8000, 100
@@ -197,13 +204,13 @@ def main(argv: list[str] | None = None) -> str:
                 "floor": floor(GATES[cell], C, H, T),
                 **{name: fn for name, fn in peers.items() if fn is not None},
             }
-            t = interleaved(candidates, repeat=repeat)
+            t = interleaved(candidates, repeat=repeat, shuffle=None if args.fixed_order else 0)
             row: list[object] = [cell, T, t["engine"] * 1e3, t["engine"] / t["floor"], t["engine"] / T * 1e3]
             row += [f"{t[name] / t['engine']:.2f}" if name in t else "n/a" for name in peers]
             rows.append(row)
     return table(
         f"Gated cells, C = {C}, H = {H}, full BPTT, float64 (medians of {repeat}; a peer / engine > 1: the engine "
-        "is faster; every candidate timed once per round)",
+        f"is faster; every candidate timed once per round, in a {'fixed' if args.fixed_order else 'random'} order)",
         [
             "cell",
             "T",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -42,17 +43,28 @@ def median_time(fn: Callable[[], object], *, repeat: int = 15, warmup: int = 2, 
     return statistics.median(times)
 
 
-def interleaved(candidates: dict[str, Callable[[], object]], *, repeat: int) -> dict[str, float]:
+def interleaved(
+    candidates: dict[str, Callable[[], object]], *, repeat: int, shuffle: int | None = None
+) -> dict[str, float]:
     """Median seconds of each candidate, timed in rounds (one call of each per round, after two warm-up
-    rounds): on a shared machine every candidate sees the same background load."""
-    times: dict[str, list[float]] = {name: [] for name in candidates}
+    rounds): on a shared machine every candidate sees the same background load.
+
+    With ``shuffle`` (a seed), each round runs them in a new random order: what runs before a
+    candidate matters (JAX's thread pool spins after its call; see bench_kernel.interleaved), and in
+    a fixed order the one after JAX always pays for it.
+    """
+    names = list(candidates)
+    order = None if shuffle is None else random.Random(shuffle)
+    times: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(repeat + 2):
-        for name, fn in candidates.items():
+        if order is not None:
+            order.shuffle(names)
+        for name in names:
             t0 = time.perf_counter()
-            fn()
+            candidates[name]()
             if round_ >= 2:
                 times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: statistics.median(times[name]) for name in candidates}
 
 
 def problem(C: int, H: int, T: int, *, seed_: int = 0):

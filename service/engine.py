@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -737,7 +737,17 @@ def _loops(S: np.ndarray) -> tuple[Loop, Loop]:
     )
 
 
-def _logits(batch: _Batch, s_rows: np.ndarray) -> np.ndarray:
+class _OutputWeights(Protocol):
+    """What the output layer reads of a request: ``_Batch``, and service.gated's inputs, which share it."""
+
+    @property
+    def V(self) -> np.ndarray: ...  # (C, H)
+
+    @property
+    def c(self) -> np.ndarray | None: ...  # (C,)
+
+
+def _logits(batch: _OutputWeights, s_rows: np.ndarray) -> np.ndarray:
     """V s_t (+ c) for rows of states: (N, H) x (H, C) -> (N, C)."""
     a: np.ndarray = s_rows @ batch.V.T
     if batch.c is not None:
@@ -760,7 +770,9 @@ def _softmax(a: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
     return losses
 
 
-def _scaled_delta_o(batch: _Batch, s_rows: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _scaled_delta_o(
+    batch: _OutputWeights, s_rows: np.ndarray, y: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The seed's delta_o = o - onehot(y) for rows of states, each row times its softmax's
     normaliser z: ``D = z[:, None] * delta_o`` (N, C), z (N,), and each row's loss -ln o[y] (N,).
 

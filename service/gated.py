@@ -55,8 +55,9 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from . import engine, gated_kernel, kernel
 from .deadline import checkpoint
-from .engine import _check_clip, _check_tokens, _check_truncate, _dims, _softmax, _sum_into_columns, lag_summary
+from .engine import _check_clip, _check_tokens, _check_truncate, _dims, _scaled_delta_o, lag_summary
 from .errors import ComputeError, InputError
 
 __all__ = [
@@ -641,11 +642,16 @@ def _forward(inputs: _Inputs) -> _Forward:
         else:
             A += inputs.b_hh
     HN = CS = C_prev = TC = final_cell = None
+    compiled = _compiled(A.shape)
     if inputs.cell == "gru":
-        S, HN = _gru_forward(A, W, inputs.S0, inputs.reset_after, bhh_n)
+        gru_forward = gated_kernel.gru_forward if compiled else _gru_forward
+        S, HN = gru_forward(A, W, inputs.S0, inputs.reset_after, bhh_n)
     else:
         assert inputs.C0 is not None
-        S, CS = _lstm_forward(A, W, inputs.S0, inputs.C0)
+        if compiled:
+            S, CS, TC = gated_kernel.lstm_forward(A, W, inputs.S0, inputs.C0)  # and tanh(c_t)
+        else:
+            S, CS = _lstm_forward(A, W, inputs.S0, inputs.C0)
 
     rows, cols = inputs.lengths - 1, np.arange(B)
     final_state = S[rows, cols]  # (B, H), copies
@@ -655,14 +661,15 @@ def _forward(inputs: _Inputs) -> _Forward:
         # Steps past a sequence's end were computed from padding id 0; zero them so that
         # nothing (not even an overflow there) reaches the real steps in the backward pass.
         pad = np.arange(T)[:, None] >= inputs.lengths[None, :]  # (T, B)
-        for arr in (A, S, HN, CS):
+        for arr in (A, S, HN, CS, TC):
             if arr is not None:
                 arr[pad] = 0.0
     S_prev = np.concatenate([inputs.S0[None], S[:-1]])  # (T, B, H)
     if CS is not None:
         assert inputs.C0 is not None
         C_prev = np.concatenate([inputs.C0[None], CS[:-1]])  # (T, B, H)
-        TC = np.tanh(CS)
+        if TC is None:
+            TC = np.tanh(CS)
     return _Forward(
         cell=inputs.cell,
         reset_after=inputs.reset_after,
@@ -677,6 +684,13 @@ def _forward(inputs: _Inputs) -> _Forward:
         final_state=final_state,
         final_cell=final_cell,
     )
+
+
+def _compiled(shape: tuple[int, ...]) -> bool:
+    """Whether the per-step loops of gates of this (T, B, G, H) shape run compiled (service.gated_kernel):
+    where they were measured faster, when the engine's kernel is numba (``engine.use_kernel``)."""
+    _, B, G, H = shape
+    return engine.kernel_in_use() == "numba" and gated_kernel.pays(B, G, H)
 
 
 def _gru_forward(
@@ -794,7 +808,9 @@ def _lstm_back(
 
 def _sigmoid(a: FloatArray) -> None:
     """a <- sigma(a) = 1 / (1 + exp(-a)), in place (exp may overflow to inf: sigma -> 0)."""
-    np.negative(a, out=a)
+    # Not np.negative(a, out=a): numpy 2.4 reads a float32 (B, 1) view of stride (16, 4) at the wrong
+    # stride in place (the LSTM's o gate at H = 1); a multiplication by -1 is as exact.
+    np.multiply(a, -1, out=a)
     np.exp(a, out=a)
     a += 1.0
     np.reciprocal(a, out=a)
@@ -805,8 +821,8 @@ class _Output:
     """The output layer over the N real tokens, all at once."""
 
     token_loss: FloatArray  # (N,), -ln o_t[y_t]
-    delta_o: FloatArray  # (N, C), o_t - onehot(y_t) = dL/d(V s_t + c)
     dLdV: FloatArray  # (C, H)
+    dLdc: FloatArray | None  # (C,), sum_t delta_o[t]; None without the output bias c
     dLds: FloatArray  # (T, B, H), V^T delta_o: the error reaching s_t from o_t; zero past the ends
     valid: NDArray[np.bool_] | slice  # which of the T * B rows (t, b) are real tokens
 
@@ -817,15 +833,20 @@ def _output_layer(inputs: _Inputs, S: FloatArray) -> _Output:
     valid = (np.arange(T)[:, None] < inputs.lengths[None, :]).ravel() if padded else slice(None)
     s_rows = S.reshape(T * B, H)[valid]  # (N, H)
     y_rows = inputs.Y.ravel()[valid]  # (N,)
-    delta_o = s_rows @ inputs.V.T  # (N, H) x (H, C) -> (N, C), logits V s_t
-    if inputs.c is not None:
-        delta_o += inputs.c  # + c
-    token_loss = _softmax(delta_o, y_rows)  # (N,); delta_o now holds o_t
-    delta_o[np.arange(len(y_rows)), y_rows] -= 1.0  # o_t - onehot(y_t), softmax + cross-entropy
-    dLdV = delta_o.T @ s_rows  # (C, N) x (N, H) -> (C, H), sum_t outer(delta_o[t], s_t)
-    dLds = np.zeros((T * B, H), dtype=S.dtype)
-    dLds[valid] = delta_o @ inputs.V  # (N, C) x (C, H) -> (N, H), V^T delta_o[t]
-    return _Output(token_loss=token_loss, delta_o=delta_o, dLdV=dLdV, dLds=dLds.reshape(T, B, H), valid=valid)
+    # The vanilla cell's output layer (engine._scaled_delta_o): D = z_t delta_o[t], delta_o[t] = o_t - onehot(y_t)
+    # = dL/d(V s_t + c), with z_t the softmax's normaliser; the division by z_t is done on the (N, H) sides.
+    D, z, token_loss = _scaled_delta_o(inputs, s_rows, y_rows)  # (N, C), (N,), (N,)
+    r = 1 / z  # (N,)
+    dLdV = D.T @ (s_rows * r[:, None])  # (C, N) x (N, H) -> (C, H), sum_t outer(delta_o[t], s_t)
+    dLds_rows = D @ inputs.V  # (N, C) x (C, H) -> (N, H), z_t V^T delta_o[t]
+    dLds_rows *= r[:, None]  # V^T delta_o[t]
+    if padded:
+        dLds = np.zeros((T * B, H), dtype=S.dtype)
+        dLds[valid] = dLds_rows
+    else:
+        dLds = dLds_rows
+    dLdc = None if inputs.c is None else r @ D  # (N,) x (N, C) -> (C,), sum_t delta_o[t]
+    return _Output(token_loss=token_loss, dLdV=dLdV, dLdc=dLdc, dLds=dLds.reshape(T, B, H), valid=valid)
 
 
 # --- Backward ------------------------------------------------------------------------------------------------------
@@ -837,6 +858,7 @@ def _backward_full(
     *,
     record_ds: FloatArray | None = None,
     record_dc: FloatArray | None = None,
+    compiled: bool = False,
 ) -> tuple[FloatArray, FloatArray, FloatArray | None]:
     """Exact BPTT, one pass backward over time, every sequence at once.
 
@@ -846,7 +868,12 @@ def _backward_full(
     Returns dA (T, B, G, H), dL/d(pre-activations) of every step, and dL/ds0,
     dL/dc0 (B, H) (the latter None for the GRU). ``record_ds`` / ``record_dc``
     (T, B, H), when given, receive dL/ds_k and dL/dc_k.
+
+    With ``compiled`` (and no records), the same loop runs compiled (service.gated_kernel), with the
+    cell's own step backward (``_Forward.back``, which the checks' mistaken forms override, is not called).
     """
+    if compiled and record_ds is None and record_dc is None:
+        return _backward_full_compiled(fwd, dLds)
     dA = np.empty_like(fwd.gates)  # (T, B, G, H)
     ds_carry = np.zeros_like(dLds[0])  # (B, H), dL/ds_k from step k+1
     dc_carry = np.zeros_like(dLds[0]) if fwd.cell == "lstm" else None  # (B, H), dL/dc_k from c_{k+1}
@@ -859,6 +886,15 @@ def _backward_full(
             record_dc[k] = dc_carry + ds * fwd.gates[k, :, 3] * (1.0 - fwd.TC[k] ** 2)  # dL/dc_k
         ds_carry, dc_carry = fwd.back(k, ds, dc_carry, dA[k])
     return dA, ds_carry, dc_carry
+
+
+def _backward_full_compiled(fwd: _Forward, dLds: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray | None]:
+    """``_backward_full`` (without the records) in service.gated_kernel's compiled loops."""
+    if fwd.cell == "gru":
+        dA, dLds0 = gated_kernel.gru_backward_full(fwd.W, fwd.gates, fwd.S_prev, fwd.HN, dLds)
+        return dA, dLds0, None
+    assert fwd.C_prev is not None and fwd.TC is not None
+    return gated_kernel.lstm_backward_full(fwd.W, fwd.gates, fwd.C_prev, fwd.TC, dLds)
 
 
 def _backward_lags(
@@ -898,8 +934,8 @@ def _backward_lags(
 
 def _bptt(inputs: _Inputs, K: int | None, clip: float | None) -> GatedBatchGradients:
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported by _check_finite
-        g = _bptt_unchecked(inputs, K)
-    _check_finite(inputs, g)
+        g, dLdU_columns = _bptt_parts(inputs, K)
+    _check_finite(inputs, g, dLdU_columns)
     if clip is None:
         return g
     clipped = {}
@@ -913,12 +949,17 @@ def _bptt(inputs: _Inputs, K: int | None, clip: float | None) -> GatedBatchGradi
 
 
 def _bptt_unchecked(inputs: _Inputs, K: int | None) -> GatedBatchGradients:
+    return _bptt_parts(inputs, K)[0]
+
+
+def _bptt_parts(inputs: _Inputs, K: int | None) -> tuple[GatedBatchGradients, FloatArray]:
+    """The gradients, and dLdU's nonzero columns (GH, D) for the D distinct tokens read."""
     fwd = _forward(inputs)
     T, B, G, H = fwd.gates.shape
     C = inputs.V.shape[0]
     out = _output_layer(inputs, fwd.S)
     if K is None or K >= T - 1:
-        dA, dLds0, dLdc0 = _backward_full(fwd, out.dLds)
+        dA, dLds0, dLdc0 = _backward_full(fwd, out.dLds, compiled=_compiled(fwd.gates.shape))
     else:
         dA, dLds0, dLdc0 = _backward_lags(fwd, out.dLds, K)
     # dA[k, b, g] = dL/da_g at step k of sequence b, summed over the outputs that reach
@@ -927,7 +968,8 @@ def _bptt_unchecked(inputs: _Inputs, K: int | None) -> GatedBatchGradients:
     # Input side, a_g = U_g[:, x_k] + b_g + ...:  dLdU[g][:, x_k] += dA[k, g], dLdb = sum_k dA[k]
     dA_rows = dA.reshape(T * B, G * H)[out.valid]  # (N, GH)
     x_rows = inputs.X.ravel()[out.valid]  # (N,)
-    dLdU = _sum_into_columns(dA_rows, x_rows, C).reshape(G, H, C)
+    dLdU_flat, dLdU_columns = _sum_into_columns(dA_rows, x_rows, C)
+    dLdU = dLdU_flat.reshape(G, H, C)
     dLdb = None if inputs.b is None else dA_rows.sum(axis=0).reshape(G, H)
 
     # Hidden side, a_g = ... + W_g h_g + bhh_g: dLdW[g] = sum_k outer(dL/d(W_g h_g), h_g), where
@@ -951,7 +993,7 @@ def _bptt_unchecked(inputs: _Inputs, K: int | None) -> GatedBatchGradients:
     else:
         seq_of_row = np.broadcast_to(np.arange(B), (T, B)).ravel()[out.valid]
         losses = np.bincount(seq_of_row, weights=out.token_loss, minlength=B)
-    return GatedBatchGradients(
+    g = GatedBatchGradients(
         loss=float(losses.sum()),
         losses=losses,
         lengths=lengths,
@@ -962,18 +1004,47 @@ def _bptt_unchecked(inputs: _Inputs, K: int | None) -> GatedBatchGradients:
         final_state=fwd.final_state,
         dLdb=dLdb,
         dLdb_hh=dLdb_hh,
-        dLdc=None if inputs.c is None else out.delta_o.sum(axis=0),  # (C,), sum_t delta_o[t]
+        dLdc=out.dLdc,
         dLdc0=dLdc0,
         final_cell=fwd.final_cell,
     )
+    return g, dLdU_columns
 
 
-def _check_finite(inputs: _Inputs, g: GatedBatchGradients) -> None:
-    """Raise ComputeError, naming the first result that is not finite, if the computation overflowed."""
+def _sum_into_columns(rows: FloatArray, x: IntArray, C: int) -> tuple[FloatArray, FloatArray]:
+    """dLdU (GH, C) with dLdU[:, x[k]] += rows[k] (rows (N, GH)), repeated tokens accumulating; and its
+    nonzero columns (GH, D), the sums for the D distinct tokens (engine._sum_into_columns, which returns
+    only the first)."""
+    if engine.kernel_in_use() == "numba":
+        # The D columns summed in one compiled pass (kernel.add_columns, into a GH x D block), then dLdU,
+        # 19 to 26 MB at C = 8000, written once, row by row (gated_kernel.columns).
+        tokens, slot = np.unique(x, return_inverse=True)  # (D,) sorted, (N,): x[k] = tokens[slot[k]]
+        sums = kernel.add_columns(np.zeros((rows.shape[1], len(tokens)), dtype=rows.dtype), slot, rows)
+        return gated_kernel.columns(tokens, sums, C), sums
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    sums = np.add.reduceat(rows[order], starts, axis=0)  # (D, GH)
+    dLdU = np.zeros((rows.shape[1], C), dtype=rows.dtype)
+    dLdU[:, xs[starts]] = sums.T
+    return dLdU, sums.T
+
+
+def _check_finite(inputs: _Inputs, g: GatedBatchGradients, dLdU_columns: FloatArray) -> None:
+    """Raise ComputeError, naming the first result that is not finite, if the computation overflowed.
+    ``dLdU_columns`` (GH, D): dLdU's columns of the tokens read (the rest is zero).
+
+    dLdV (C x H, the largest) is read only when a bound does not settle it: a finite loss means every
+    logit was finite (a NaN or infinite one makes its row's loss NaN), so |delta_o| <= 1, and every
+    state is finite with |s_t| <= max(1, max|s0|) (the LSTM's s = o tanh(c); the GRU's a convex
+    combination of n_t and s_{t-1}), so |dLdV| <= N max(1, max|s0|), as in engine._check_finite.
+    """
+    s_max = max(1.0, float(np.abs(inputs.S0).max()))
+    dLdV_bounded = np.isfinite(g.loss) and g.tokens * s_max < float(np.finfo(g.dLdV.dtype).max) / 4
     parts: list[tuple[str, float | FloatArray | None]] = [
         ("loss", g.loss),
-        ("dLdU", g.dLdU[:, :, np.unique(inputs.X)]),  # the columns of the tokens read: the rest is zero
-        ("dLdV", g.dLdV),
+        ("dLdU", dLdU_columns),
+        ("dLdV", None if dLdV_bounded else g.dLdV),
         ("dLdW", g.dLdW),
         ("dLdb", g.dLdb),
         ("dLdb_hh", g.dLdb_hh),

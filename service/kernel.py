@@ -181,7 +181,8 @@ def add_columns(dLdU: np.ndarray, x: np.ndarray, dz: np.ndarray) -> np.ndarray:
 
 
 def warm_up() -> None:
-    """Compile every loop for float64 and float32 (seconds, once per process)."""
+    """Compile every loop for float64 and float32, the gated engine's (service.gated_kernel) too
+    (seconds, once per process)."""
     if not AVAILABLE:
         return
     for dtype in (np.float64, np.float32):
@@ -190,3 +191,6 @@ def warm_up() -> None:
         recur(S, W, S[0])
         backward_full(W, S, S)
         add_columns(W, np.zeros(3, np.intp), S[:, 0])
+    from . import gated_kernel  # imports this module: imported here, not at the top
+
+    gated_kernel.warm_up()

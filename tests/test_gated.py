@@ -19,7 +19,7 @@ from helpers import assert_close, numerical_gradient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service import gated
+from service import engine, gated
 from service.errors import ComputeError, InputError
 
 torch.set_num_threads(1)  # the machine is shared; these graphs are tiny
@@ -227,6 +227,23 @@ def test_bptt_float32_close_to_float64(cell, reset_after, K):
     assert g32.loss == pytest.approx(g64.loss, rel=1e-5)
 
 
+@pytest.mark.parametrize("loops", ["numpy", "auto"])
+@pytest.mark.parametrize(("cell", "reset_after"), CELLS, ids=CELL_IDS)
+def test_bptt_float32_one_unit_batch_rows_agree(cell, reset_after, loops):
+    """H = 1, B = 2 equal sequences in float32: equal rows. numpy 2.4's in-place np.negative reads a
+    float32 (B, 1) view with stride (16, 4) at the wrong stride; the numpy loops' sigmoid must not use it."""
+    rng = np.random.default_rng(4)
+    p = make_gated_problem(rng, cell, 1, 3, 4, biases=True, reset_after=reset_after)
+    U, V, W, b = (a.astype(np.float32) for a in (p.U, p.V, p.W, p.b))
+    engine.use_kernel(loops)
+    try:
+        g = gated.bptt_batch(cell, U, V, W, [p.x, p.x], [p.y, p.y], b=b, reset_after=reset_after)
+    finally:
+        engine.use_kernel("auto")
+    np.testing.assert_allclose(g.final_state[1], g.final_state[0], rtol=1e-6)
+    np.testing.assert_allclose(g.dLds0[1], g.dLds0[0], rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize(("cell", "reset_after"), CELLS, ids=CELL_IDS)
 def test_bptt_clip_clips_and_counts(cell, reset_after):
     rng = np.random.default_rng(17)
@@ -265,6 +282,21 @@ def test_bptt_overflow_raises_compute_error(cell, reset_after):
     p32.U, p32.W, p32.V, p32.c = (a.astype(np.float32) for a in (p32.U, p32.W, p32.V, p32.c))
     with pytest.raises(ComputeError, match=r"is not finite: .* overflowed in float32 .* or compute in float64$"):
         run(p32)
+
+
+def test_bptt_overflow_in_dLdV_alone_raises_compute_error():
+    """dLdV is read only when the bound N max(1, max|s0|) does not settle it: a state s0 of 1e307 kept by
+    a shut update gate (z = 1) and a tiny V give finite logits but sum_t delta_o[t] s_t beyond float64."""
+    rng = np.random.default_rng(23)
+    p = make_gated_problem(rng, "gru", 2, 3, 80, biases=True, states=True)
+    p.s0 = np.array([1e307, 1e307])
+    p.U[1] = 0.0
+    p.b[1], p.b_hh[1] = 1e3, 0.0  # z = 1: s_t = s0 at every step
+    p.W[1] = 0.0
+    p.V = np.array([[1e-300, 0.0], [0.0, 0.0], [-1e-300, 0.0]])  # logits 1e7, 0, -1e7: o_t = (1, 0, 0)
+    with pytest.raises(ComputeError, match=r"^dLdV is not finite") as info:
+        run(p)
+    assert info.value.field == "dLdV"
 
 
 @settings(max_examples=100, deadline=None)
