@@ -160,6 +160,7 @@ def test_version_on_the_command_line_and_in_healthz(client):
     assert client.get("/healthz").json()["version"] == service.__version__
 
 
+@pytest.mark.slow  # a server process (or interpreter) of its own
 def test_command_line_option_reaches_the_app(rng):
     """--max-tokens 2 on the command line: a 3-token request is refused, naming the setting."""
     from helpers import LocalServer

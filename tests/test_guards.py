@@ -28,6 +28,7 @@ def app_client(**settings) -> TestClient:
 # -- body size ------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a server process (or interpreter) of its own
 def test_body_over_limit_is_413_before_reading():
     """Content-Length over the limit: 413 at once, though no body byte was sent."""
     server = LocalServer(env={"BPTT_MAX_BODY_BYTES": "100000"})
@@ -180,6 +181,7 @@ def test_api_key_required_except_probes_and_metrics(rng):
             assert c.get(path).status_code == 401
 
 
+@pytest.mark.slow  # a server process (or interpreter) of its own
 def test_client_sends_api_key(rng):
     server = LocalServer(env={"BPTT_API_KEY": "s3cret"})
     p = make_problem(rng, 3, 4, 5)

@@ -166,6 +166,7 @@ def test_bptt_tracing_exports_by_otlp_to_the_endpoint_the_otel_variables_name(mo
         receiver.shutdown()
 
 
+@pytest.mark.slow  # a server process (or interpreter) of its own
 def test_tracing_off_imports_nothing_of_the_sdk():
     code = (
         "import json, sys; from fastapi.testclient import TestClient; from service.app import create_app; "
