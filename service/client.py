@@ -19,6 +19,7 @@ This module imports no server code: ``pip install bptt-service`` (without the
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip as zlib_gzip
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -322,7 +323,7 @@ class Wire:
                 x[row, : lengths[row]], y[row, : lengths[row]] = tokens[i]
             arrays = weights | {"x": x, "y": y, "lengths": lengths}
             for name, rows in (("s0", s0), ("c0", c0)):
-                if rows is not None:  # (B, H)
+                if rows is not None and any(rows[i] is not None for i in group):  # (B, H); else zeros, as absent
                     arrays[name] = np.stack([np.zeros(H) if rows[i] is None else np.asarray(rows[i]) for i in group])
                     arrays[name] = arrays[name].astype(dtype)
             inputs = [
@@ -345,6 +346,8 @@ class Wire:
             except (ValueError, KeyError, TypeError):
                 detail = response.text[:500] or response.reason_phrase
             raise ServerError(response.status_code, detail)
+        if _V2_HEADER not in response.headers:
+            raise ServerError(response.status_code, f"the answer has no {_V2_HEADER} header: not a binary answer")
         start = int(response.headers[_V2_HEADER])
         content = memoryview(response.content)
         out: dict[str, Array] = {}
@@ -537,12 +540,15 @@ class _Shards:
     def __init__(self, wire: Wire, U: Any, V: Any, W: Any, xs: Sequence[Any], ys: Sequence[Any], *, shards: int,
                  **options: Any) -> None:  # fmt: skip
         self.dry_run = wire.batch_bodies(U, V, W, xs, ys, shapes_only=True, **options)
-        # Shards travel as binary tensors, but for the vanilla cell's biases, which the model bptt does not take.
+        # Shards travel as binary tensors, but for the vanilla cell's biases, which the model bptt does not take,
+        # and for a group whose x and y padded to [B, T] would be over twice its tokens (one long sequence among
+        # many short ones): the dry run priced the unpadded request, and its body limit is for that one.
         rnn_biases = options.get("cell", "rnn") == "rnn" and (
             options.get("b") is not None or options.get("c") is not None
         )
         self.binary = None if rnn_biases else wire.binary_bodies(U, V, W, xs, ys, **options)
-        self.body = wire.batch_bodies(U, V, W, xs, ys, **options) if rnn_biases else None
+        self._rest = functools.partial(wire.batch_bodies, U, V, W, xs, ys, **options)  # built at first need
+        self._body: Callable[[Iterable[int]], bytes] | None = None
         self.lengths = [len(x) for x in xs]
         self.whole: list[int] | None = list(range(len(xs)))  # priced first, then None
         self.unpriced = shard_groups(self.lengths, shards)
@@ -550,14 +556,17 @@ class _Shards:
 
     def request(self, group: list[int]) -> tuple[str, bytes, dict[str, str] | None]:
         """Path, body and headers of ``group``'s request (None: JSON headers, the client's to choose)."""
-        if self.binary is not None:
+        lengths = [self.lengths[i] for i in group]
+        if self.binary is not None and len(group) * max(lengths) <= 2 * sum(lengths):
             return self.binary(group)
-        assert self.body is not None
-        return "/bptt/batch", self.body(group), None
+        if self._body is None:
+            self._body = self._rest()  # the weights as base64, once
+        return "/bptt/batch", self._body(group), None
 
-    def answer(self, response: httpx.Response) -> BatchResult:
-        """The ``BatchResult`` of a group's answer, or ``ServerError``."""
-        return Wire.batch_result(response) if self.binary is None else Wire.binary_batch_result(response)
+    @staticmethod
+    def answer(path: str, response: httpx.Response) -> BatchResult:
+        """The ``BatchResult`` of the answer to a group's request to ``path``, or ``ServerError``."""
+        return Wire.binary_batch_result(response) if path.startswith("/v2/") else Wire.batch_result(response)
 
     def next(self) -> list[int] | None:
         """The group to price next (the whole batch first), or None when every group is admitted."""
@@ -691,7 +700,7 @@ class Client:
                 content, headers = self._encoded(content)
             with httpx.Client(base_url=self._http.base_url, headers=self._http.headers, timeout=self._http.timeout,
                               transport=self._transport, verify=self._ssl) as alone:  # fmt: skip
-                return group, plan.answer(alone.post(path, content=content, headers=headers))
+                return group, plan.answer(path, alone.post(path, content=content, headers=headers))
 
         with ThreadPoolExecutor(len(plan.admitted)) as pool:
             parts = list(pool.map(send, plan.admitted))
@@ -858,7 +867,7 @@ class AsyncClient:
             async with httpx.AsyncClient(base_url=self._http.base_url, headers=self._http.headers,
                                          timeout=self._http.timeout, transport=self._transport,
                                          verify=self._ssl) as alone:  # fmt: skip
-                return group, plan.answer(await alone.post(path, content=content, headers=headers))
+                return group, plan.answer(path, await alone.post(path, content=content, headers=headers))
 
         parts = await asyncio.gather(*(send(g) for g in plan.admitted))
         return merge_batches(parts, clip)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .codec import DTYPES, Array, convert, element_count, from_base64, token_ids
-from .errors import InputError
+from .errors import InputError, LimitError
 from .schemas import BpttBatchRequest, BpttRequest, CompareRequest, FlowRequest, GradientCheckRequest, Tensor
 
 __all__ = ["array", "batch_arrays", "bptt_arrays", "check_arrays", "compare_arrays", "dense", "flow_arrays", "pricing"]
@@ -26,36 +26,47 @@ Floating = type[np.floating[Any]]
 
 
 # Set while a /cost route prices a request: a tensor object may then give its shape without its data.
-_PRICING: ContextVar[bool] = ContextVar("pricing", default=False)
+# The value is the largest tensor (in bytes) a real body could carry: BPTT_MAX_BODY_BYTES of base64.
+_PRICING: ContextVar[int | None] = ContextVar("pricing", default=None)
 
 
 @contextlib.contextmanager
-def pricing() -> Iterator[None]:
+def pricing(max_body_bytes: int) -> Iterator[None]:
     """Within: tensors without ``data`` are read as zeros of their shape that take no memory (a dry run
-    prices shapes; a client need not send tens of megabytes to learn whether a request is admitted)."""
-    token = _PRICING.set(True)
+    prices shapes; a client need not send tens of megabytes to learn whether a request is admitted),
+    up to the size a body of ``max_body_bytes`` could hold as base64."""
+    token = _PRICING.set(max_body_bytes // 4 * 3)
     try:
         yield
     finally:
         _PRICING.reset(token)
 
 
-def _tensor(value: Tensor, field: str) -> Array:
+def _tensor(value: Tensor, field: str, dtype: type[np.floating[Any]]) -> Array:
+    """The tensor's array; in a dry run, a data-less one as zeros of ``dtype`` that take no memory."""
     if value.data is not None:
         return from_base64(value.dtype, value.shape, value.data, field)
-    if not _PRICING.get():
+    largest = _PRICING.get()
+    if largest is None:
         raise InputError(
             f"{field}.data is required but missing (a tensor may omit its data only in a /cost dry run)",
             field=f"{field}.data",
         )
-    element_count(value.shape, field)
-    return np.broadcast_to(np.zeros((), dtype=value.dtype), value.shape)  # (shape), no memory: strides of 0
+    size = element_count(value.shape, field) * np.dtype(value.dtype).itemsize
+    if size > largest:  # no real request could carry it: refused before anything is built from its shape
+        raise LimitError(
+            f"{field}: a tensor of shape {list(value.shape)[:8]} in {value.dtype} holds {size:,} bytes, more than "
+            f"a request body can carry as base64 ({largest:,}; setting BPTT_MAX_BODY_BYTES)",
+            field=field,
+        )
+    # In the dtype it will be converted to: a conversion of a broadcast array would allocate all of it.
+    return np.broadcast_to(np.zeros((), dtype=dtype), value.shape)  # (shape), strides of 0
 
 
 def array(value: list[Any] | Tensor, field: str, *, ndim: int | None, dtype: Floating = np.float64) -> Array:
     """A numpy array of ``dtype`` with ``ndim`` dimensions (None: the caller checks) from a validated field."""
     if isinstance(value, Tensor):
-        a = _tensor(value, field)
+        a = _tensor(value, field, dtype)
         if ndim is not None and a.ndim != ndim:
             raise InputError(f"{field} must be a tensor of {ndim} dimension(s), got shape {list(a.shape)}", field=field)
     else:
@@ -256,7 +267,7 @@ def _optional(value: list[Any] | Tensor | None, field: str, dtype: Floating) -> 
 def dense(value: list[Any] | Tensor, field: str) -> Array:
     """A float64 array of any rank from validated lists or a tensor object (the /vjp routes' arrays)."""
     if isinstance(value, Tensor):
-        return convert(_tensor(value, field), np.float64, field)
+        return convert(_tensor(value, field, np.float64), np.float64, field)
     try:
         return np.array(value, dtype=np.float64)
     except ValueError:  # ragged

@@ -378,7 +378,7 @@ def cost_plan(route: str) -> Planner:
 
     def plan(body: bytes, settings: Settings) -> Plan:
         try:
-            with inputs.pricing():  # tensors may come as {dtype, shape}, without their data
+            with inputs.pricing(settings.max_body_bytes):  # tensors may come as {dtype, shape}, without data
                 priced = PLANS[route](body, settings)
         except LimitError as exc:  # a shape limit: refused before any price
             refusal: dict[str, Any] = {"route": route, "admitted": False, "refusal": exc.message, "estimate": None}

@@ -3,6 +3,8 @@ POST /bptt/cost, the limits listed by GET /limits, and a refusal that names the 
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import orjson
 import pytest
@@ -102,9 +104,10 @@ def test_a_tensor_without_data_is_refused_outside_a_dry_run(client, rng):
 
 
 def test_a_dry_run_of_shapes_alone_refuses_what_the_whole_body_would(client):
-    """A shape over a limit (C x H) is refused from the shapes alone, as from the data."""
-    payload = {"U": {"dtype": "float64", "shape": [1000, 20_000]}, "V": {"dtype": "float64", "shape": [20_000, 1000]},
-               "W": {"dtype": "float64", "shape": [1000, 1000]}, "x": [0], "y": [0]}  # fmt: skip
+    """A shape over a limit (C x H = 11 million) is refused from the shapes alone, as from the data (in
+    float32, 44 MB: a tensor a body could still carry)."""
+    payload = {"U": {"dtype": "float32", "shape": [1000, 11_000]}, "V": {"dtype": "float32", "shape": [11_000, 1000]},
+               "W": {"dtype": "float32", "shape": [1000, 1000]}, "x": [0], "y": [0], "dtype": "float32"}  # fmt: skip
     r = client.post("/bptt/cost", content=orjson.dumps(payload), headers=JSON)
     assert r.status_code == 200, r.text
     assert r.json()["admitted"] is False
@@ -184,3 +187,43 @@ def test_examples_are_the_largest_admitted(rng):
             )
             assert ok is None and over is not None
     assert np.isfinite([e["value"] for e in admission.examples(settings)]).all()
+
+
+@pytest.mark.parametrize(
+    ("route", "payload"),
+    [
+        ("/bptt", {"U": {"dtype": "float32", "shape": [2000, 20_000]}, "x": [0], "y": [0],
+                   "V": {"dtype": "float32", "shape": [20_000, 2000]},
+                   "W": {"dtype": "float32", "shape": [2000, 2000]}}),
+        ("/vjp", {"x": {"dtype": "float32", "shape": [8, 50, 50_000]}, "h0": [[0.0]], "Wx": [[0.0]], "Wh": [[0.0]],
+                  "b": [0.0], "dh": [[[0.0]]]}),
+    ],
+    ids=["bptt", "vjp"],
+)  # fmt: skip
+def test_a_dry_run_of_a_shape_no_body_could_carry_is_refused_without_building_it(client, route, payload):
+    """A data-less tensor bigger than any body could carry as base64 is refused from its shape (the dry
+    run is a few hundred bytes, so nothing else bounds it); under it, its zeros take no memory even where
+    the route converts its dtype (float32 here, float64 computed)."""
+    tracemalloc.start()
+    r = client.post(f"{route}/cost", content=orjson.dumps(payload), headers=JSON)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert r.status_code == 200, r.text
+    assert r.json()["admitted"] is False
+    assert "more than a request body can carry as base64" in r.json()["refusal"]
+    assert "BPTT_MAX_BODY_BYTES" in r.json()["refusal"]
+    assert peak < 20 << 20, f"the dry run allocated {peak:,} bytes"
+
+
+def test_a_dry_run_in_another_dtype_takes_no_memory(client):
+    """float32 tensors priced for a float64 request (converted on the real path): zeros of float64 that take
+    no memory, not a float64 copy of the shape."""
+    payload = {"U": {"dtype": "float32", "shape": [1000, 10_000]}, "V": {"dtype": "float32", "shape": [10_000, 1000]},
+               "W": {"dtype": "float32", "shape": [1000, 1000]}, "x": [0], "y": [0], "dtype": "float64"}  # fmt: skip
+    tracemalloc.start()
+    r = client.post("/bptt/cost", content=orjson.dumps(payload), headers=JSON)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert r.status_code == 200, r.text
+    assert r.json()["estimate"] is not None
+    assert peak < 20 << 20, f"the dry run allocated {peak:,} bytes (U alone would be 80 MB in float64)"

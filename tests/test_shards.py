@@ -193,3 +193,29 @@ def test_sharded_batch_with_biases_equals_one_computation(small, rng, cell, rese
     for name in names + (["dLdb_hh"] if cell == "gru" else []):
         assert_close(getattr(got, name), getattr(want, name), 1e-12)
     assert got.loss == pytest.approx(want.loss, rel=1e-12)
+
+
+def test_a_group_that_padding_would_swell_goes_as_a_batch_body(rng):
+    """One long sequence among many short ones: padded to [B, T] the group's x and y would be far over its
+    tokens (and over the body limit the dry run priced), so it goes to /bptt/batch; an even group goes binary."""
+    U, V, W = rng.normal(size=(4, 6)), rng.normal(size=(6, 4)), rng.normal(size=(4, 4))
+    lengths = [500] + [1] * 100 + [450]
+    xs = [rng.integers(0, 6, n) for n in lengths]
+    plan = _Shards(Wire("base64", "float64"), U, V, W, xs, xs, shards=2)
+    assert plan.request(list(range(101)))[0] == "/bptt/batch"  # 600 tokens padded to 101 x 500
+    assert plan.request([0, 101])[0] == "/v2/models/bptt/infer"  # 950 tokens in 2 x 500
+    assert plan.request(list(range(1, 101)))[0] == "/v2/models/bptt/infer"  # no padding
+
+
+def test_sharded_batch_with_uneven_lengths_and_no_cell_state_equals_one_computation(small, rng):
+    """Groups of both forms in one call, and c0 given as None for every sequence of a GRU (nothing sent)."""
+    H, C = 4, 6
+    U, V, W = rng.normal(0, 0.5, (3, H, C)), rng.normal(0, 0.5, (C, H)), rng.normal(0, 0.5, (3, H, H))
+    lengths = [14, 1, 1, 1, 1, 1, 1, 1, 1, 13]
+    xs = [rng.integers(0, C, n) for n in lengths]
+    ys = [rng.integers(0, C, n) for n in lengths]
+    want = gated.bptt_batch("gru", U, V, W, xs, ys)
+    with Client(small.url) as client:
+        got = client.bptt_batch(U, V, W, xs, ys, cell="gru", c0=[None] * len(xs), shards=3)
+    for name in ("dLdU", "dLdV", "dLdW", "dLds0", "final_state", "losses"):
+        assert_close(getattr(got, name), getattr(want, name), 1e-12)

@@ -128,13 +128,7 @@ class Servicer:
                 call = decode(request, self.settings, model)
                 return encode(call, dataplane.infer(call, self.settings))
 
-            # The message is held until the answer is sent: it counts with the HTTP bodies.
-            bodies: Bodies = self.state.bodies
-            bodies.take(received.size)
-            try:
-                return await self._compute(context, work)
-            finally:
-                bodies.give(received.size)
+            return await self._compute(context, work, held=received.size)
 
         return await self._call(context, "ModelInfer", answer)
 
@@ -177,14 +171,16 @@ class Servicer:
         await context.abort(grpc.StatusCode[code], message)  # raises
         raise AssertionError("unreachable: abort raises")
 
-    async def _compute(self, context: Context, work: Callable[[], Reply]) -> Reply:
+    async def _compute(self, context: Context, work: Callable[[], Reply], *, held: int = 0) -> Reply:
         """Run ``work`` in the compute pool, within the client's deadline capped by the server's.
 
         The slot and the thread run in a task of their own, shielded from grpc's
         cancellation of the handler: a call the client cancels (or whose deadline
         passes) ends the RPC, and its done-callback stops the work at its next
         checkpoint, as an HTTP client's disconnect does. The slot is held until
-        the thread has stopped, so the queue bound counts it until then.
+        the thread has stopped, so the queue bound counts it until then; so are
+        the ``held`` bytes of the message (BPTT_MAX_BYTES_IN_FLIGHT, with the HTTP
+        bodies), which the work holds until it ends.
         """
         pool: Pool = self.state.pool
         seconds = context.time_remaining()  # None without a client deadline
@@ -194,9 +190,15 @@ class Servicer:
         async def gone() -> None:
             await ended.wait()
 
+        bodies: Bodies = self.state.bodies
+
         async def run() -> Reply:
-            async with pool.slot(seconds) as slot:
-                return await slot.run(work, disconnected=gone)
+            bodies.take(held)  # Busy (UNAVAILABLE) past the limit, counting nothing
+            try:
+                async with pool.slot(seconds) as slot:
+                    return await slot.run(work, disconnected=gone)
+            finally:
+                bodies.give(held)
 
         task = asyncio.ensure_future(run())
         try:
