@@ -538,8 +538,9 @@ class _Shards:
     """
 
     def __init__(self, wire: Wire, U: Any, V: Any, W: Any, xs: Sequence[Any], ys: Sequence[Any], *, shards: int,
-                 **options: Any) -> None:  # fmt: skip
-        self.dry_run = wire.batch_bodies(U, V, W, xs, ys, shapes_only=True, **options)
+                 clip: float | None = None, **options: Any) -> None:  # fmt: skip
+        # The dry run carries clip, which the shards do not: the service checks it as it would in one request.
+        self.dry_run = wire.batch_bodies(U, V, W, xs, ys, shapes_only=True, clip=clip, **options)
         # Shards travel as binary tensors, but for the vanilla cell's biases, which the model bptt does not take,
         # and for a group whose x and y padded to [B, T] would be over twice its tokens (one long sequence among
         # many short ones): the dry run priced the unpadded request, and its body limit is for that one.
@@ -689,8 +690,8 @@ class Client:
             body = self.wire.batch_body(U, V, W, xs, ys, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip,
                                         **gated)  # fmt: skip
             return Wire.batch_result(self._post("/bptt/batch", body))
-        plan = _Shards(self.wire, U, V, W, xs, ys, shards=shards, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c,
-                       **gated)  # fmt: skip
+        plan = _Shards(self.wire, U, V, W, xs, ys, shards=shards, clip=clip, s0=s0, bptt_truncate=bptt_truncate,
+                       b=b, c=c, **gated)  # fmt: skip
         while (group := plan.next()) is not None:
             plan.priced(group, self._post("/bptt/batch/cost", plan.dry_run(group)))
 
@@ -855,8 +856,8 @@ class AsyncClient:
             body = self.wire.batch_body(U, V, W, xs, ys, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c, clip=clip,
                                         **gated)  # fmt: skip
             return Wire.batch_result(await self._post("/bptt/batch", body))
-        plan = _Shards(self.wire, U, V, W, xs, ys, shards=shards, s0=s0, bptt_truncate=bptt_truncate, b=b, c=c,
-                       **gated)  # fmt: skip
+        plan = _Shards(self.wire, U, V, W, xs, ys, shards=shards, clip=clip, s0=s0, bptt_truncate=bptt_truncate,
+                       b=b, c=c, **gated)  # fmt: skip
         while (group := plan.next()) is not None:
             plan.priced(group, await self._post("/bptt/batch/cost", plan.dry_run(group)))
 

@@ -219,3 +219,13 @@ def test_sharded_batch_with_uneven_lengths_and_no_cell_state_equals_one_computat
         got = client.bptt_batch(U, V, W, xs, ys, cell="gru", c0=[None] * len(xs), shards=3)
     for name in ("dLdU", "dLdV", "dLdW", "dLds0", "final_state", "losses"):
         assert_close(getattr(got, name), getattr(want, name), 1e-12)
+
+
+@pytest.mark.parametrize("clip", [0.0, -1.0])
+def test_a_clip_the_service_refuses_is_refused_when_sharded_too(small, rng, clip):
+    """clip is applied to the sums by the client, but the dry run carries it: the service's 422 names it."""
+    U, V, W, xs, ys, _ = batch(rng)
+    with Client(small.url) as client, pytest.raises(ServerError) as refused:
+        client.bptt_batch(U, V, W, xs, ys, clip=clip, shards=2)
+    assert refused.value.status == 422
+    assert "clip" in refused.value.detail
