@@ -290,6 +290,28 @@ def test_grpc_request_id_is_echoed(served, triton, rng):
     assert code == "INVALID_ARGUMENT" and len(rid) == 32 and rid != "bad id"
 
 
+def call_while_http_computes(triton: Callable[..., Any], s: Served, long: Any, arrays: dict) -> tuple[Any, list]:
+    """Send ``long`` as an HTTP request, and make the gRPC call of ``arrays`` until it is refused or the HTTP
+    request has answered (not a fixed sleep: the call must meet what the HTTP request holds); the call's last
+    answer, and the HTTP request's seconds (empty if it failed), once it has answered."""
+    done: list[float] = []
+
+    def slow_http() -> None:
+        start = time.perf_counter()
+        with Client(s.url) as client:
+            client.bptt(long.U, long.V, long.W, long.x, long.y)
+        done.append(time.perf_counter() - start)
+
+    thread = threading.Thread(target=slow_http)
+    thread.start()
+    answer = triton(infer, s.target, arrays)
+    while not isinstance(answer, Failure) and thread.is_alive():
+        time.sleep(0.02)
+        answer = triton(infer, s.target, arrays)
+    thread.join()
+    return answer, done
+
+
 @pytest.mark.slow
 def test_grpc_and_http_share_one_queue_bound(triton, rng):
     """One compute thread, no queue: while an HTTP request computes, a gRPC call is refused
@@ -297,26 +319,11 @@ def test_grpc_and_http_share_one_queue_bound(triton, rng):
     s = Served(["--threads", "1", "--max-queue", "0"])
     with s.server:
         long = make_problem(rng, H=500, C=2, T=10_000)  # about 0.8 s of work here with the compiled loops
-        done: list[float] = []
-
-        def slow_http() -> None:
-            start = time.perf_counter()
-            with Client(s.url) as client:
-                client.bptt(long.U, long.V, long.W, long.x, long.y)
-            done.append(time.perf_counter() - start)
-
-        thread = threading.Thread(target=slow_http)
-        thread.start()
         small = make_problem(rng, H=2, C=3, T=2)
-        # Not a fixed sleep: call until the HTTP request holds the thread (answered before it is).
-        failure = triton(infer, s.target, arrays_of(small))
-        while not isinstance(failure, Failure) and thread.is_alive():
-            time.sleep(0.02)
-            failure = triton(infer, s.target, arrays_of(small))
+        failure, done = call_while_http_computes(triton, s, long, arrays_of(small))
         assert isinstance(failure, Failure), "the HTTP request ended before a gRPC call found the thread taken"
         assert failure.code == "UNAVAILABLE"
         assert failure.message.startswith("the server is at capacity: 1 requests computing and 0 waiting")
-        thread.join()
         assert done and done[0] > 0.6, "the HTTP request was too quick to hold the thread"
         # A deadline of 0.3 s: the client gives up, the server stops the work (the thread is free at once).
         failure = triton(infer, s.target, arrays_of(long), client_timeout=0.3)
@@ -338,25 +345,11 @@ def test_grpc_messages_count_with_http_bodies_against_the_bytes_in_flight(triton
     with s.server:
         long = make_problem(rng, H=400, C=2, T=10_000)  # W alone is 1.7 MB of base64; about 0.5 s of work
         wide = make_problem(rng, H=2, C=20_000, T=2)  # U and V: 640,000 bytes raw
-        done: list[float] = []
-
-        def slow_http() -> None:
-            start = time.perf_counter()
-            with Client(s.url) as client:
-                client.bptt(long.U, long.V, long.W, long.x, long.y)
-            done.append(time.perf_counter() - start)
-
-        thread = threading.Thread(target=slow_http)
-        thread.start()
-        failure = triton(infer, s.target, arrays_of(wide))
-        while not isinstance(failure, Failure) and thread.is_alive():
-            time.sleep(0.02)
-            failure = triton(infer, s.target, arrays_of(wide))
+        failure, done = call_while_http_computes(triton, s, long, arrays_of(wide))
         assert isinstance(failure, Failure), "the HTTP request ended before a gRPC call found its bytes held"
         assert failure.code == "UNAVAILABLE", failure
         assert failure.message.startswith("the server holds 1,"), failure
         assert "near its limit of 2,000,000 (setting BPTT_MAX_BYTES_IN_FLIGHT)" in failure.message
-        thread.join()
         assert done, "the HTTP request did not complete"  # it held its bytes: the call above was refused
         assert "dLdU" in triton(infer, s.target, arrays_of(wide))
 
