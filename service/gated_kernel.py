@@ -49,8 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from .deadline import checkpoint
-from .kernel import AVAILABLE, _plain
+from .kernel import AVAILABLE, _plain, _spans
 
 __all__ = [
     "AVAILABLE",
@@ -254,11 +253,9 @@ def gru_forward(
     HN = np.empty((T, B, H), dtype=A.dtype) if reset_after else np.empty((1, 1, 1), dtype=A.dtype)
     bhh = np.zeros(H, dtype=A.dtype) if bhh_n is None else _plain(np.asarray(bhh_n, dtype=A.dtype))
     loop = _compiled()[0]
-    step = _steps(B, 3, H)
-    for start in range(0, T, step):
-        checkpoint()  # the request's deadline (service.deadline)
-        stop = start + step
-        loop(A[start:stop], WT, bhh, S0 if start == 0 else S[start - 1], S[start:stop], HN[start:stop], reset_after)
+    for span in _spans(T, _steps(B, 3, H)):
+        prev = S0 if span.start == 0 else S[span.start - 1]
+        loop(A[span], WT, bhh, prev, S[span], HN[span], reset_after)
     return S, HN if reset_after else None
 
 
@@ -272,12 +269,9 @@ def lstm_forward(
     S0, C0 = _plain(S0), _plain(C0)
     S, CS, TC = (np.empty((T, B, H), dtype=A.dtype) for _ in range(3))
     loop = _compiled()[1]
-    step = _steps(B, 4, H)
-    for start in range(0, T, step):
-        checkpoint()
-        stop = start + step
-        prev, cprev = (S0, C0) if start == 0 else (S[start - 1], CS[start - 1])
-        loop(A[start:stop], WT, prev, cprev, S[start:stop], CS[start:stop], TC[start:stop])
+    for span in _spans(T, _steps(B, 4, H)):
+        prev, cprev = (S0, C0) if span.start == 0 else (S[span.start - 1], CS[span.start - 1])
+        loop(A[span], WT, prev, cprev, S[span], CS[span], TC[span])
     return S, CS, TC
 
 
@@ -292,11 +286,7 @@ def gru_backward_full(
     dA = np.empty_like(gates)
     carry = np.zeros((B, H), dtype=gates.dtype)  # dL/ds_k from step k + 1
     loop = _compiled()[2]
-    step = _steps(B, 3, H)
-    for stop in range(T, 0, -step):
-        checkpoint()
-        start = max(0, stop - step)
-        span = slice(start, stop)
+    for span in _spans(T, _steps(B, 3, H), backward=True):
         loop(W, gates[span], S_prev[span], hn[span], dLds[span], dA[span], carry, reset_after)
     return dA, carry
 
@@ -311,11 +301,7 @@ def lstm_backward_full(
     carry = np.zeros((B, H), dtype=gates.dtype)  # dL/ds_k from step k + 1
     carry_c = np.zeros((B, H), dtype=gates.dtype)  # dL/dc_k from c_{k+1}
     loop = _compiled()[3]
-    step = _steps(B, 4, H)
-    for stop in range(T, 0, -step):
-        checkpoint()
-        start = max(0, stop - step)
-        span = slice(start, stop)
+    for span in _spans(T, _steps(B, 4, H), backward=True):
         loop(W, gates[span], C_prev[span], TC[span], dLds[span], dA[span], carry, carry_c)
     return dA, carry, carry_c
 

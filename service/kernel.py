@@ -43,6 +43,7 @@ import functools
 import importlib.util
 import math
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -126,6 +127,14 @@ def _steps(B: int, H: int) -> int:
     return max(1, _CHUNK_FLOPS // (B * H * H))
 
 
+def _spans(n: int, step: int, *, backward: bool = False) -> Iterator[slice]:
+    """The slices of range(n), ``step`` long (from the end with ``backward``), that a compiled loop is called
+    on: the request's deadline (service.deadline) is checked before each, as the loop cannot be interrupted."""
+    for stop in range(n, 0, -step) if backward else range(step, n + step, step):
+        checkpoint()
+        yield slice(max(0, stop - step), min(n, stop))
+
+
 def recur(S: np.ndarray, WT: np.ndarray, S0: np.ndarray) -> np.ndarray:
     """S[t] = tanh(S[t] + S[t-1] W^T) for t = 0..T-1, S[-1] = S0, in place.
 
@@ -139,10 +148,8 @@ def recur(S: np.ndarray, WT: np.ndarray, S0: np.ndarray) -> np.ndarray:
     T, B, H = S.shape
     WT, S0 = _plain(WT), _plain(S0)
     compiled_recur = _compiled()[0]
-    step = _steps(B, H)
-    for start in range(0, T, step):
-        checkpoint()
-        compiled_recur(S[start : start + step], WT, S0 if start == 0 else S[start - 1])
+    for span in _spans(T, _steps(B, H)):
+        compiled_recur(S[span], WT, S0 if span.start == 0 else S[span.start - 1])
     return S
 
 
@@ -153,11 +160,8 @@ def backward_full(W: np.ndarray, dLds: np.ndarray, dtanh: np.ndarray) -> np.ndar
     compiled_backward = _compiled()[1]
     dz = np.empty_like(dLds)
     carry = np.zeros_like(dLds[0])  # (B, H), W^T dz_{k+1}
-    step = _steps(B, H)
-    for stop in range(T, 0, -step):
-        checkpoint()
-        start = max(0, stop - step)
-        compiled_backward(W, dLds[start:stop], dtanh[start:stop], dz[start:stop], carry)
+    for span in _spans(T, _steps(B, H), backward=True):
+        compiled_backward(W, dLds[span], dtanh[span], dz[span], carry)
     return dz
 
 
@@ -173,10 +177,8 @@ def add_columns(dLdU: np.ndarray, x: np.ndarray, dz: np.ndarray) -> np.ndarray:
     n, H = dz.shape
     x, dz = _plain(x.astype(np.intp, copy=False)), _plain(dz)
     compiled_add = _compiled()[2]
-    step = max(1, _CHUNK_FLOPS // H)
-    for start in range(0, n, step):
-        checkpoint()
-        compiled_add(dLdU, x[start : start + step], dz[start : start + step])
+    for span in _spans(n, max(1, _CHUNK_FLOPS // H)):
+        compiled_add(dLdU, x[span], dz[span])
     return dLdU
 
 
