@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from helpers import make_problem
 from test_limits import v2_body
-from test_ops import metric
+from test_ops import metrics
 
 from service import costs, engine
 from service.app import create_app
@@ -54,14 +54,7 @@ def test_inline_request_is_computed_in_the_event_loop_and_counted_in_metrics(app
     }
 
     def read() -> dict[str, float]:
-        text = app_client.get("/metrics").text
-        out = {}
-        for key, (name, labels) in series.items():
-            try:
-                out[key] = metric(text, name, **labels)
-            except AssertionError:  # no such request yet in this process
-                out[key] = 0.0
-        return out
+        return metrics(app_client, series)
 
     before, inline = read(), pool.inline_runs
     r = app_client.post("/bptt", content=json.dumps(p.body()), headers=JSON)

@@ -57,6 +57,19 @@ def metric(text: str, name: str, **labels) -> float:
     raise AssertionError(f"{name}{{{want}}} not in /metrics")
 
 
+def metrics(client: TestClient, series: dict[str, tuple[str, dict[str, str]]]) -> dict[str, float]:
+    """The value of each series (its name and labels) in the app's /metrics now; 0 for one not created
+    yet (no such request so far in this process)."""
+    text = client.get("/metrics").text
+    out = {}
+    for key, (name, labels) in series.items():
+        try:
+            out[key] = metric(text, name, **labels)
+        except AssertionError:
+            out[key] = 0.0
+    return out
+
+
 def test_metrics_count_requests_sizes_and_engine_time(client, rng):
     """Exact increments of each metric around two requests: independent of what ran before in the process."""
     p = make_problem(rng, H=3, C=4, T=5)
@@ -70,14 +83,7 @@ def test_metrics_count_requests_sizes_and_engine_time(client, rng):
     }
 
     def read() -> dict[str, float]:
-        text = client.get("/metrics").text
-        out = {}
-        for key, (name, labels) in series.items():
-            try:
-                out[key] = metric(text, name, **labels)
-            except AssertionError:  # not created yet: no such request so far in this process
-                out[key] = 0.0
-        return out
+        return metrics(client, series)
 
     before = read()
     body = json.dumps(p.body()).encode()
