@@ -142,6 +142,11 @@ def token_ids(value: Any, field: str) -> Tokens:
     JSON Schema counts it); 2.5, booleans, NaN and strings are refused with the
     message the server gives for the same JSON.
     """
+    if type(value) is list and all(type(v) is int for v in value):  # as pydantic hands them over
+        try:
+            return np.array(value, dtype=np.int64)  # (a negative id is the engine's to name, with C)
+        except OverflowError:
+            pass  # past int64: named below
     items = value if isinstance(value, np.ndarray | list) else list(value)
     for i, v in enumerate(items if isinstance(items, list) else ()):
         # numpy would read True as 1, turn [1, "a"] into strings (blaming "1") and refuse [1, [2]]
@@ -178,6 +183,8 @@ def require_finite(content: Any, name: str = "") -> None:
     Walks dicts and lists of numpy arrays and floats: the one place every route's
     answer passes before it is written, so no 200 carries a non-finite number.
     """
+    if type(content) in _FINITE_BY_TYPE:  # a base64 string, a count, a dtype or shape: nothing to check
+        return
     if isinstance(content, np.ndarray):
         if content.dtype.kind == "f" and not np.isfinite(content).all():
             raise ComputeError(
@@ -194,6 +201,9 @@ def require_finite(content: Any, name: str = "") -> None:
     elif isinstance(content, list | tuple):
         for i, value in enumerate(content):
             require_finite(value, f"{name}[{i}]")
+
+
+_FINITE_BY_TYPE = frozenset({str, int, bool, type(None)})
 
 
 def to_wire(a: Array, encoding: Encoding) -> Array | dict[str, Any]:

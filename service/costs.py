@@ -34,6 +34,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 
+from . import engine, kernel
 from .errors import InputError
 
 __all__ = ["CELLS", "DEFAULT", "UNITS", "Estimate", "Machine", "bptt", "compare", "gates", "gradient_check"]
@@ -358,6 +359,13 @@ def _engine_bptt(
     # _bptt clips after _bptt_unchecked returns, the batch (X, Y, S0) still alive: abs(grad) and its mask
     at_clip = outputs + batch + (max(H * C, H * H) * (s + 1) if clip else 0)
     peak = max(hidden, at_softmax, at_dtanh, at_backward, at_columns, at_losses, at_check, at_clip)
+    if G == 1 and B == 1 and engine.kernel_in_use() == "numba" and kernel.fused_pays(T, H, C, K):
+        # One compiled call (kernel.bptt_one), priced in time as the numpy engine above (it is faster), in
+        # memory as itself: V and W transposed, S, dLds, dz (and the lags' delta), the gradients and their
+        # small buffers; no (N, C) array.
+        copies = (H * C + H * H) * s
+        arrays = (3 + (0 if full else 1)) * T * H * s + T * s + 2 * H * C * s + H * H * s + (3 * C + 6 * H) * s
+        peak = batch + copies + arrays + (H * C * s if clip else 0)
     if G > 1:
         # gated._bptt_unchecked on top of the vanilla cell's arrays: the G - 1 more (H, C) and (H, H) blocks
         # of dLdU and dLdW, and 2G - 1 more (T, B, H) arrays (the input pre-activations A, dA and the

@@ -253,10 +253,10 @@ def _check_tokens(name: str, ids: np.ndarray, C: int) -> None:
         raise InputError(f"{name} must be a list of token ids, got {ids.ndim} dimensions", field=name)
     if len(ids) == 0:
         raise InputError(f"{name} must hold at least one token id, got an empty list", field=name)
-    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+    if ids.dtype.kind not in "iu":  # numpy's integer kinds (np.issubdtype: 3 us a call)
         raise InputError(f"{name} must hold integer token ids, got dtype {ids.dtype}", field=name)
-    bad = np.flatnonzero((ids < 0) | (ids >= C))
-    if len(bad):
+    if ids.min() < 0 or ids.max() >= C:  # two reductions; the first bad id only when there is one
+        bad = np.flatnonzero((ids < 0) | (ids >= C))
         i = int(bad[0])
         raise InputError(
             f"{name}[{i}] = {int(ids[i])} is out of range: token ids must be in [0, C) = [0, {C})",
@@ -630,6 +630,8 @@ def _bptt_unchecked(batch: _Batch, K: int | None) -> BatchGradients:
     U, V, W, X, S0, lengths = batch.U, batch.V, batch.W, batch.X, batch.S0, batch.lengths
     T, B = X.shape
     H, C = U.shape
+    if _kernel and B == 1 and kernel.fused_pays(T, H, C, K):
+        return _bptt_one(batch, K)  # the same arithmetic in one compiled call
 
     S = _hidden_states(batch)  # (T, B, H)
 
@@ -697,6 +699,31 @@ def _bptt_unchecked(batch: _Batch, K: int | None) -> BatchGradients:
         dLdW=dLdW,
         dLds0=dLds0,
         final_state=final_state,
+    )
+
+
+def _bptt_one(batch: _Batch, K: int | None) -> BatchGradients:
+    """``_bptt_unchecked`` for one short sequence, computed by service.kernel.bptt_one in one call."""
+    x, y = batch.X[:, 0], batch.targets[:, 0]
+    one = kernel.bptt_one(batch.U, batch.V, batch.W, x, y, batch.S0[0], batch.b, batch.c, K)
+    dLds0 = one.dLds0[None]  # (1, H)
+    if not one.finite:  # name what overflowed
+        flowing: dict[str, np.ndarray | float] = {
+            "the loss": one.loss,
+            "the gradient flowing back through time": one.dz,
+        }
+        _check_finite(batch.U, batch.V, batch.W, **flowing, dLdW=one.dLdW, dLdU=one.dLdU[:, x], dLds0=dLds0)
+    return BatchGradients(
+        dLdb=one.dLdb,
+        dLdc=one.dLdc,
+        loss=one.loss,
+        losses=np.array([one.loss], dtype=one.token_loss.dtype),
+        lengths=batch.lengths,
+        dLdU=one.dLdU,
+        dLdV=one.dLdV,
+        dLdW=one.dLdW,
+        dLds0=dLds0,
+        final_state=one.S[-1:],  # (1, H)
     )
 
 

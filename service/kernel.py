@@ -9,9 +9,20 @@ signatures of the engine's numpy functions:
     recur(S, WT, S0)                  S[t] = tanh(S[t] + S[t-1] W^T), in place
     backward_full(W, dLds, dtanh)     dz_k = (dLds[k] + W^T dz_{k+1}) * dtanh[k]
     add_columns(dLdU, x, dz)          dLdU[:, x_k] += dz_k, in place
+    bptt_one(U, V, W, x, y, ...)      all of engine._bptt_unchecked, one short sequence
 
 ``add_columns`` replaces the sort and group of ``engine._sum_into_columns``
 (about ten numpy calls, 0.1 ms at any size) by one pass over the n x H entries.
+
+``bptt_one`` is the whole computation of one sequence in one call: the forward
+loop, the output layer (its three products as plain loops, the softmax with
+libm's exp), the backward loop and the sums into dLdU, dLdW and the biases. At
+the sizes where it is chosen (``fused_pays``; a character model, C = 65, H = 32,
+T = 25, is 0.2 M multiply-adds) the numpy engine's hundred-odd calls cost
+several times the arithmetic; past them BLAS's products win. Its softmax is
+shifted by each row's largest logit (the numpy engine shifts only the rows that
+need it, ``engine._scaled_delta_o``), with the same log1p form of the loss, so
+that small losses keep their precision.
 
 Dimension letters as in service/engine.py. The products sum in the order of
 a plain loop, not BLAS's blocking, so results differ from numpy's in the
@@ -44,19 +55,23 @@ import importlib.util
 import math
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from .deadline import checkpoint
 
-__all__ = ["AVAILABLE", "add_columns", "backward_full", "pays", "recur", "warm_up"]
+__all__ = ["AVAILABLE", "add_columns", "backward_full", "bptt_one", "fused_pays", "pays", "recur", "warm_up"]
 
 # Imported and compiled at the first use (warm_up), not at import: `import service` stays quick.
 AVAILABLE = importlib.util.find_spec("numba") is not None
 
 RECUR_MAX_BH = 64  # B x H up to which the compiled forward loop is faster (measured)
 BACKWARD_MAX_BHH = 20_000  # B x H x H up to which the compiled backward loop is faster (measured)
+# One sequence of up to this many multiply-adds (``fused_work``) is computed in one compiled call
+# (bptt_one), measured faster than the numpy engine there (docs/performance.md). The call cannot be
+# interrupted: this bound keeps it to about a millisecond.
+FUSED_MAX_FLOPS = 1 << 20
 
 # About this many multiply-adds per compiled call (a few milliseconds): the deadline is
 # checked between calls.
@@ -101,6 +116,118 @@ def _add_columns(dLdU, x, dz):  # type: ignore[no-untyped-def]  # (H, C), (n,), 
             dLdU[i, c] += dz[k, i]  # dLdU[:, x_k] += dz_k, in the order of k
 
 
+def _bptt_one(U, V, W, x, y, s0, b, c, K, low):  # type: ignore[no-untyped-def]
+    # U (H, C), V (C, H), W (H, H); x, y (T,); s0, b (H,), c (C,) (zeros without biases); K < 0: full BPTT.
+    # engine._bptt_unchecked's arithmetic for one sequence; every inner loop runs along a contiguous row,
+    # which vectorises. Returns the loss, a sum that is finite if every result is (the caller's cheap
+    # overflow test), and the arrays of OneSequence.
+    T = x.shape[0]
+    H, C = U.shape
+    dtype = U.dtype
+    VT, WT = np.ascontiguousarray(V.T), np.ascontiguousarray(W.T)  # (H, C), (H, H)
+    S = np.empty((T, H), dtype)  # s_t
+    acc = np.empty(H, dtype)
+    for t in range(T):  # forward
+        h = s0 if t == 0 else S[t - 1]
+        acc[:] = 0
+        for j in range(H):  # acc = W s_{t-1}, row by row of W^T
+            hj = h[j]
+            for i in range(H):
+                acc[i] += hj * WT[j, i]
+        for i in range(H):
+            S[t, i] = math.tanh(U[i, x[t]] + b[i] + acc[i])  # s_t = tanh(U x_t + b + W s_{t-1})
+
+    token_loss = np.empty(T, dtype)  # -ln o_t[y_t]
+    dLdV = np.zeros((C, H), dtype)
+    dLdc = np.zeros(C, dtype)
+    dLds = np.zeros((T, H), dtype)  # V^T delta_o[t]
+    a = np.empty(C, dtype)  # logits, then delta_o[t] = o_t - onehot(y_t)
+    for t in range(T):  # output layer
+        s = S[t]
+        a[:] = c
+        for j in range(H):  # a = V s_t + c, row by row of V^T
+            sj = s[j]
+            for k in range(C):
+                a[k] += sj * VT[j, k]
+        m = a[0]
+        for k in range(C):
+            if a[k] > m:
+                m = a[k]
+        shifted_y = a[y[t]] - m
+        others = 0.0  # the sum of exp(a - m) but the target's: no cancellation in the loss or delta_o[y]
+        for k in range(C):
+            a[k] = math.exp(a[k] - m)
+            if k != y[t]:
+                others += a[k]
+        e_y = a[y[t]]
+        z = others + e_y
+        if e_y >= low:
+            token_loss[t] = math.log1p(others / e_y)  # -ln o[y] = ln(z / e_y)
+        else:  # exp(a_y - m) (nearly) underflowed: ln z - (a_y - m)
+            token_loss[t] = math.log(z) - shifted_y
+        r = 1.0 / z
+        for k in range(C):
+            a[k] *= r  # o_t
+        a[y[t]] = -others * r  # o_t[y] - 1
+        for k in range(C):  # dLdV += outer(delta_o[t], s_t), dLds_t = V^T delta_o[t], dLdc += delta_o[t]
+            d = a[k]
+            dLdc[k] += d
+            for i in range(H):
+                dLdV[k, i] += d * s[i]
+                dLds[t, i] += d * V[k, i]
+
+    dz = np.empty((T, H), dtype)  # dL/dz_k
+    carry = np.zeros(H, dtype)  # full BPTT: W^T dz_{k+1}
+    for k in range(T - 1, -1, -1):
+        for i in range(H):
+            dz[k, i] = (dLds[k, i] + carry[i]) * (1.0 - S[k, i] * S[k, i])  # tanh' = 1 - s**2
+        if K < 0:
+            carry[:] = 0
+            for j in range(H):
+                d = dz[k, j]
+                for i in range(H):
+                    carry[i] += d * W[j, i]
+    if K >= 0:  # the seed's truncation: output t's error reaches steps t .. max(0, t - K)
+        delta = dz.copy()  # lag 0: delta[k] for output k
+        for lag in range(1, K + 1):
+            for k in range(T - lag):  # delta[k] = (W^T delta[k + 1]) * tanh'(z_k), in increasing k: in place
+                carry[:] = 0
+                for j in range(H):
+                    d = delta[k + 1, j]
+                    for i in range(H):
+                        carry[i] += d * W[j, i]
+                for i in range(H):
+                    delta[k, i] = carry[i] * (1.0 - S[k, i] * S[k, i])
+                    dz[k, i] += delta[k, i]
+
+    dLdU = np.zeros((H, C), dtype)
+    dLdW = np.zeros((H, H), dtype)
+    dLds0 = np.zeros(H, dtype)  # W^T dz_0
+    for j in range(H):
+        d = dz[0, j]
+        for i in range(H):
+            dLds0[i] += d * W[j, i]
+    # The caller's overflow test: finite when every result the engine checks is (the loss, dz, dLdW,
+    # dLds0, and dLdU, whose entries are sums of dz's and so bounded by the sum of |dz|).
+    total = 0.0
+    for k in range(T):  # dLdW += outer(dz_k, s_{k-1}), dLdU[:, x_k] += dz_k
+        h = s0 if k == 0 else S[k - 1]
+        for i in range(H):
+            d = dz[k, i]
+            total += abs(d)
+            dLdU[i, x[k]] += d
+            for j in range(H):
+                dLdW[i, j] += d * h[j]
+    loss = 0.0
+    for t in range(T):
+        loss += token_loss[t]
+    for i in range(H):
+        total += dLds0[i]
+        for j in range(H):
+            total += dLdW[i, j]
+    return loss, total + loss, S, dz, token_loss, dLdU, dLdV, dLdW, dLds0, dLdc
+
+
 @functools.cache
 def _compiled() -> Any:
     """The loops above compiled (lazily, per signature; warm_up compiles the engine's)."""
@@ -109,7 +236,7 @@ def _compiled() -> Any:
     # Cached on disk only where asked, by NUMBA_CACHE_DIR (a writable directory; the tests set one, so
     # that each server they start loads the loops instead of compiling them for two seconds).
     jit = numba.njit(nogil=True, fastmath=False, cache=bool(os.environ.get("NUMBA_CACHE_DIR")))
-    return jit(_recur), jit(_backward_full), jit(_add_columns)
+    return jit(_recur), jit(_backward_full), jit(_add_columns), jit(_bptt_one)
 
 
 def pays(B: int, H: int) -> tuple[bool, bool]:
@@ -117,10 +244,32 @@ def pays(B: int, H: int) -> tuple[bool, bool]:
     return AVAILABLE and B * H <= RECUR_MAX_BH, AVAILABLE and B * H * H <= BACKWARD_MAX_BHH
 
 
+def fused_work(T: int, H: int, C: int, K: int | None) -> int:
+    """Multiply-adds of ``bptt_one``: the three output-layer products, the forward and backward
+    recurrences and dLdW, and the truncated lags."""
+    lags = 0 if K is None or K >= T - 1 else K
+    return T * (3 * H * C + 3 * H * H) + lags * T * H * H
+
+
+def fused_pays(T: int, H: int, C: int, K: int | None) -> bool:
+    """Whether one sequence is computed in one compiled call (``bptt_one``)."""
+    return AVAILABLE and fused_work(T, H, C, K) <= FUSED_MAX_FLOPS
+
+
 def _plain(a: np.ndarray) -> np.ndarray:
     """``a`` as a writable C-contiguous array: the one layout compiled (a read-only or strided
     array would be a new signature, compiled in the request)."""
     return a if a.flags.c_contiguous and a.flags.writeable else np.array(a, order="C")
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """``a`` as a read-only C-contiguous view (a copy only if it is strided): one compiled signature for the
+    inputs of ``bptt_one``, which only reads them, whether they came writable or read-only (a request's)."""
+    if a.flags.c_contiguous and not a.flags.writeable:
+        return a
+    view = np.ascontiguousarray(a).view()
+    view.flags.writeable = False
+    return view
 
 
 def _steps(B: int, H: int) -> int:
@@ -182,6 +331,68 @@ def add_columns(dLdU: np.ndarray, x: np.ndarray, dz: np.ndarray) -> np.ndarray:
     return dLdU
 
 
+class OneSequence(NamedTuple):
+    """What ``bptt_one`` computes."""
+
+    loss: float  # sum_t -ln o_t[y_t]
+    finite: bool  # every result is finite (else the caller names the first that is not)
+    S: np.ndarray  # (T, H), s_t
+    dz: np.ndarray  # (T, H), dL/dz_k
+    token_loss: np.ndarray  # (T,), -ln o_t[y_t]
+    dLdU: np.ndarray  # (H, C)
+    dLdV: np.ndarray  # (C, H)
+    dLdW: np.ndarray  # (H, H)
+    dLds0: np.ndarray  # (H,)
+    dLdb: np.ndarray | None  # (H,), None without b
+    dLdc: np.ndarray | None  # (C,), None without c
+
+
+def bptt_one(
+    U: np.ndarray,
+    V: np.ndarray,
+    W: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    s0: np.ndarray,
+    b: np.ndarray | None,
+    c: np.ndarray | None,
+    K: int | None,
+) -> OneSequence:
+    """The loss and gradients of one sequence in one compiled call, as ``engine._bptt_unchecked``.
+
+    Parameters
+    ----------
+    U, V, W : (H, C), (C, H), (H, H) ndarrays of one dtype, float64 or float32
+    x, y : (T,) integer ndarrays, ids in [0, C) (checked by the caller: nothing is checked here)
+    s0 : (H,) ndarray
+    b, c : (H,) and (C,) ndarrays, or None
+    K : None, or an int >= 0 (>= T - 1 is full BPTT): the truncation
+    """
+    H, C = U.shape
+    T = len(x)
+    dtype = U.dtype
+    checkpoint()  # the request's deadline, once: the call is short (FUSED_MAX_FLOPS) and cannot be stopped
+    loss, total, S, dz, token_loss, dLdU, dLdV, dLdW, dLds0, dLdc = _compiled()[3](
+        _read_only(U),
+        _read_only(V),
+        _read_only(W),
+        _read_only(x.astype(np.intp, copy=False)),
+        _read_only(y.astype(np.intp, copy=False)),
+        _read_only(s0),
+        _read_only(np.zeros(H, dtype) if b is None else b),
+        _read_only(np.zeros(C, dtype) if c is None else c),
+        -1 if K is None or K >= T - 1 else K,  # -1: full BPTT
+        _SQRT_TINY[dtype.type],
+    )
+    dLdb = None if b is None else dz.sum(axis=0)
+    return OneSequence(
+        loss, math.isfinite(total), S, dz, token_loss, dLdU, dLdV, dLdW, dLds0, dLdb, None if c is None else dLdc
+    )
+
+
+_SQRT_TINY = {t: float(np.sqrt(np.finfo(t).tiny)) for t in (np.float64, np.float32)}
+
+
 def warm_up() -> None:
     """Compile every loop for float64 and float32, the gated engine's (service.gated_kernel) too
     (seconds, once per process)."""
@@ -193,6 +404,8 @@ def warm_up() -> None:
         recur(S, W, S[0])
         backward_full(W, S, S)
         add_columns(W, np.zeros(3, np.intp), S[:, 0])
+        for K in (None, 0):
+            bptt_one(W, W, W, np.zeros(3, np.intp), np.zeros(3, np.intp), W[0], None, None, K)
     from . import gated_kernel  # imports this module: imported here, not at the top
 
     gated_kernel.warm_up()

@@ -238,4 +238,13 @@ def _self_check() -> str | None:
     if failed:
         worst = ", ".join(f"dLd{name} by {err}" for name, err in failed.items())
         return f"engine self-check failed: gradients differ from central differences ({worst}, relative)"
+    # One short sequence is computed in one compiled call (kernel.bptt_one) where the kernel runs; batches
+    # and longer sequences by the per-step loops: the sequence twice in a batch must give twice its gradients.
+    U, V, W, x, y = (arrays[k] for k in ("U", "V", "W", "x", "y"))
+    one, two = engine.bptt(U, V, W, x, y), engine.bptt_batch(U, V, W, [x, x], [y, y])
+    for name in ("dLdU", "dLdV", "dLdW"):
+        want = 2 * getattr(one, name)
+        err = float(np.abs(getattr(two, name) - want).max() / np.abs(want).max())
+        if not err <= 1e-10:
+            return f"engine self-check failed: a batch's {name} differs from its sequences' by {err:.3g} (relative)"
     return None

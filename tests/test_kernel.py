@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 from service import engine, kernel, ops
 from service.deadline import Deadline, bounded
-from service.errors import Cancelled
+from service.errors import Cancelled, ComputeError
 
 # `everywhere` patches two constants, the same for every example: safe to share across them.
 SLOW_AND_PATCHED = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
@@ -29,7 +30,23 @@ def everywhere(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The compiled loops on every shape, whatever ``kernel.pays`` would choose."""
     monkeypatch.setattr(kernel, "RECUR_MAX_BH", 1 << 62)
     monkeypatch.setattr(kernel, "BACKWARD_MAX_BHH", 1 << 62)
+    monkeypatch.setattr(kernel, "FUSED_MAX_FLOPS", -1)  # one sequence too: the loops, not bptt_one
     yield
+    engine.use_kernel("auto")
+
+
+@pytest.fixture
+def fused_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[int, ...]]]:
+    """The shapes of U that kernel.bptt_one computed, to show that a test went through it."""
+    calls: list[tuple[int, ...]] = []
+    real = kernel.bptt_one
+
+    def counted(*args: Any, **kwargs: Any) -> kernel.OneSequence:
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kernel, "bptt_one", counted)
+    yield calls
     engine.use_kernel("auto")
 
 
@@ -41,8 +58,8 @@ def everywhere(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 RTOL_BY_SCALE = {0.5: 1e-12, 1.0: 1e-12, 3.0: 1e-10}
 
 
-def _draw(data: st.DataObject, dtype: type) -> tuple[tuple[np.ndarray, ...], dict, int | None]:
-    B = data.draw(st.integers(1, 4), label="B")
+def _draw(data: st.DataObject, dtype: type, *, B: int | None = None) -> tuple[tuple[np.ndarray, ...], dict, int | None]:
+    B = data.draw(st.integers(1, 4), label="B") if B is None else B
     H = data.draw(st.integers(1, 12), label="H")
     C = data.draw(st.integers(1, 9), label="C")
     lengths = data.draw(st.lists(st.integers(1, 9), min_size=B, max_size=B), label="lengths")
@@ -100,6 +117,109 @@ def test_kernel_float32_within_float32_tolerance(everywhere, data):
     for name in GRADIENTS:
         if getattr(want, name) is not None:
             assert_close(getattr(got, name), getattr(want, name), rtol=rtol)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=SLOW_AND_PATCHED)
+@given(data=st.data())
+def test_fused_float64_equals_numpy(fused_calls, data):
+    """One sequence in one compiled call (kernel.bptt_one), full and truncated, with and without s0, b, c."""
+    args, options, K = _draw(data, np.float64, B=1)
+    rtol = RTOL_BY_SCALE[options.pop("scale")]
+    before = len(fused_calls)
+    want, got = _both(args, options, K)
+    assert len(fused_calls) == before + 1  # the numba engine's call, not the numpy one
+    assert got.loss == pytest.approx(want.loss, rel=1e-12, abs=1e-300)
+    for name in GRADIENTS:
+        if getattr(want, name) is None:
+            assert getattr(got, name) is None
+        else:
+            assert getattr(got, name).shape == getattr(want, name).shape, name
+            assert_close(getattr(got, name), getattr(want, name), rtol=rtol)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=SLOW_AND_PATCHED)
+@given(data=st.data())
+def test_fused_float32_within_float32_tolerance(fused_calls, data):
+    args, options, K = _draw(data, np.float32, B=1)
+    rtol = RTOL_BY_SCALE[options.pop("scale")] * 1e7
+    want, got = _both(args, options, K)
+    assert fused_calls
+    for name in GRADIENTS:
+        if getattr(want, name) is not None:
+            assert getattr(got, name).dtype == np.float32, name
+            assert_close(getattr(got, name), getattr(want, name), rtol=rtol)
+
+
+def test_fused_at_the_character_model_size(fused_calls, rng):
+    """C = 65, H = 32, T = 25 (the throughput benchmark's request) goes through bptt_one; the tutorial's
+    C = 8000, H = 100, T = 50 does not (BLAS's products win there); both equal the numpy engine."""
+    for C, H, T, fused in ((65, 32, 25, True), (8000, 100, 50, False)):
+        U, V, W = rng.uniform(-1, 1, (H, C)) / 3, rng.uniform(-1, 1, (C, H)) / 3, rng.uniform(-1, 1, (H, H)) / H
+        x, y, s0 = rng.integers(0, C, T), rng.integers(0, C, T), rng.uniform(-1, 1, H)
+        assert kernel.fused_pays(T, H, C, None) is fused
+        for K in (None, 4):
+            engine.use_kernel("numpy")
+            want = engine.bptt(U, V, W, x, y, bptt_truncate=K, s0=s0)
+            engine.use_kernel("numba")
+            fused_calls.clear()
+            got = engine.bptt(U, V, W, x, y, bptt_truncate=K, s0=s0)
+            assert bool(fused_calls) is fused
+            assert got.loss == pytest.approx(want.loss, rel=1e-12)
+            for name in ("dLdU", "dLdV", "dLdW", "dLds0", "final_state"):
+                assert_close(getattr(got, name), getattr(want, name), rtol=1e-12)
+
+
+def _overflow_message(dtype: type, **weights: np.ndarray) -> str:
+    x, y = np.array([0, 1, 2]), np.array([1, 2, 0])
+    with pytest.raises(ComputeError) as raised:
+        engine.bptt(weights["U"].astype(dtype), weights["V"].astype(dtype), weights["W"].astype(dtype), x, y)
+    return str(raised.value)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fused_names_an_overflow_as_the_numpy_engine_does(fused_calls, dtype):
+    """A loss that overflows (huge V), and a gradient that grows through time past the dtype's range
+    (U = 0 keeps the states at 0, so tanh' = 1 and dz_k = dLds_k + W^T dz_{k+1} grows as |W|^k)."""
+    H, C = 2, 3
+    top = float(np.finfo(dtype).max)
+    huge = top**0.5 * 4
+    cases = {  # tanh(2) = 0.96: two of them times 0.9 of the largest float overflow the logits
+        "the loss": {"U": np.full((H, C), 2.0), "V": np.full((C, H), top * 0.9), "W": np.zeros((H, H))},
+        "the gradient flowing back through time": {
+            "U": np.zeros((H, C)),
+            "V": np.arange(C * H).reshape(C, H) / 3,
+            "W": np.full((H, H), huge),
+        },
+    }
+    for name, weights in cases.items():
+        engine.use_kernel("numpy")
+        want = _overflow_message(dtype, **weights)
+        engine.use_kernel("numba")
+        got = _overflow_message(dtype, **weights)
+        assert fused_calls
+        assert f"{name} is not finite" in want
+        assert got == want
+
+
+def test_fused_keeps_small_and_underflowing_losses_exact(fused_calls):
+    """A confident model's loss (log1p of the other classes' share: 1e-16 keeps its digits) and a target
+    whose probability underflows (ln z - (a_y - max a): 900 nats, finite) equal the numpy engine's."""
+    x, y = np.array([0, 1]), np.array([0, 0])
+    U, W = np.array([[5.0, 5.0]]), np.zeros((1, 1))  # s_t = tanh(5), both steps
+    s = np.tanh(5.0)
+    for V, loss in (
+        (np.array([[40.0], [0.0]]), 2 * np.log1p(np.exp(-40 * s))),
+        (np.array([[-900.0], [0.0]]), 1800 * s),
+    ):
+        engine.use_kernel("numpy")
+        want = engine.bptt(U, V, W, x, y)
+        engine.use_kernel("numba")
+        fused_calls.clear()
+        got = engine.bptt(U, V, W, x, y)
+        assert fused_calls
+        assert want.loss == pytest.approx(loss, rel=1e-12)
+        assert got.loss == pytest.approx(want.loss, rel=1e-12)
+        assert_close(got.dLdV, want.dLdV, rtol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -168,6 +288,8 @@ def test_kernel_stops_at_the_deadline(rng):
             kernel.recur(S, np.eye(4), np.zeros((1, 4)))
         with pytest.raises(Cancelled):
             kernel.backward_full(np.eye(4), S, S)
+        with pytest.raises(Cancelled):
+            kernel.bptt_one(np.eye(4), np.eye(4), np.eye(4), np.arange(4), np.arange(4), S[0, 0], None, None, None)
 
 
 @pytest.fixture

@@ -158,16 +158,34 @@ def test_sigterm_lets_in_flight_request_finish():
     assert answer["r"].json()["tokens"] == 300
 
 
-def test_readyz_is_503_when_the_engine_is_broken(monkeypatch):
-    """A broken engine injected (tanh' off by 1%), not a stubbed check: the self-check finds it,
-    in the numpy loop and in the compiled one, whichever runs."""
+def _broken_loops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tanh' off by 1% in the backward loops, numpy's and the compiled one, whichever runs."""
     numpy_loop, compiled_loop = engine._backward_full, kernel.backward_full
     monkeypatch.setattr(engine, "_backward_full", lambda W, dLds, dtanh: numpy_loop(W, dLds, dtanh * 1.01))
     monkeypatch.setattr(kernel, "backward_full", lambda W, dLds, dtanh: compiled_loop(W, dLds, dtanh * 1.01))
+
+
+def _broken_fused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """dLdW off by 1% in the one-call path of a short sequence (kernel.bptt_one)."""
+    real = kernel.bptt_one
+    monkeypatch.setattr(kernel, "bptt_one", lambda *a: real(*a)._replace(dLdW=real(*a).dLdW * 1.01))
+
+
+@pytest.mark.parametrize(
+    ("breaks", "detail"),
+    [
+        (_broken_loops, "engine self-check failed: a batch's dLdU differs from its sequences' by"),
+        (_broken_fused, "engine self-check failed: gradients differ from central differences (dLdW by"),
+    ],
+)
+def test_readyz_is_503_when_the_engine_is_broken(monkeypatch, breaks, detail):
+    """A broken engine injected, not a stubbed check: the self-check finds it in the loops that serve
+    batches and long sequences, and in the one call that serves a short sequence."""
+    breaks(monkeypatch)
     with TestClient(create_app(Settings()), raise_server_exceptions=False) as c:
         r = c.get("/readyz")
         assert r.status_code == 503
-        assert r.json()["detail"].startswith("engine self-check failed: gradients differ from central differences")
+        assert r.json()["detail"].startswith(detail), r.json()["detail"]
         assert c.get("/v2/health/ready").status_code == 503
         assert c.get("/healthz").status_code == 200  # alive, not ready
 
