@@ -360,12 +360,12 @@ def _engine_bptt(
     at_clip = outputs + batch + (max(H * C, H * H) * (s + 1) if clip else 0)
     peak = max(hidden, at_softmax, at_dtanh, at_backward, at_columns, at_losses, at_check, at_clip)
     if G == 1 and B == 1 and engine.kernel_in_use() == "numba" and kernel.fused_pays(T, H, C, K):
-        # One compiled call (kernel.bptt_one), priced in time as the numpy engine above (it is faster), in
-        # memory as itself: V and W transposed, S, dLds, dz (and the lags' delta), the gradients and their
-        # small buffers; no (N, C) array.
-        copies = (H * C + H * H) * s
-        arrays = (3 + (0 if full else 1)) * T * H * s + T * s + 2 * H * C * s + H * H * s + (3 * C + 6 * H) * s
-        peak = batch + copies + arrays + (H * C * s if clip else 0)
+        # kernel.bptt_one, priced in time as the numpy engine above (it is faster), in memory as itself:
+        # W transposed, S, the (T, C) logits turned into delta_o, dLds, dz (and the lags' delta), the
+        # gradients and their small buffers.
+        states = (3 + (0 if full else 1)) * T * H * s
+        arrays = T * C * s + states + T * s + 2 * H * C * s + 2 * H * H * s + (3 * C + 6 * H) * s
+        peak = batch + arrays + (H * C * s if clip else 0)
     if G > 1:
         # gated._bptt_unchecked on top of the vanilla cell's arrays: the G - 1 more (H, C) and (H, H) blocks
         # of dLdU and dLdW, and 2G - 1 more (T, B, H) arrays (the input pre-activations A, dA and the

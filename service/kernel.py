@@ -9,20 +9,20 @@ signatures of the engine's numpy functions:
     recur(S, WT, S0)                  S[t] = tanh(S[t] + S[t-1] W^T), in place
     backward_full(W, dLds, dtanh)     dz_k = (dLds[k] + W^T dz_{k+1}) * dtanh[k]
     add_columns(dLdU, x, dz)          dLdU[:, x_k] += dz_k, in place
-    bptt_one(U, V, W, x, y, ...)      all of engine._bptt_unchecked, one short sequence
+    bptt_one(U, V, W, x, y, ...)      engine._bptt_unchecked for one short sequence
 
 ``add_columns`` replaces the sort and group of ``engine._sum_into_columns``
 (about ten numpy calls, 0.1 ms at any size) by one pass over the n x H entries.
 
-``bptt_one`` is the whole computation of one sequence in one call: the forward
-loop, the output layer (its three products as plain loops, the softmax with
-libm's exp), the backward loop and the sums into dLdU, dLdW and the biases. At
-the sizes where it is chosen (``fused_pays``; a character model, C = 65, H = 32,
-T = 25, is 0.2 M multiply-adds) the numpy engine's hundred-odd calls cost
-several times the arithmetic; past them BLAS's products win. Its softmax is
-shifted by each row's largest logit (the numpy engine shifts only the rows that
-need it, ``engine._scaled_delta_o``), with the same log1p form of the loss, so
-that small losses keep their precision.
+``bptt_one`` is the whole computation of one short sequence in six calls: three
+compiled loops (the forward recurrence; the softmax, with libm's exp; the
+backward pass with the sums into dLdU and dLdW) around the output layer's three
+BLAS products. At the sizes where it is chosen (``fused_pays``; a character
+model, C = 65, H = 32, T = 25, is 0.2 M multiply-adds) the numpy engine's
+hundred-odd calls cost several times the arithmetic. Its softmax is shifted by
+each row's largest logit (the numpy engine shifts only the rows that need it,
+``engine._scaled_delta_o``), with the same log1p form of the loss, so that small
+losses keep their precision.
 
 Dimension letters as in service/engine.py. The products sum in the order of
 a plain loop, not BLAS's blocking, so results differ from numpy's in the
@@ -116,74 +116,68 @@ def _add_columns(dLdU, x, dz):  # type: ignore[no-untyped-def]  # (H, C), (n,), 
             dLdU[i, c] += dz[k, i]  # dLdU[:, x_k] += dz_k, in the order of k
 
 
-def _bptt_one(U, V, W, x, y, s0, b, c, K, low):  # type: ignore[no-untyped-def]
-    # U (H, C), V (C, H), W (H, H); x, y (T,); s0, b (H,), c (C,) (zeros without biases); K < 0: full BPTT.
-    # engine._bptt_unchecked's arithmetic for one sequence; every inner loop runs along a contiguous row,
-    # which vectorises. Returns the loss, a sum that is finite if every result is (the caller's cheap
-    # overflow test), and the arrays of OneSequence.
-    T = x.shape[0]
-    H, C = U.shape
-    dtype = U.dtype
-    VT, WT = np.ascontiguousarray(V.T), np.ascontiguousarray(W.T)  # (H, C), (H, H)
-    S = np.empty((T, H), dtype)  # s_t
-    acc = np.empty(H, dtype)
-    for t in range(T):  # forward
+def _forward_one(U, WT, x, s0, b):  # type: ignore[no-untyped-def]
+    # U (H, C), WT = W^T (H, H), x (T,), s0 and b (H,): the states S (T, H), s_t = tanh(U x_t + b + W s_{t-1}).
+    T, H = x.shape[0], U.shape[0]
+    S = np.empty((T, H), U.dtype)
+    acc = np.empty(H, U.dtype)
+    for t in range(T):
         h = s0 if t == 0 else S[t - 1]
         acc[:] = 0
-        for j in range(H):  # acc = W s_{t-1}, row by row of W^T
+        for j in range(H):  # acc = W s_{t-1}, row by row of W^T: the inner loop vectorises
             hj = h[j]
             for i in range(H):
                 acc[i] += hj * WT[j, i]
         for i in range(H):
-            S[t, i] = math.tanh(U[i, x[t]] + b[i] + acc[i])  # s_t = tanh(U x_t + b + W s_{t-1})
+            S[t, i] = math.tanh(U[i, x[t]] + b[i] + acc[i])
+    return S
 
-    token_loss = np.empty(T, dtype)  # -ln o_t[y_t]
-    dLdV = np.zeros((C, H), dtype)
-    dLdc = np.zeros(C, dtype)
-    dLds = np.zeros((T, H), dtype)  # V^T delta_o[t]
-    a = np.empty(C, dtype)  # logits, then delta_o[t] = o_t - onehot(y_t)
-    for t in range(T):  # output layer
-        s = S[t]
-        a[:] = c
-        for j in range(H):  # a = V s_t + c, row by row of V^T
-            sj = s[j]
-            for k in range(C):
-                a[k] += sj * VT[j, k]
+
+def _softmax_one(D, y, low):  # type: ignore[no-untyped-def]
+    # D (T, C): the logits in, the seed's delta_o = o_t - onehot(y_t) out; returns the loss and each
+    # token's -ln o_t[y_t] (T,). Each row is shifted by its largest logit; the target's own term is kept
+    # out of the sum, so the loss (log1p) and delta_o[y] = -(others / z) have no cancellation.
+    T, C = D.shape
+    token_loss = np.empty(T, D.dtype)
+    loss = 0.0
+    for t in range(T):
+        a, yt = D[t], y[t]
         m = a[0]
         for k in range(C):
             if a[k] > m:
                 m = a[k]
-        shifted_y = a[y[t]] - m
-        others = 0.0  # the sum of exp(a - m) but the target's: no cancellation in the loss or delta_o[y]
+        shifted_y = a[yt] - m
+        others = 0.0  # the sum of exp(a - m) but the target's
         for k in range(C):
             a[k] = math.exp(a[k] - m)
-            if k != y[t]:
+            if k != yt:
                 others += a[k]
-        e_y = a[y[t]]
-        z = others + e_y
+        e_y = a[yt]
         if e_y >= low:
             token_loss[t] = math.log1p(others / e_y)  # -ln o[y] = ln(z / e_y)
         else:  # exp(a_y - m) (nearly) underflowed: ln z - (a_y - m)
-            token_loss[t] = math.log(z) - shifted_y
-        r = 1.0 / z
+            token_loss[t] = math.log(others + e_y) - shifted_y
+        loss += token_loss[t]
+        r = 1.0 / (others + e_y)
         for k in range(C):
             a[k] *= r  # o_t
-        a[y[t]] = -others * r  # o_t[y] - 1
-        for k in range(C):  # dLdV += outer(delta_o[t], s_t), dLds_t = V^T delta_o[t], dLdc += delta_o[t]
-            d = a[k]
-            dLdc[k] += d
-            for i in range(H):
-                dLdV[k, i] += d * s[i]
-                dLds[t, i] += d * V[k, i]
+        a[yt] = -others * r  # o_t[y] - 1
+    return loss, token_loss
 
-    dz = np.empty((T, H), dtype)  # dL/dz_k
-    carry = np.zeros(H, dtype)  # full BPTT: W^T dz_{k+1}
+
+def _backward_one(W, S, dLds, x, s0, C, K):  # type: ignore[no-untyped-def]
+    # W (H, H), S and dLds (T, H), x (T,), s0 (H,); K < 0: full BPTT, else the truncation. Returns dz (T, H)
+    # = dL/dz_k, dLdU (H, C), dLdW (H, H), dLds0 (H,) = W^T dz_0, and a sum that is finite when they are
+    # (the caller's overflow test: dLdU's entries are sums of dz's, bounded by the sum of |dz|).
+    T, H = S.shape
+    dz = np.empty((T, H), S.dtype)
+    carry = np.zeros(H, S.dtype)  # full BPTT: W^T dz_{k+1}
     for k in range(T - 1, -1, -1):
         for i in range(H):
             dz[k, i] = (dLds[k, i] + carry[i]) * (1.0 - S[k, i] * S[k, i])  # tanh' = 1 - s**2
         if K < 0:
             carry[:] = 0
-            for j in range(H):
+            for j in range(H):  # carry = W^T dz_k, row by row of W
                 d = dz[k, j]
                 for i in range(H):
                     carry[i] += d * W[j, i]
@@ -199,16 +193,13 @@ def _bptt_one(U, V, W, x, y, s0, b, c, K, low):  # type: ignore[no-untyped-def]
                 for i in range(H):
                     delta[k, i] = carry[i] * (1.0 - S[k, i] * S[k, i])
                     dz[k, i] += delta[k, i]
-
-    dLdU = np.zeros((H, C), dtype)
-    dLdW = np.zeros((H, H), dtype)
-    dLds0 = np.zeros(H, dtype)  # W^T dz_0
-    for j in range(H):
+    dLdU = np.zeros((H, C), S.dtype)
+    dLdW = np.zeros((H, H), S.dtype)
+    dLds0 = np.zeros(H, S.dtype)
+    for j in range(H):  # W^T dz_0
         d = dz[0, j]
         for i in range(H):
             dLds0[i] += d * W[j, i]
-    # The caller's overflow test: finite when every result the engine checks is (the loss, dz, dLdW,
-    # dLds0, and dLdU, whose entries are sums of dz's and so bounded by the sum of |dz|).
     total = 0.0
     for k in range(T):  # dLdW += outer(dz_k, s_{k-1}), dLdU[:, x_k] += dz_k
         h = s0 if k == 0 else S[k - 1]
@@ -218,14 +209,11 @@ def _bptt_one(U, V, W, x, y, s0, b, c, K, low):  # type: ignore[no-untyped-def]
             dLdU[i, x[k]] += d
             for j in range(H):
                 dLdW[i, j] += d * h[j]
-    loss = 0.0
-    for t in range(T):
-        loss += token_loss[t]
     for i in range(H):
         total += dLds0[i]
         for j in range(H):
             total += dLdW[i, j]
-    return loss, total + loss, S, dz, token_loss, dLdU, dLdV, dLdW, dLds0, dLdc
+    return dz, dLdU, dLdW, dLds0, total
 
 
 @functools.cache
@@ -236,7 +224,7 @@ def _compiled() -> Any:
     # Cached on disk only where asked, by NUMBA_CACHE_DIR (a writable directory; the tests set one, so
     # that each server they start loads the loops instead of compiling them for two seconds).
     jit = numba.njit(nogil=True, fastmath=False, cache=bool(os.environ.get("NUMBA_CACHE_DIR")))
-    return jit(_recur), jit(_backward_full), jit(_add_columns), jit(_bptt_one)
+    return jit(_recur), jit(_backward_full), jit(_add_columns), jit(_forward_one), jit(_softmax_one), jit(_backward_one)
 
 
 def pays(B: int, H: int) -> tuple[bool, bool]:
@@ -358,7 +346,8 @@ def bptt_one(
     c: np.ndarray | None,
     K: int | None,
 ) -> OneSequence:
-    """The loss and gradients of one sequence in one compiled call, as ``engine._bptt_unchecked``.
+    """The loss and gradients of one sequence, as ``engine._bptt_unchecked``: three compiled loops
+    (forward, softmax, backward with the sums) around the output layer's three BLAS products.
 
     Parameters
     ----------
@@ -371,23 +360,21 @@ def bptt_one(
     H, C = U.shape
     T = len(x)
     dtype = U.dtype
-    checkpoint()  # the request's deadline, once: the call is short (FUSED_MAX_FLOPS) and cannot be stopped
-    loss, total, S, dz, token_loss, dLdU, dLdV, dLdW, dLds0, dLdc = _compiled()[3](
-        _read_only(U),
-        _read_only(V),
-        _read_only(W),
-        _read_only(x.astype(np.intp, copy=False)),
-        _read_only(y.astype(np.intp, copy=False)),
-        _read_only(s0),
-        _read_only(np.zeros(H, dtype) if b is None else b),
-        _read_only(np.zeros(C, dtype) if c is None else c),
-        -1 if K is None or K >= T - 1 else K,  # -1: full BPTT
-        _SQRT_TINY[dtype.type],
-    )
+    forward, softmax, backward = _compiled()[3:]
+    x, y, s0 = _read_only(x.astype(np.intp, copy=False)), _read_only(y.astype(np.intp, copy=False)), _read_only(s0)
+    checkpoint()  # the request's deadline; the loops are short (FUSED_MAX_FLOPS) and cannot be stopped
+    S = forward(_read_only(U), np.ascontiguousarray(W.T), x, s0, _read_only(np.zeros(H, dtype) if b is None else b))
+    D = S @ V.T  # (T, H) x (H, C): the logits, then delta_o
+    if c is not None:
+        D += c
+    loss, token_loss = softmax(D, y, _SQRT_TINY[dtype.type])
+    dLdV = D.T @ S  # (C, T) x (T, H), sum_t outer(delta_o[t], s_t)
+    dLds = D @ V  # (T, C) x (C, H), V^T delta_o[t]
+    dz, dLdU, dLdW, dLds0, total = backward(_read_only(W), S, dLds, x, s0, C, -1 if K is None or K >= T - 1 else K)
     dLdb = None if b is None else dz.sum(axis=0)
-    return OneSequence(
-        loss, math.isfinite(total), S, dz, token_loss, dLdU, dLdV, dLdW, dLds0, dLdb, None if c is None else dLdc
-    )
+    dLdc = None if c is None else D.sum(axis=0)
+    finite = math.isfinite(total + loss)
+    return OneSequence(loss, finite, S, dz, token_loss, dLdU, dLdV, dLdW, dLds0, dLdb, dLdc)
 
 
 _SQRT_TINY = {t: float(np.sqrt(np.finfo(t).tiny)) for t in (np.float64, np.float32)}
