@@ -68,10 +68,13 @@ AVAILABLE = importlib.util.find_spec("numba") is not None
 
 RECUR_MAX_BH = 64  # B x H up to which the compiled forward loop is faster (measured)
 BACKWARD_MAX_BHH = 20_000  # B x H x H up to which the compiled backward loop is faster (measured)
-# One sequence of up to this many multiply-adds (``fused_work``) is computed in one compiled call
-# (bptt_one), measured faster than the numpy engine there (docs/performance.md). The call cannot be
-# interrupted: this bound keeps it to about a millisecond.
-FUSED_MAX_FLOPS = 1 << 20
+# One sequence is computed by bptt_one where that was measured faster than the numpy engine (a grid of
+# C in 32..4000, H in 16..128, T in 10..200, docs/performance.md): up to this many multiply-adds
+# (``fused_work``; its loops cannot be interrupted, and this keeps them to about a millisecond), T x C
+# exponentials (libm's exp, scalar, against numpy's SIMD one) and H units (libm's tanh, likewise).
+FUSED_MAX_FLOPS = 1 << 21
+FUSED_MAX_EXPS = 8192
+FUSED_MAX_H = 100
 
 # About this many multiply-adds per compiled call (a few milliseconds): the deadline is
 # checked between calls.
@@ -241,7 +244,7 @@ def fused_work(T: int, H: int, C: int, K: int | None) -> int:
 
 def fused_pays(T: int, H: int, C: int, K: int | None) -> bool:
     """Whether one sequence is computed in one compiled call (``bptt_one``)."""
-    return AVAILABLE and fused_work(T, H, C, K) <= FUSED_MAX_FLOPS
+    return AVAILABLE and H <= FUSED_MAX_H and T * C <= FUSED_MAX_EXPS and fused_work(T, H, C, K) <= FUSED_MAX_FLOPS
 
 
 def _plain(a: np.ndarray) -> np.ndarray:
