@@ -20,6 +20,7 @@ from common import ROOT, machine
 BENCHMARKS = [
     "bench_engine.py",
     "bench_kernel.py",
+    "bench_fused.py",
     "bench_gated.py",
     "bench_http.py",
     "bench_grpc.py",
