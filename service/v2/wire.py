@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..schemas import Count, ErrorItem
+from ..schemas import Counts, ErrorItem
 
 __all__ = [
     "INPUT_NAMES",
@@ -58,7 +58,7 @@ class InferInputTensor(BaseModel):
         description="U, V, W, x, y, and optionally s0, lengths; the gated models' b, b_hh, c, and c0 (LSTM).",
         json_schema_extra={"enum": list(INPUT_NAMES)},
     )
-    shape: list[Count] = Field(description="Dimensions of the tensor.")
+    shape: Counts = Field(description="Dimensions of the tensor.")
     datatype: str = Field(
         description="FP64 or FP32 for U, V, W, s0; INT64 or INT32 for x, y, lengths.",
         json_schema_extra={"enum": ["FP64", "FP32", "INT64", "INT32"]},
