@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import kernel
+from . import gated_kernel, kernel
 from .deadline import checkpoint
 from .errors import ComputeError, InputError
 
@@ -880,9 +880,16 @@ def _backward_truncated(W: np.ndarray, dLds: np.ndarray, dtanh: np.ndarray, K: i
 
 def _sum_into_columns(dz: np.ndarray, x: np.ndarray, C: int) -> np.ndarray:
     """dLdU (H, C) with dLdU[:, x[k]] += dz[k]; repeated tokens accumulate."""
-    dLdU = np.zeros((dz.shape[1], C), dtype=dz.dtype)
+    H = dz.shape[1]
     if _kernel and dz.dtype in (np.float64, np.float32):
-        return kernel.add_columns(dLdU, x, dz)  # one compiled pass (service.kernel)
+        if H * C * dz.itemsize < gated_kernel.STREAM_MIN_BYTES:
+            return kernel.add_columns(np.zeros((H, C), dtype=dz.dtype), x, dz)  # one compiled pass (service.kernel)
+        # Larger (6.4 MB at the tutorial's size): the distinct tokens' sums, then dLdU written once, zeros
+        # included, by the gated engine's writer (gated_kernel.columns), not zeroed first and written again.
+        tokens, slot = np.unique(x, return_inverse=True)  # (D,) sorted, (N,): x[k] = tokens[slot[k]]
+        sums = kernel.add_columns(np.zeros((H, len(tokens)), dtype=dz.dtype), slot, dz)
+        return gated_kernel.columns(tokens, sums, C)
+    dLdU = np.zeros((H, C), dtype=dz.dtype)
     order = np.argsort(x, kind="stable")
     xs = x[order]
     starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
