@@ -319,7 +319,10 @@ def _engine_bptt(
         gradients["element"] += 3 * (2 * H * C + H * H)
     # Arrays mapped fresh at every call: S, S*S, dtanh, dz, s_prev (and dLds, the rows when padded),
     # delta_o, dLdV, dLdU, dLds_rows, dz[order], dLdU[:, x_rows]; the lags' deltas when truncated.
-    fresh = _fresh(M, M, M, M, M, N * C * s, C * H * s, H * C * s, NH, NH, NH, D * H * s)
+    # engine._output_layer's rows at once: their (n, C) delta_o stays under OUTPUT_CHUNK_BYTES
+    n = min(N, max(1, engine.OUTPUT_CHUNK_BYTES // (C * s)))
+    chunked = n < N  # then each chunk's dLdV is added to the sum: one (C, H) more
+    fresh = _fresh(M, M, M, M, M, n * C * s, C * H * s, H * C * s, NH, NH, NH, D * H * s)
     fresh += _fresh(M, NH, NH) if padded else 0
     fresh += _fresh(H * C * s, H * H * s) if clip else 0
     if not full:
@@ -341,11 +344,11 @@ def _engine_bptt(
     batch = 2 * TB * _INDEX + B * H * s + B * _INDEX  # X, Y, S0, lengths
     rows = TB + NH + N * _INDEX if padded else 0  # valid mask; s_rows, y_rows copies
     softmax = 2 * N * _INDEX + 6 * N * s  # arange, max, shifted_y, z, log z, token_loss
-    out = N * C * s + C * H * s + NH + (M if padded else 0) + N * s  # delta_o, dLdV, dLds_rows, dLds, token_loss
+    out = n * C * s + (2 if chunked else 1) * C * H * s + NH + (M if padded else 0) + N * s  # delta_o, dLdV, ...
     gates = (G - 1) * 2 * M  # gated cells: gate activations and their gradients (design, not calibrated)
     alive = batch + M + rows + gates  # S
     hidden = batch + M + H * H * s + 2 * B * H * s + gates  # S, WT, buf in _hidden_states
-    at_softmax = alive + N * C * s + softmax
+    at_softmax = alive + n * C * s + softmax + (C * H * s + NH if chunked else 0)  # (the sums so far)
     at_dtanh = alive + out + 2 * M  # S*S, then 1 - that
     # dtanh, dz, carry (full); dtanh, delta, the next delta, dz (truncated)
     at_backward = alive + out + (2 * M + B * H * s if full else 4 * M)

@@ -641,15 +641,7 @@ def _bptt_unchecked(batch: _Batch, K: int | None) -> BatchGradients:
     s_rows = S.reshape(T * B, H)[valid]  # (N, H)
     y_rows = batch.targets.ravel()[valid]  # (N,)
 
-    # Output layer, all tokens at once.  delta_o = o - onehot(y) is dL/d(V s_t), the
-    # seed's delta_o (softmax + cross-entropy).  With o_t = E_t / z_t (E the exponentials,
-    # z their row sums), z_t delta_o[t] = E_t - z_t onehot(y_t): the products take that
-    # and the division by z_t moves onto their (N, H) sides, a pass over (N, C) saved.
-    D, z, token_loss = _scaled_delta_o(batch, s_rows, y_rows)  # (N, C) z_t delta_o[t], (N,), (N,)
-    r = 1 / z  # (N,)
-    dLdV = D.T @ (s_rows * r[:, None])  # (C, N) x (N, H) -> (C, H), sum_t outer(delta_o[t], s_t)
-    dLds_rows = D @ V  # (N, C) x (C, H) -> (N, H), z_t V^T delta_o[t]
-    dLds_rows *= r[:, None]  # V^T delta_o[t]: error reaching s_t from o_t
+    token_loss, dLdV, dLds_rows, dLdc = _output_layer(batch, s_rows, y_rows)  # (N,), (C, H), (N, H), (C,)
     if padded:
         dLds = np.zeros((T * B, H), dtype=S.dtype)
         dLds[valid] = dLds_rows
@@ -679,7 +671,6 @@ def _bptt_unchecked(batch: _Batch, K: int | None) -> BatchGradients:
     final_state = S[lengths - 1, np.arange(B)]  # (B, H)
 
     dLdb = None if batch.b is None else dz_rows.sum(axis=0)  # (H,), sum_k dz_k
-    dLdc = None if batch.c is None else r @ D  # (N,) x (N, C) -> (C,), sum_t delta_o[t]
 
     _check_finite(
         U,
@@ -795,6 +786,50 @@ def _softmax(a: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
     a /= z[:, None]
     losses: np.ndarray = np.log(z) - shifted_y
     return losses
+
+
+# Rows of the output layer computed at once (``_output_layer``): their (rows, C) exponentials stay under
+# this many bytes. All N rows of a large batch at once were an (N, C) array mapped fresh and faulted in at
+# every call (glibc maps arrays past 32 MiB) and streamed through memory five times: at N = 4,000,
+# C = 8,000 (256 MB) the output layer took 2.4x as long as in chunks of 256 rows (docs/performance.md).
+OUTPUT_CHUNK_BYTES = 16 << 20
+
+
+def _output_layer(
+    batch: _OutputWeights, s_rows: np.ndarray, y_rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """The output layer over rows of states s_t (N, H) with targets y (N,), in chunks of rows.
+
+    Returns each row's -ln o_t[y_t] (N,), dLdV (C, H) = sum_t outer(delta_o[t], s_t), the error
+    reaching each s_t from its output, V^T delta_o[t] (N, H), and dLdc (C,) = sum_t delta_o[t] (None
+    without the bias c). delta_o = o - onehot(y) is dL/d(V s_t), the seed's delta_o (softmax and
+    cross-entropy). With o_t = E_t / z_t (E the exponentials, z their row sums), the products take
+    z_t delta_o[t] = E_t - z_t onehot(y_t), and the division by z_t moves onto their (n, H) sides: a
+    pass over (n, C) saved.
+    """
+    N, H = s_rows.shape
+    C = batch.V.shape[0]
+    step = max(1, OUTPUT_CHUNK_BYTES // (C * s_rows.itemsize))
+    token_loss = np.empty(N, s_rows.dtype)
+    dLds_rows = np.empty((N, H), s_rows.dtype)
+    dLdV: np.ndarray | None = None
+    dLdc: np.ndarray | None = None
+    for start in range(0, N, step):
+        checkpoint()  # between chunks: past the request's deadline, stop (service.deadline)
+        rows = slice(start, min(N, start + step))
+        s = s_rows[rows]
+        D, z, token_loss[rows] = _scaled_delta_o(batch, s, y_rows[rows])  # (n, C) z_t delta_o[t], (n,), (n,)
+        r = 1 / z  # (n,)
+        part = D.T @ (s * r[:, None])  # (C, n) x (n, H) -> (C, H)
+        dLdV = part if dLdV is None else np.add(dLdV, part, out=dLdV)
+        np.matmul(D, batch.V, out=dLds_rows[rows])  # (n, C) x (C, H) -> (n, H), z_t V^T delta_o[t]
+        dLds_rows[rows] *= r[:, None]  # V^T delta_o[t]
+        if batch.c is not None:
+            c_part = r @ D  # (n,) x (n, C) -> (C,)
+            dLdc = c_part if dLdc is None else np.add(dLdc, c_part, out=dLdc)
+        del D  # before the next chunk's is made: one (n, C) array at a time
+    assert dLdV is not None  # N >= 1
+    return token_loss, dLdV, dLds_rows, dLdc
 
 
 def _scaled_delta_o(

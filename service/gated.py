@@ -57,7 +57,8 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import engine, gated_kernel, kernel
 from .deadline import checkpoint
-from .engine import _check_clip, _check_tokens, _check_truncate, _dims, _scaled_delta_o, lag_summary
+from .engine import _check_clip, _check_tokens, _check_truncate, _dims, lag_summary
+from .engine import _output_layer as engine_output_layer
 from .errors import ComputeError, InputError
 
 __all__ = [
@@ -833,19 +834,13 @@ def _output_layer(inputs: _Inputs, S: FloatArray) -> _Output:
     valid = (np.arange(T)[:, None] < inputs.lengths[None, :]).ravel() if padded else slice(None)
     s_rows = S.reshape(T * B, H)[valid]  # (N, H)
     y_rows = inputs.Y.ravel()[valid]  # (N,)
-    # The vanilla cell's output layer (engine._scaled_delta_o): D = z_t delta_o[t], delta_o[t] = o_t - onehot(y_t)
-    # = dL/d(V s_t + c), with z_t the softmax's normaliser; the division by z_t is done on the (N, H) sides.
-    D, z, token_loss = _scaled_delta_o(inputs, s_rows, y_rows)  # (N, C), (N,), (N,)
-    r = 1 / z  # (N,)
-    dLdV = D.T @ (s_rows * r[:, None])  # (C, N) x (N, H) -> (C, H), sum_t outer(delta_o[t], s_t)
-    dLds_rows = D @ inputs.V  # (N, C) x (C, H) -> (N, H), z_t V^T delta_o[t]
-    dLds_rows *= r[:, None]  # V^T delta_o[t]
+    # The vanilla cell's output layer: -ln o_t[y_t], dLdV, V^T delta_o[t] and dLdc, delta_o[t] = o_t - onehot(y_t)
+    token_loss, dLdV, dLds_rows, dLdc = engine_output_layer(inputs, s_rows, y_rows)  # (N,), (C, H), (N, H), (C,)
     if padded:
         dLds = np.zeros((T * B, H), dtype=S.dtype)
         dLds[valid] = dLds_rows
     else:
         dLds = dLds_rows
-    dLdc = None if inputs.c is None else r @ D  # (N,) x (N, C) -> (C,), sum_t delta_o[t]
     return _Output(token_loss=token_loss, dLdV=dLdV, dLdc=dLdc, dLds=dLds.reshape(T, B, H), valid=valid)
 
 

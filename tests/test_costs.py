@@ -214,6 +214,8 @@ SHAPES = [
     ([1] * 40, 16, 2000, None, 8, False, False),  # many one-token sequences
     ([500], 8, 50, 499, 8, False, False),
     ([2] + [1] * 80, 1505, 565, None, 8, False, True),  # clip with the batch's (B, H) S0 still alive
+    ([400, 300, 500], 16, 12000, None, 8, True, False),  # the output layer in chunks of 174 rows (16 MiB)
+    ([1500], 8, 6000, 3, 4, False, False),  # float32: chunks of 699 rows
 ]
 
 

@@ -329,3 +329,37 @@ def test_trace_matches_the_seed_loops_deltas(rng, K):
     assert summary[0]["outputs"] == 9
     assert len(summary) == (9 if K is None else K + 1)
     assert summary[-1]["outputs"] == 9 - len(summary) + 1
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_output_layer_in_chunks_equals_all_rows_at_once(monkeypatch, rng, cell, dtype):
+    """A batch whose output layer runs in chunks of 3 rows (engine.OUTPUT_CHUNK_BYTES, 16 MiB of (rows, C)
+    by default) gives the answers of all rows at once, padding, the output bias and both cells' engines
+    included; the large-batch sizes that take chunks are priced for their chunks (tests/test_costs.py)."""
+    from service import gated
+
+    H, C, lengths = 4, 7, [5, 2, 7]
+    G = {"rnn": 1, "gru": 3, "lstm": 4}[cell]
+    lead = () if cell == "rnn" else (G,)
+    U, W = rng.uniform(-1, 1, (*lead, H, C)), rng.uniform(-1, 1, (*lead, H, H))
+    V, c = rng.uniform(-1, 1, (C, H)), rng.uniform(-1, 1, C)
+    xs, ys = [rng.integers(0, C, n) for n in lengths], [rng.integers(0, C, n) for n in lengths]
+    args = [a.astype(dtype) for a in (U, V, W)]
+
+    def run() -> object:
+        if cell == "rnn":
+            return engine.bptt_batch(*args, xs, ys, c=c.astype(dtype))
+        return gated.bptt_batch(cell, *args, xs, ys, c=c.astype(dtype))
+
+    monkeypatch.setattr(engine, "OUTPUT_CHUNK_BYTES", 1 << 62)
+    want = run()
+    monkeypatch.setattr(engine, "OUTPUT_CHUNK_BYTES", 3 * C * np.dtype(dtype).itemsize)  # 3 rows a chunk
+    calls = []
+    real = engine._scaled_delta_o
+    monkeypatch.setattr(engine, "_scaled_delta_o", lambda *a: calls.append(len(a[1])) or real(*a))
+    got = run()
+    assert calls == [3, 3, 3, 3, 2]  # 14 tokens
+    rtol = 1e-12 if dtype == np.float64 else 1e-5
+    for name in ("losses", "dLdU", "dLdV", "dLdW", "dLdc", "dLds0", "final_state"):
+        assert_close(getattr(got, name), getattr(want, name), rtol=rtol)
