@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from common import median_time, problem, seed, table
+from common import Isolated, add_all_cores, median_time, one_core, problem, seed, table
 from peers import check_same, jax_bptt, torch_bptt
 
 from service import engine
@@ -34,7 +34,9 @@ def floor(U, V, s_shape):
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repeats, T in {20, 50}")
+    add_all_cores(parser)
     args = parser.parse_args(argv)
+    cores = one_core(args)
     C, H = 8000, 100
     Ts = (20, 50) if args.quick else (20, 50, 200)
     repeat = 7 if args.quick else 21
@@ -46,12 +48,14 @@ def main(argv: list[str] | None = None) -> str:
         t_floor = median_time(floor(U, V, (T, H)), repeat=repeat)
         peers = {}
         for name, make in (("PyTorch", torch_bptt), ("JAX", jax_bptt)):
-            fn = make(U, V, W, x, y)
-            if fn is None:
+            fn = make(U, V, W, x, y) if name == "PyTorch" else Isolated(make, U, V, W, x, y)
+            if fn is None or (isinstance(fn, Isolated) and not fn.available):
                 notes.append(f"{name} is not installed: skipped (pip install -e '.[bench]')")
                 continue
             check_same((full.dLdU, full.dLdV, full.dLdW), fn, name)
             peers[name] = median_time(fn, repeat=repeat)
+            if isinstance(fn, Isolated):
+                fn.close()
         for K in (4, None):
             t_engine = median_time(lambda: engine.bptt(U, V, W, x, y, bptt_truncate=K), repeat=repeat)
             t_seed = median_time(lambda: seed.bptt(U, V, W, x, y, T if K is None else K), repeat=3, warmup=0, budget=20)
@@ -60,7 +64,7 @@ def main(argv: list[str] | None = None) -> str:
                 row.append(f"{peers[name] / t_engine:.2f}" if name in peers else "n/a")
             rows.append(row)
     text = table(
-        f"Engine, C = {C}, H = {H}, float64 (medians; ratios > 1 mean the engine is faster)",
+        f"Engine, C = {C}, H = {H}, float64 (medians; ratios > 1 mean the engine is faster; {cores})",
         [
             "T",
             "K",

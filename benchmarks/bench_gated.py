@@ -37,7 +37,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 import numpy as np
-from common import interleaved, table
+from common import Isolated, add_all_cores, interleaved, one_core, table
 
 from service import gated
 from service.runtime import tune_malloc
@@ -180,7 +180,9 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats, T in {20, 50}")
     parser.add_argument("--fixed-order", action="store_true", help="the same order every round (the first tables')")
+    add_all_cores(parser)
     args = parser.parse_args(argv)
+    cores = one_core(args)
     tune_malloc()  # as the service runs: large arrays reuse the heap instead of fresh pages
     C, H = 8000, 100
     Ts = (20, 50) if args.quick else (20, 50, 100)
@@ -194,23 +196,27 @@ def main(argv: list[str] | None = None) -> str:
             peers = {
                 "torch cell": torch_cell(cell, U, V, W, b, b_hh, x, y, module=False),
                 "torch nn": torch_cell(cell, U, V, W, b, b_hh, x, y, module=True),
-                "JAX": jax_cell(cell, U, V, W, b, b_hh, x, y),
+                "JAX": Isolated(jax_cell, cell, U, V, W, b, b_hh, x, y),
             }
+            peers = {name: fn for name, fn in peers.items() if fn is not None and getattr(fn, "available", True)}
             for name, fn in peers.items():
-                if fn is not None:
-                    check_same(want, fn, name)
+                check_same(want, fn, name)
             candidates = {
                 "engine": lambda cell=cell, U=U, V=V, W=W, x=x, y=y, kw=kw: gated.bptt(cell, U, V, W, x, y, **kw),
                 "floor": floor(GATES[cell], C, H, T),
                 **{name: fn for name, fn in peers.items() if fn is not None},
             }
             t = interleaved(candidates, repeat=repeat, shuffle=None if args.fixed_order else 0)
+            for fn in peers.values():
+                if isinstance(fn, Isolated):
+                    fn.close()
             row: list[object] = [cell, T, t["engine"] * 1e3, t["engine"] / t["floor"], t["engine"] / T * 1e3]
             row += [f"{t[name] / t['engine']:.2f}" if name in t else "n/a" for name in peers]
             rows.append(row)
     return table(
         f"Gated cells, C = {C}, H = {H}, full BPTT, float64 (medians of {repeat}; a peer / engine > 1: the engine "
-        f"is faster; every candidate timed once per round, in a {'fixed' if args.fixed_order else 'random'} order)",
+        f"is faster; every candidate timed once per round, in a {'fixed' if args.fixed_order else 'random'} order; "
+        f"{cores})",
         [
             "cell",
             "T",

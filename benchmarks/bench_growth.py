@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import tracemalloc
 
-from common import ROOT, median_time, problem, table
+from common import ROOT, Isolated, add_all_cores, median_time, one_core, problem, table
 from peers import jax_bptt
 
 from service import engine
@@ -33,8 +33,9 @@ def sweep(points, make, repeat):
     for p in points:
         U, V, W, x, y = make(p)
         t = median_time(lambda: engine.bptt(U, V, W, x, y), repeat=repeat)
-        j = jax_bptt(U, V, W, x, y)
-        tj = median_time(j, repeat=repeat) if j else None
+        j = Isolated(jax_bptt, U, V, W, x, y)
+        tj = median_time(j, repeat=repeat) if j.available else None
+        j.close()
         rows.append((p, t, peak_mb(lambda: engine.bptt(U, V, W, x, y)), tj))
     return rows
 
@@ -43,7 +44,9 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--plot", default=str(ROOT / "docs" / "growth.png"))
+    add_all_cores(parser)
     args = parser.parse_args(argv)
+    print(f"({one_core(args)})")
     repeat = 5 if args.quick else 11
     tune_malloc()
     Ts = [10, 30, 100, 300, 1000]

@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import time
 from collections.abc import Callable
 
 import numpy as np
 from bench_engine import floor
-from common import machine, problem, table
+from common import Isolated, add_all_cores, machine, one_core, problem, seconds_of, table
 from peers import check_same, jax_bptt
 
 from service import engine, kernel, runtime
@@ -43,9 +42,7 @@ def interleaved(candidates: dict[str, Callable[[], object]], rounds: int) -> dic
     for _ in range(rounds):
         order.shuffle(names)
         for name in names:
-            t0 = time.perf_counter()
-            candidates[name]()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(seconds_of(candidates[name]))
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -61,9 +58,11 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=21, help="interleaved rounds (medians over them)")
     parser.add_argument("--quick", action="store_true", help="7 rounds")
+    add_all_cores(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds = 7
+    cores = one_core(args)
     runtime.tune_malloc()
     runtime.limit_blas(1)
     kernel.warm_up()
@@ -76,14 +75,15 @@ def main(argv: list[str] | None = None) -> str:
             "numba": with_loops("numba", lambda: engine.bptt(U, V, W, x, y, bptt_truncate=K)),
             "numpy": with_loops("numpy", lambda: engine.bptt(U, V, W, x, y, bptt_truncate=K)),
         }
-        jax = jax_bptt(U, V, W, x, y)
-        if jax is not None:
+        jax = Isolated(jax_bptt, U, V, W, x, y)
+        if jax.available:
             check_same((want.dLdU, want.dLdV, want.dLdW), jax, "JAX")
             candidates["JAX"] = jax
         if C == 8000:
             candidates["floor"] = floor(U, V, (T, H))
         t = interleaved(candidates, args.rounds)
         engine.use_kernel("auto")
+        jax.close()
 
         def ratio(a: str, b: str) -> str:
             return f"{t[a] / t[b]:.2f}" if a in t and b in t else "n/a"
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> str:
         )
     text = table(
         f"Engine with compiled loops (numba) and numpy loops, against JAX and the floor, float64 "
-        f"(medians of {args.rounds} interleaved rounds)",
+        f"(medians of {args.rounds} interleaved rounds; {cores})",
         ["size", "numba ms", "numpy ms", "numpy / numba", "numba / JAX", "numpy / JAX", "numba / floor"],
         rows,
     )

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,80 @@ import seed  # noqa: E402
 
 from service.local import LocalServer  # noqa: E402
 
-__all__ = ["ROOT", "interleaved", "machine", "median_time", "problem", "seed", "serve", "table"]
+__all__ = [
+    "ROOT",
+    "Isolated",
+    "add_all_cores",
+    "interleaved",
+    "machine",
+    "median_time",
+    "one_core",
+    "problem",
+    "seed",
+    "serve",
+    "table",
+]
+
+
+def seconds_of(fn: Callable[[], object]) -> float:
+    """One call of ``fn``, timed: by the peer's own process for an ``Isolated`` peer (no pipe in the time)."""
+    if isinstance(fn, Isolated):
+        return fn.timed()
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+_PEER_CPUS: set[int] | None = None  # where an Isolated peer runs (one_core): None, anywhere
+
+
+class Isolated:
+    """A peer (JAX) computed in a process of its own, pinned to a CPU of its own.
+
+    The service computes a request on one core, so its peers are timed on one core too. JAX sizes
+    its thread pool from the CPU affinity (it ignores XLA_FLAGS' thread options: 1.8 cores busy
+    through a call with them), and its idle threads spin after each call: in the benchmark's own
+    process, pinned to the same core, they slowed the engine's calls that followed (8.4 ms against
+    6.5 ms at C = 8000). Here the peer has the last CPU and the benchmark (``one_core``) the first;
+    each waits, idle, while the other computes. ``make(*args)`` builds the peer's thunk in the child
+    (None if its library is absent: ``available`` is then False). Calling it returns the peer's
+    result (for the benchmarks' equality checks); ``timed()`` times one call in the child.
+    """
+
+    def __init__(self, make: Callable[..., Callable[[], object] | None], *args: object) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("fork")  # the child builds the peer: JAX is never imported here
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_serve_peer, args=(child, make, args), daemon=True)
+        self._process.start()
+        self.available: bool = self._conn.recv()
+
+    def __call__(self) -> object:
+        self._conn.send("result")
+        return self._conn.recv()
+
+    def timed(self) -> float:
+        self._conn.send("time")
+        return self._conn.recv()
+
+    def close(self) -> None:
+        self._conn.send("stop")
+        self._process.join(timeout=30)
+
+
+def _serve_peer(conn: Any, make: Callable[..., Callable[[], object] | None], args: tuple[object, ...]) -> None:
+    if _PEER_CPUS is not None:
+        os.sched_setaffinity(0, _PEER_CPUS)
+    fn = make(*args)
+    conn.send(fn is not None)
+    while fn is not None and (command := conn.recv()) != "stop":
+        if command == "time":
+            t0 = time.perf_counter()
+            fn()
+            conn.send(time.perf_counter() - t0)
+        else:
+            conn.send(fn())
 
 
 def median_time(fn: Callable[[], object], *, repeat: int = 15, warmup: int = 2, budget: float = 30.0) -> float:
@@ -35,9 +109,7 @@ def median_time(fn: Callable[[], object], *, repeat: int = 15, warmup: int = 2, 
     times = []
     start = time.perf_counter()
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+        times.append(seconds_of(fn))
         if time.perf_counter() - start > budget and len(times) >= 3:
             break
     return statistics.median(times)
@@ -60,11 +132,33 @@ def interleaved(
         if order is not None:
             order.shuffle(names)
         for name in names:
-            t0 = time.perf_counter()
-            candidates[name]()
+            seconds = seconds_of(candidates[name])
             if round_ >= 2:
-                times[name].append(time.perf_counter() - t0)
+                times[name].append(seconds)
     return {name: statistics.median(times[name]) for name in candidates}
+
+
+def one_core(parser_args: object) -> str:
+    """Pin this process to its first CPU, unless ``--all-cores`` was given; say how, for the tables.
+
+    The service computes a request on one core (one BLAS thread per compute thread), and so must its
+    peers, to be compared with it: PyTorch here (one thread, set by the benchmarks), JAX in a process
+    of its own on the last CPU (``Isolated``). Call before PyTorch is imported.
+    """
+    global _PEER_CPUS
+    if getattr(parser_args, "all_cores", False) or not hasattr(os, "sched_setaffinity"):
+        return "every candidate free to use all cores"
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})
+    _PEER_CPUS = {max(cpus)}
+    return "every candidate on one core, JAX in a process of its own on another (--all-cores lifts it)"
+
+
+def add_all_cores(parser: object) -> None:
+    """The ``--all-cores`` option of the benchmarks that compare with JAX and PyTorch (``one_core``)."""
+    parser.add_argument(  # type: ignore[attr-defined]
+        "--all-cores", action="store_true", help="do not pin the process to one CPU (JAX then uses them all)"
+    )
 
 
 def problem(C: int, H: int, T: int, *, seed_: int = 0):

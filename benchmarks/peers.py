@@ -20,6 +20,7 @@ def torch_bptt(U, V, W, x, y) -> Fn | None:
         import torch
     except ImportError:
         return None
+    torch.set_num_threads(1)  # one core, as the service computes a request (common.one_core)
     Ut, Vt, Wt = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (U, V, W))
     xt, yt = torch.tensor(x), torch.tensor(y)
 

@@ -21,6 +21,7 @@ BENCHMARKS = [
     "bench_engine.py",
     "bench_kernel.py",
     "bench_fused.py",
+    "bench_output.py",
     "bench_gated.py",
     "bench_http.py",
     "bench_grpc.py",
