@@ -151,6 +151,8 @@ def one_core(parser_args: object) -> str:
     cpus = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(cpus)})
     _PEER_CPUS = {max(cpus)}
+    if len(cpus) == 1:  # nowhere else to put JAX: its idle threads spin on the candidates' core
+        return "one CPU only: every candidate and JAX's process on it (JAX's idle threads slow the others)"
     return "every candidate on one core, JAX in a process of its own on another (--all-cores lifts it)"
 
 

@@ -182,8 +182,8 @@ def require_finite(content: Any, name: str = "") -> None:
 
     Walks dicts and lists of numpy arrays and floats: the one place every route's
     answer passes before it is written, so no 200 carries a non-finite number. A
-    base64 tensor object (``to_wire``'s) is not decoded: its numbers are already
-    text, from arrays the engines checked where they computed them.
+    base64 tensor object (``to_wire``'s) is not decoded, here as before: checking its
+    array is the computing engine's overflow check, which names the quantity.
     """
     if type(content) in _FINITE_BY_TYPE:  # a base64 string, a count, a dtype or shape: nothing to check
         return
@@ -198,7 +198,7 @@ def require_finite(content: Any, name: str = "") -> None:
         if not math.isfinite(content):
             raise ComputeError(f"the computation overflowed: {name} is not finite; scale the weights down", field=name)
     elif isinstance(content, dict):
-        if content.keys() == _TENSOR_KEYS:  # a base64 tensor: its numbers are text, checked where computed
+        if content.keys() == _TENSOR_KEYS:  # a base64 tensor: text, checked by the engine that computed it
             return
         for key, value in content.items():
             require_finite(value, f"{name}.{key}" if name else str(key))

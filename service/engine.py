@@ -678,6 +678,7 @@ def _bptt_unchecked(batch: _Batch, K: int | None) -> BatchGradients:
         W,
         **{"the loss": loss, "the gradient flowing back through time": dz_rows, "dLdW": dLdW, "dLdU": dLdU[:, x_rows]},
         dLds0=dLds0,
+        **_biases(dLdb, dLdc),
     )
     return BatchGradients(
         dLdb=dLdb,
@@ -703,7 +704,10 @@ def _bptt_one(batch: _Batch, K: int | None) -> BatchGradients:
             "the loss": one.loss,
             "the gradient flowing back through time": one.dz,
         }
-        _check_finite(batch.U, batch.V, batch.W, **flowing, dLdW=one.dLdW, dLdU=one.dLdU[:, x], dLds0=dLds0)
+        _check_finite(
+            batch.U, batch.V, batch.W, **flowing, dLdW=one.dLdW, dLdU=one.dLdU[:, x], dLds0=dLds0,
+            **_biases(one.dLdb, one.dLdc),
+        )  # fmt: skip
     return BatchGradients(
         dLdb=one.dLdb,
         dLdc=one.dLdc,
@@ -931,6 +935,11 @@ def _sum_into_columns(dz: np.ndarray, x: np.ndarray, C: int) -> np.ndarray:
     sums = np.add.reduceat(dz[order], starts, axis=0)  # (distinct tokens, H)
     dLdU[:, xs[starts]] = sums.T
     return dLdU
+
+
+def _biases(dLdb: np.ndarray | None, dLdc: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The bias gradients there are, for ``_check_finite``: sums of finite numbers can still overflow."""
+    return {name: g for name, g in (("dLdb", dLdb), ("dLdc", dLdc)) if g is not None}
 
 
 def _check_finite(U: np.ndarray, V: np.ndarray, W: np.ndarray, **parts: np.ndarray | float) -> None:

@@ -22,7 +22,11 @@ model, C = 65, H = 32, T = 25, is 0.2 M multiply-adds) the numpy engine's
 hundred-odd calls cost several times the arithmetic. Its softmax is shifted by
 each row's largest logit (the numpy engine shifts only the rows that need it,
 ``engine._scaled_delta_o``), with the same log1p form of the loss, so that small
-losses keep their precision.
+losses keep their precision; its products take delta_o itself, not z_t delta_o as
+the numpy engine's do, so in float32 there are weights past 1e38 whose gradients
+the numpy engine refuses as overflowed and this path answers, finite. Its loss and
+its overflow test sum in the arrays' dtype, so that a float32 sum that overflows
+is refused as the numpy engine refuses it (tests/test_kernel.py).
 
 Dimension letters as in service/engine.py. The products sum in the order of
 a plain loop, not BLAS's blocking, so results differ from numpy's in the
@@ -142,7 +146,7 @@ def _softmax_one(D, y, low):  # type: ignore[no-untyped-def]
     # out of the sum, so the loss (log1p) and delta_o[y] = -(others / z) have no cancellation.
     T, C = D.shape
     token_loss = np.empty(T, D.dtype)
-    loss = 0.0
+    loss = D[0, 0] - D[0, 0]  # 0 in D's dtype, as the numpy engine sums the loss (0.0: float32 summed in float64)
     for t in range(T):
         a, yt = D[t], y[t]
         m = a[0]
@@ -203,7 +207,7 @@ def _backward_one(W, S, dLds, x, s0, C, K):  # type: ignore[no-untyped-def]
         d = dz[0, j]
         for i in range(H):
             dLds0[i] += d * W[j, i]
-    total = 0.0
+    total = dLds0[0] - dLds0[0]  # 0 in the arrays' dtype, in which their sums overflow (0.0: summed in float64)
     for k in range(T):  # dLdW += outer(dz_k, s_{k-1}), dLdU[:, x_k] += dz_k
         h = s0 if k == 0 else S[k - 1]
         for i in range(H):
@@ -366,7 +370,7 @@ def bptt_one(
     forward, softmax, backward = _compiled()[3:]
     x, y, s0 = _read_only(x.astype(np.intp, copy=False)), _read_only(y.astype(np.intp, copy=False)), _read_only(s0)
     checkpoint()  # the request's deadline; the loops are short (FUSED_MAX_FLOPS) and cannot be stopped
-    S = forward(_read_only(U), np.ascontiguousarray(W.T), x, s0, _read_only(np.zeros(H, dtype) if b is None else b))
+    S = forward(_read_only(U), _plain(W.T), x, s0, _read_only(np.zeros(H, dtype) if b is None else b))
     D = S @ V.T  # (T, H) x (H, C): the logits, then delta_o
     if c is not None:
         D += c

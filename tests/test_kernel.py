@@ -16,7 +16,7 @@ from helpers import assert_close
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service import engine, kernel, ops
+from service import codec, engine, kernel, ops
 from service.deadline import Deadline, bounded
 from service.errors import Cancelled, ComputeError
 
@@ -199,6 +199,59 @@ def test_fused_names_an_overflow_as_the_numpy_engine_does(fused_calls, dtype):
         assert fused_calls
         assert f"{name} is not finite" in want
         assert got == want
+
+
+FLOAT32_OVERFLOWS = {  # each overflows only in float32's sums: its parts are finite
+    # the states stay 0 (U = W = 0): dz_k = V^T delta_o = -1.2e38 at each step, and token 0 read three times
+    "dLdU": (
+        {"U": np.zeros((1, 2)), "V": np.array([[-1.2e38], [1.2e38]]), "W": np.zeros((1, 1))},
+        [0, 0, 0],
+        [1, 1, 1],
+    ),
+    # three finite dz of 1.5e38 / 2 each, summed into dLdb
+    "dLdb": (
+        {"U": np.zeros((1, 3)), "V": np.array([[-1.5e38], [1.5e38], [0.0]]), "W": np.zeros((1, 1)),
+         "b": np.zeros(1), "c": np.array([-40.0, 0.0, -40.0])},
+        [0, 1, 2],
+        [0, 1, 2],
+    ),
+    # logits of +-2e38 (s = tanh(10) = 1): the target's is 4e38 below the largest, past float32's range
+    "the loss": ({"U": np.full((1, 2), 10.0), "V": np.array([[-2e38], [2e38]]), "W": np.zeros((1, 1))}, [0, 0], [0, 0]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(FLOAT32_OVERFLOWS))
+def test_fused_float32_overflow_in_sums_is_refused_as_numpy_does(fused_calls, name):
+    """The loss and the overflow test's sums are kept in the arrays' dtype: float32 sums that overflow (while
+    every number summed is finite) are refused by both engines, naming the same quantity."""
+    weights, x, y = FLOAT32_OVERFLOWS[name]
+    arrays = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
+    messages = []
+    for loops in ("numpy", "numba"):
+        engine.use_kernel(loops)
+        with pytest.raises(ComputeError) as raised:
+            engine.bptt(
+                arrays["U"], arrays["V"], arrays["W"], np.array(x), np.array(y), b=arrays.get("b"), c=arrays.get("c")
+            )
+        messages.append(str(raised.value))
+    assert fused_calls
+    assert f"{name} is not finite" in messages[0]
+    assert messages[1] == messages[0]
+
+
+def test_fused_compiles_nothing_for_a_request_of_one_unit(fused_calls):
+    """A request's arrays are read-only (decoded from its bytes) and, at H = 1, W.T is as contiguous as W:
+    bptt_one still calls the signatures warm_up compiled, instead of compiling at the request (0.2 s)."""
+    kernel.warm_up()
+    before = [len(f.signatures) for f in kernel._compiled()]
+    rng = np.random.default_rng(0)
+    for dtype in ("float64", "float32"):
+        U, V, W = (codec.from_bytes(rng.uniform(-1, 1, s).astype(dtype).tobytes(), dtype, s, "A", where="A")
+                   for s in ((1, 4), (4, 1), (1, 1)))  # fmt: skip
+        assert not W.flags.writeable
+        engine.bptt(U, V, W, np.array([0, 3, 1]), np.array([3, 1, 2]))
+    assert fused_calls
+    assert [len(f.signatures) for f in kernel._compiled()] == before
 
 
 def test_fused_keeps_small_and_underflowing_losses_exact(fused_calls):
