@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from helpers import LocalServer
 from hypothesis import settings
 
+from service import engine
 from service.app import create_app
 from service.settings import Settings
 
@@ -22,6 +23,17 @@ os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(tempfile.gettempdir(), "bp
 # `HYPOTHESIS_PROFILE=quick` (used by `make mutate`) draws fewer examples.
 settings.register_profile("quick", max_examples=20, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture(scope="module", params=["numba", "numpy"])
+def both_loops(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The module's tests once with the engine's compiled paths (numba: one short sequence in
+    ``kernel.bptt_one``, the per-step loops where they pay) and once with its numpy reference alone,
+    the fallback where numba is absent: ``pytestmark = pytest.mark.usefixtures("both_loops")``. Either
+    is held to the seed's loop and to central differences by the same tests."""
+    engine.use_kernel(request.param)
+    yield request.param
+    engine.use_kernel("auto")
 
 
 @pytest.fixture

@@ -15,6 +15,8 @@ from service.app import create_app
 from service.schemas import CompareResponse, GradientCheckResponse
 from service.settings import Settings
 
+pytestmark = pytest.mark.usefixtures("both_loops")  # the compiled paths and the numpy reference (conftest)
+
 
 def test_relative_error_never_passes_nan_and_zero_is_zero():
     a = np.array([0.0, 1e-12, 1.0, 2.0])

@@ -22,6 +22,8 @@ from hypothesis import strategies as st
 from service import checks, engine
 from service.checks import MistakeName
 
+pytestmark = pytest.mark.usefixtures("both_loops")  # the compiled paths and the numpy reference (conftest)
+
 NAMES = ("dLdU", "dLdV", "dLdW")
 
 
@@ -209,6 +211,12 @@ def test_compare_finds_the_mistake_and_only_mistakes_that_fit(p, K, data):
     assert made in names
     for name in names:  # each name's own oracle gradients are the submission's, to the tolerance
         other = submission(p, K, name)
+        if name == "already_clipped" and made != name:
+            # The oracle clips at half the largest entry; the diagnosis names any level c that fits, and
+            # c is then the submission's largest entry: a mistake whose gradients happen to be the right
+            # ones clipped there fits too (found with the numpy engine's roundings, H = 1, C = 2).
+            right, c = submission(p, K), max(float(np.abs(sub[k]).max()) for k in NAMES)
+            other = {k: np.clip(right[k], -c, c) for k in NAMES}
         for k in NAMES:
             assert np.abs(other[k] - sub[k]).max() <= 1e-6 * max(np.abs(other[k]).max(), 1e-8), (made, name, k)
 

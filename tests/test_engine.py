@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from service import engine
 from service.errors import ComputeError, InputError
 
+pytestmark = pytest.mark.usefixtures("both_loops")  # the compiled paths and the numpy reference (conftest)
+
 problems = st.builds(
     lambda seed_, H, C, T, scale, with_s0: make_problem(np.random.default_rng(seed_), H, C, T, scale=scale, s0=with_s0),
     seed_=st.integers(0, 2**32 - 1),

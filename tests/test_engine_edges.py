@@ -18,6 +18,8 @@ from helpers import assert_close, make_problem
 from service import engine
 from service.errors import ComputeError, InputError
 
+pytestmark = pytest.mark.usefixtures("both_loops")  # the compiled paths and the numpy reference (conftest)
+
 
 def test_clip_clips_every_gradient_and_counts_each(rng):
     """Clipping skipped for dLdU, dLdb or dLdc (or counted wrong) is caught for each of the five."""
