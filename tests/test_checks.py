@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import mistakes
 import numpy as np
 import orjson
@@ -40,6 +42,44 @@ def test_gradient_check_passes_full_bptt(rng):
         assert r["passed"], (name, r)
         assert r["checked"] == min(12, r["entries"])
         assert r["max_relative_error"] < 1e-6
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_gradient_check_of_a_gated_cell_checks_every_parameter(monkeypatch, rng, cell):
+    """With ``cell``, the gated engine's gradients of all eight parameters (b_hh and the LSTM's c0 too)
+    against central differences of the gated loss; a gated engine with dL/dW 1% off fails W alone."""
+    from service import gated
+
+    G, H, C, T = {"gru": 3, "lstm": 4}[cell], 3, 5, 6
+    arrays = {
+        "cell": cell,
+        "U": rng.uniform(-1, 1, (G, H, C)),
+        "V": rng.uniform(-1, 1, (C, H)),
+        "W": rng.uniform(-1, 1, (G, H, H)),
+        "x": rng.integers(0, C, T),
+        "y": rng.integers(0, C, T),
+        "b": rng.uniform(-1, 1, (G, H)),
+        "b_hh": rng.uniform(-1, 1, (G, H)),
+        "c": rng.uniform(-1, 1, C),
+        "s0": rng.uniform(-1, 1, H),
+    }
+    if cell == "lstm":
+        arrays["c0"] = rng.uniform(-1, 1, H)
+    else:
+        arrays["reset_after"] = True
+    report = checks.gradient_check(arrays, samples=8)
+    assert set(report) == {"U", "V", "W", "b", "b_hh", "c", "s0"} | ({"c0"} if cell == "lstm" else set())
+    for name, r in report.items():
+        assert r["passed"], (name, r)
+        assert r["checked"] == min(8, r["entries"])
+        assert r["max_relative_error"] < 1e-6
+    real = gated.bptt
+    monkeypatch.setattr(
+        gated, "bptt", lambda *a, **k: dataclasses.replace(real(*a, **k), dLdW=real(*a, **k).dLdW * 1.01)
+    )
+    broken = checks.gradient_check(arrays, samples=8)
+    assert [name for name, r in broken.items() if not r["passed"]] == ["W"]
+    assert broken["W"]["max_relative_error"] > 1e-3
 
 
 def test_gradient_check_fails_truncated_gradients(rng):

@@ -169,12 +169,27 @@ def test_bptt_large_weights_finite_or_compute_error(p, exponent, K):
 
 
 def test_bptt_float32_close_to_float64(rng):
+    """float32 weights compute in float32, the float64 biases and s0 given beside them converted to it."""
     p = make_problem(rng, H=8, C=10, T=20)
-    g64 = engine.bptt(p.U, p.V, p.W, p.x, p.y)
-    g32 = engine.bptt(*(a.astype(np.float32) for a in (p.U, p.V, p.W)), p.x, p.y)
-    assert g32.dLdU.dtype == np.float32
-    for a, b in ((g32.dLdU, g64.dLdU), (g32.dLdV, g64.dLdV), (g32.dLdW, g64.dLdW)):
-        assert_close(a.astype(np.float64), b, rtol=1e-5)
+    b, c, s0 = rng.uniform(-1, 1, 8), rng.uniform(-1, 1, 10), rng.uniform(-1, 1, 8)  # float64
+    g64 = engine.bptt(p.U, p.V, p.W, p.x, p.y, s0=s0, b=b, c=c)
+    g32 = engine.bptt(*(a.astype(np.float32) for a in (p.U, p.V, p.W)), p.x, p.y, s0=s0, b=b, c=c)
+    one = engine.bptt_batch(*(a.astype(np.float32) for a in (p.U, p.V, p.W)), [p.x], [p.y], s0=[s0], b=b, c=c)
+    for name in ("dLdU", "dLdV", "dLdW", "dLdb", "dLdc", "dLds0", "final_state"):
+        assert getattr(g32, name).dtype == np.float32, name
+        assert_close(getattr(g32, name).astype(np.float64), getattr(g64, name), rtol=1e-5)
+    assert one.losses.dtype == np.float32
+
+
+def test_bptt_large_vocabulary_matches_seed_loop(rng):
+    """dLdU of 4 MB and more (H = 64, C = 9,000: 4.6 MB) is written with its zeros at once, by the streamed
+    writer (engine._sum_into_columns); repeated tokens still accumulate."""
+    p = make_problem(rng, H=64, C=9000, T=12)
+    p.x[3:6] = p.x[0]  # one token read four times
+    got = engine.bptt(p.U, p.V, p.W, p.x, p.y)
+    want = seed.bptt(p.U, p.V, p.W, p.x, p.y, 12)
+    for a, b in zip((got.dLdU, got.dLdV, got.dLdW), want, strict=True):
+        assert_close(a, b)
 
 
 @pytest.mark.parametrize(
