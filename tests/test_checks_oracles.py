@@ -528,3 +528,47 @@ def test_compare_cost_is_a_few_sweeps(rng, monkeypatch, T, K, passes, lags):
     report = checks.compare(arrays_of(p, K), submission(p, K, "dLdW_transposed"))
     assert diagnosed(report) == ["dLdW_transposed"]
     assert counted == {"passes": passes, "lags": lags}
+
+
+def test_compare_already_clipped_whole_explanation_and_its_bounds(rng):
+    """The already_clipped diagnosis, word for word, at any scale of the gradients; none for an all-zero
+    submission (nothing is clipped at 0) or for gradients whose largest entry was not clipped."""
+    p = make_problem(rng, H=3, C=4, T=6, scale=2.0)
+    right = submission(p, None)
+    big = max(float(np.abs(g).max()) for g in right.values())
+    for scale in (1.0, 1e3):  # the check is relative: gradients of 1e3 as well as of 1
+        q = make_problem(np.random.default_rng(7), H=3, C=4, T=6, scale=2.0)
+        q.V = q.V * scale
+        expected = submission(q, None)
+        c = 0.5 * max(float(np.abs(g).max()) for g in expected.values())
+        clipped = {k: np.clip(v, -c, c) for k, v in expected.items()}
+        for tolerance in (1e-6, 1e-9):
+            (d,) = checks.compare(arrays_of(q, None), clipped, tolerance=tolerance)["diagnosis"]
+            assert d == {
+                "mistake": "already_clipped",
+                "explanation": f"Your gradients are the expected ones clipped to [-{c:.6g}, {c:.6g}]: check the "
+                "gradients before clipping them (clipping is a step of the update, after the gradient; this service "
+                "clips only when asked with `clip`).",
+            }
+    zero = {k: np.zeros_like(v) for k, v in right.items()}
+    assert "already_clipped" not in diagnosed(checks.compare(arrays_of(p, None), zero))
+    unclipped = {k: v.copy() for k, v in right.items()}
+    unclipped["dLdV"][np.unravel_index(np.argmin(np.abs(unclipped["dLdV"])), unclipped["dLdV"].shape)] += big / 10
+    assert "already_clipped" not in diagnosed(checks.compare(arrays_of(p, None), unclipped))
+
+
+def test_compare_disagreement_lists_the_wrong_columns_worst_first(rng):
+    """Two of dLdU's token columns off (by 0.5 and 0.2), the rest right: the disagreement names those two,
+    worst first, and no column that is right."""
+    p = make_problem(rng, H=4, C=20, T=8)  # tokens never read: their columns are 0 in both, exactly
+    sub = submission(p, None)
+    first, second = (int(t) for t in np.unique(p.x)[:2])
+    sub["dLdU"][:, first] += 0.2
+    sub["dLdU"][:, second] += 0.5
+    report = checks.compare(arrays_of(p, None), sub)
+    assert report["diagnosis"] == []
+    columns = report["disagreement"]["dLdU_columns"]
+    assert [c["token"] for c in columns[:2]] == [second, first]
+    assert [c["max_absolute_error"] for c in columns[:2]] == pytest.approx([0.5, 0.2])
+    rest = [c["max_absolute_error"] for c in columns[2:]]  # read columns off by the sums' last bits, if any
+    assert all(0 < e < 1e-12 for e in rest) and rest == sorted(rest, reverse=True)

@@ -181,15 +181,17 @@ def test_bptt_float32_close_to_float64(rng):
     assert one.losses.dtype == np.float32
 
 
-def test_bptt_large_vocabulary_matches_seed_loop(rng):
-    """dLdU of 4 MB and more (H = 64, C = 9,000: 4.6 MB) is written with its zeros at once, by the streamed
-    writer (engine._sum_into_columns); repeated tokens still accumulate."""
-    p = make_problem(rng, H=64, C=9000, T=12)
+@pytest.mark.parametrize(("dtype", "H"), [(np.float64, 64), (np.float32, 128)])
+def test_bptt_large_vocabulary_matches_seed_loop(rng, dtype, H):
+    """dLdU of 4 MB and more (C = 9,000: 4.6 MB) is written with its zeros at once, by the streamed
+    writer (engine._sum_into_columns), in the weights' dtype; repeated tokens still accumulate."""
+    p = make_problem(rng, H=H, C=9000, T=12)
     p.x[3:6] = p.x[0]  # one token read four times
-    got = engine.bptt(p.U, p.V, p.W, p.x, p.y)
+    got = engine.bptt(*(a.astype(dtype) for a in (p.U, p.V, p.W)), p.x, p.y)
     want = seed.bptt(p.U, p.V, p.W, p.x, p.y, 12)
     for a, b in zip((got.dLdU, got.dLdV, got.dLdW), want, strict=True):
-        assert_close(a, b)
+        assert a.dtype == dtype
+        assert_close(a.astype(np.float64), b, rtol=1e-12 if dtype == np.float64 else 1e-5)
 
 
 @pytest.mark.parametrize(
