@@ -541,8 +541,8 @@ def test_compare_already_clipped_whole_explanation_and_its_bounds(rng):
         q.V = q.V * scale
         expected = submission(q, None)
         c = 0.5 * max(float(np.abs(g).max()) for g in expected.values())
-        clipped = {k: np.clip(v, -c, c) for k, v in expected.items()}
-        for tolerance in (1e-6, 1e-9):
+        clipped = {k: np.clip(v, -c, c) * (1 + 1e-8) for k, v in expected.items()}  # within 1e-6 relative
+        for tolerance in (1e-6, 1e-7):
             (d,) = checks.compare(arrays_of(q, None), clipped, tolerance=tolerance)["diagnosis"]
             assert d == {
                 "mistake": "already_clipped",
@@ -560,9 +560,10 @@ def test_compare_already_clipped_whole_explanation_and_its_bounds(rng):
 def test_compare_disagreement_lists_the_wrong_columns_worst_first(rng):
     """Two of dLdU's token columns off (by 0.5 and 0.2), the rest right: the disagreement names those two,
     worst first, and no column that is right."""
-    p = make_problem(rng, H=4, C=20, T=8)  # tokens never read: their columns are 0 in both, exactly
+    p = make_problem(rng, H=4, C=20, T=3)  # 17 tokens or more never read: their columns are 0 in both, exactly
+    p.x[:] = [3, 7, 11]
     sub = submission(p, None)
-    first, second = (int(t) for t in np.unique(p.x)[:2])
+    first, second = 3, 7
     sub["dLdU"][:, first] += 0.2
     sub["dLdU"][:, second] += 0.5
     report = checks.compare(arrays_of(p, None), sub)
