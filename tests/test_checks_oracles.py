@@ -573,3 +573,6 @@ def test_compare_disagreement_lists_the_wrong_columns_worst_first(rng):
     assert [c["max_absolute_error"] for c in columns[:2]] == pytest.approx([0.5, 0.2])
     rest = [c["max_absolute_error"] for c in columns[2:]]  # read columns off by the sums' last bits, if any
     assert all(0 < e < 1e-12 for e in rest) and rest == sorted(rest, reverse=True)
+    sub["dLdU"] += np.linspace(0.1, 0.3, 20)  # every column off: the five worst are listed
+    columns = checks.compare(arrays_of(p, None), sub)["disagreement"]["dLdU_columns"]
+    assert [c["token"] for c in columns] == [7, 3, 19, 18, 17]  # 0.67, 0.33, 0.30, 0.29, 0.28
