@@ -2,7 +2,8 @@
 
 This is the whole model in one file: numpy and the standard library only, no
 web imports. Where they are faster, its two per-step loops (``_recur``,
-``_backward_full``) and the scatter of dLdU's columns (``_sum_into_columns``)
+``_backward_full``), the scatter of dLdU's columns (``_sum_into_columns``) and
+all of one short sequence (``_bptt_one``: kernel.bptt_one)
 run compiled instead: service/kernel.py, the same loops in Numba, optional
 (``use_kernel`` chooses; by default numba when installed, compiled at the
 first call or by ``kernel.warm_up()``). Dimension letters, used in every shape
@@ -794,8 +795,8 @@ def _softmax(a: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
 
 # Rows of the output layer computed at once (``_output_layer``): their (rows, C) exponentials stay under
 # this many bytes. All N rows of a large batch at once were an (N, C) array mapped fresh and faulted in at
-# every call (glibc maps arrays past 32 MiB) and streamed through memory five times: at N = 4,000,
-# C = 8,000 (256 MB) the output layer took 2.4x as long as in chunks of 256 rows (docs/performance.md).
+# every call (glibc maps arrays past 32 MiB) and streamed through memory five times: a batch of 4,000
+# tokens at C = 8,000 (256 MB) took 484 ms, in chunks of 256 rows 413 ms (benchmarks/bench_output.py).
 OUTPUT_CHUNK_BYTES = 16 << 20
 
 
