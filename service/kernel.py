@@ -129,6 +129,8 @@ def _forward_one(U, WT, x, s0, b):  # type: ignore[no-untyped-def]
     S = np.empty((T, H), U.dtype)
     acc = np.empty(H, U.dtype)
     for t in range(T):
+        if x[t] < 0 or x[t] >= U.shape[1]:  # no bounds checks in compiled code: a bad id would read anywhere
+            raise IndexError("a token id is out of range")
         h = s0 if t == 0 else S[t - 1]
         acc[:] = 0
         for j in range(H):  # acc = W s_{t-1}, row by row of W^T: the inner loop vectorises
@@ -149,6 +151,8 @@ def _softmax_one(D, y, low):  # type: ignore[no-untyped-def]
     loss = D[0, 0] - D[0, 0]  # 0 in D's dtype, as the numpy engine sums the loss (0.0: float32 summed in float64)
     for t in range(T):
         a, yt = D[t], y[t]
+        if yt < 0 or yt >= C:  # as in _forward_one (x, which _backward_one reads again, is checked there)
+            raise IndexError("a target id is out of range")
         m = a[0]
         for k in range(C):
             if a[k] > m:
@@ -359,7 +363,8 @@ def bptt_one(
     Parameters
     ----------
     U, V, W : (H, C), (C, H), (H, H) ndarrays of one dtype, float64 or float32
-    x, y : (T,) integer ndarrays, ids in [0, C) (checked by the caller: nothing is checked here)
+    x, y : (T,) integer ndarrays, ids in [0, C) (checked by the caller, which names the bad one; here an id
+        out of range raises IndexError rather than reading or writing past an array)
     s0 : (H,) ndarray
     b, c : (H,) and (C,) ndarrays, or None
     K : None, or an int >= 0 (>= T - 1 is full BPTT): the truncation

@@ -239,6 +239,16 @@ def test_fused_float32_overflow_in_sums_is_refused_as_numpy_does(fused_calls, na
     assert messages[1] == messages[0]
 
 
+def test_fused_refuses_ids_out_of_range_itself():
+    """bptt_one's callers check the ids (and name the bad one); its compiled loops still refuse one out of
+    range instead of reading or writing past U or the logits."""
+    U, V, W = np.eye(3, 4), np.eye(4, 3), np.eye(3)
+    with pytest.raises(IndexError, match="token id"):
+        kernel.bptt_one(U, V, W, np.array([0, 4]), np.array([1, 2]), np.zeros(3), None, None, None)
+    with pytest.raises(IndexError, match="target id"):
+        kernel.bptt_one(U, V, W, np.array([0, 1]), np.array([1, -1]), np.zeros(3), None, None, None)
+
+
 def test_fused_compiles_nothing_for_a_request_of_one_unit(fused_calls):
     """A request's arrays are read-only (decoded from its bytes) and, at H = 1, W.T is as contiguous as W:
     bptt_one still calls the signatures warm_up compiled, instead of compiling at the request (0.2 s)."""
