@@ -925,10 +925,8 @@ def _sum_into_columns(dz: np.ndarray, x: np.ndarray, C: int) -> np.ndarray:
         if H * C * dz.itemsize < gated_kernel.STREAM_MIN_BYTES:
             return kernel.add_columns(np.zeros((H, C), dtype=dz.dtype), x, dz)  # one compiled pass (service.kernel)
         # Larger (6.4 MB at the tutorial's size): the distinct tokens' sums, then dLdU written once, zeros
-        # included, by the gated engine's writer (gated_kernel.columns), not zeroed first and written again.
-        tokens, slot = np.unique(x, return_inverse=True)  # (D,) sorted, (N,): x[k] = tokens[slot[k]]
-        sums = kernel.add_columns(np.zeros((H, len(tokens)), dtype=dz.dtype), slot, dz)
-        return gated_kernel.columns(tokens, sums, C)
+        # included, by the gated engine's writer, not zeroed first and written again.
+        return gated_kernel.sum_into_columns(dz, x, C)[0]
     dLdU = np.zeros((H, C), dtype=dz.dtype)
     order = np.argsort(x, kind="stable")
     xs = x[order]

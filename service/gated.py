@@ -55,7 +55,7 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import engine, gated_kernel, kernel
+from . import engine, gated_kernel
 from .deadline import checkpoint
 from .engine import _check_clip, _check_tokens, _check_truncate, _dims, lag_summary
 from .engine import _output_layer as engine_output_layer
@@ -1011,11 +1011,7 @@ def _sum_into_columns(rows: FloatArray, x: IntArray, C: int) -> tuple[FloatArray
     nonzero columns (GH, D), the sums for the D distinct tokens (engine._sum_into_columns, which returns
     only the first)."""
     if engine.kernel_in_use() == "numba":
-        # The D columns summed in one compiled pass (kernel.add_columns, into a GH x D block), then dLdU,
-        # 19 to 26 MB at C = 8000, written once, row by row (gated_kernel.columns).
-        tokens, slot = np.unique(x, return_inverse=True)  # (D,) sorted, (N,): x[k] = tokens[slot[k]]
-        sums = kernel.add_columns(np.zeros((rows.shape[1], len(tokens)), dtype=rows.dtype), slot, rows)
-        return gated_kernel.columns(tokens, sums, C), sums
+        return gated_kernel.sum_into_columns(rows, x, C)  # dLdU of 19 to 26 MB at C = 8000, written once
     order = np.argsort(x, kind="stable")
     xs = x[order]
     starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])

@@ -13,6 +13,7 @@ engine's numpy functions:
     gru_backward_full(fwd, dLds)                  -> dA, dL/ds0  as gated._backward_full
     lstm_backward_full(fwd, dLds)                 -> dA, dL/ds0, dL/dc0
     columns(tokens, sums, C)                      -> dLdU, zero but for the tokens' columns (sums)
+    sum_into_columns(rows, x, C)                  -> dLdU and its columns, from each step's rows
 
 Dimension letters as in service/gated.py. Sigmoid and tanh are the scalar
 ``math.exp`` and ``math.tanh`` of libm, B x G x H of them a step: cheap at the
@@ -49,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from .kernel import AVAILABLE, _plain, _spans
+from .kernel import AVAILABLE, _plain, _spans, add_columns
 
 __all__ = [
     "AVAILABLE",
@@ -59,6 +60,7 @@ __all__ = [
     "lstm_backward_full",
     "lstm_forward",
     "pays",
+    "sum_into_columns",
     "warm_up",
 ]
 
@@ -312,6 +314,16 @@ def columns(tokens: np.ndarray, sums: np.ndarray, C: int) -> np.ndarray:
     out = np.empty((sums.shape[0], C), dtype=sums.dtype)
     _fill_columns(out, _plain(tokens), _plain(sums), streamed=STREAMED and out.nbytes >= STREAM_MIN_BYTES)
     return out
+
+
+def sum_into_columns(rows: np.ndarray, x: np.ndarray, C: int) -> tuple[np.ndarray, np.ndarray]:
+    """dLdU (R, C) with dLdU[:, x[k]] += rows[k] (rows (N, R)), repeated tokens accumulating, and its nonzero
+    columns (R, D), the sums for the D distinct tokens: those summed in one compiled pass
+    (kernel.add_columns, into an R x D block), then dLdU written once, zeros included (``columns``).
+    Both engines' dLdU, where it is large (engine._sum_into_columns) or a gated cell's (gated)."""
+    tokens, slot = np.unique(x, return_inverse=True)  # (D,) sorted, (N,): x[k] = tokens[slot[k]]
+    sums = add_columns(np.zeros((rows.shape[1], len(tokens)), dtype=rows.dtype), slot, rows)
+    return columns(tokens, sums, C), sums
 
 
 def _fill_columns(out: np.ndarray, tokens: np.ndarray, sums: np.ndarray, *, streamed: bool) -> None:
